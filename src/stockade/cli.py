@@ -1,0 +1,152 @@
+"""The ``stockade`` command.
+
+Exit status of ``stockade run``: the program's own; 128+N when it was killed
+by signal N (a limit included); 124 on timeout (as timeout(1)); 125 when the
+sandbox itself could not start (bad policy, missing command, a protection the
+host cannot give); 126 when the command exists but cannot be executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+
+EXIT_TIMEOUT = 124
+EXIT_SANDBOX_ERROR = 125
+EXIT_NOT_EXECUTABLE = 126
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stockade",
+        description="Run a command in a Linux sandbox and report what happened.",
+    )
+    parser.add_argument("--version", action="version", version=f"stockade {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="diagnostics on stderr (-vv: debug)")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a command in the sandbox",
+        description=(
+            "Run CMD in the sandbox. Without --json, stdin/stdout/stderr pass "
+            "through and a one-line summary goes to stderr."
+        ),
+    )
+    run.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
+    run.add_argument("--timeout", type=float, metavar="SEC", help="wall-clock limit in seconds")
+    run.add_argument("--cpu-time", type=int, metavar="SEC", help="CPU seconds per process")
+    run.add_argument("--memory", type=int, metavar="MIB", help="memory cap in MiB")
+    run.add_argument("--disk", type=int, metavar="MIB", help="size of the private tmpfs areas and largest file, MiB")
+    run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
+    run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
+    run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
+    run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
+    run.add_argument("--json", action="store_true", help="capture output and print the result as JSON")
+    run.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+    run.add_argument("--no-log", action="store_true", help="do not append to the execution log")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.cmd == "run":
+        return _run(args, parser)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("stockade: %(levelname)s: %(message)s"))
+    root = logging.getLogger("stockade")
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .config import SandboxConfig, load_policy_file
+    from .errors import CommandError, StockadeError
+    from .manager import SandboxManager
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error("run: no command given (stockade run [options] -- CMD ...)")
+
+    try:
+        config = load_policy_file(args.config) if args.config else SandboxConfig()
+        changes: dict[str, Any] = {}
+        for option, field in (
+            ("mode", "mode"),
+            ("timeout", "timeout_sec"),
+            ("cpu_time", "cpu_time_sec"),
+            ("memory", "memory_mb"),
+            ("disk", "disk_mb"),
+            ("workspace", "workspace"),
+        ):
+            value = getattr(args, option)
+            if value is not None:
+                changes[field] = value
+        env = {}
+        for item in args.env:
+            name, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--env {item!r}: expected NAME=VALUE")
+            env[name] = value
+        if env:
+            changes["env"] = {**config.env, **env}
+        if args.no_log:
+            changes["execution_log"] = False
+        if changes:
+            config = config.with_changes(**changes)
+        manager = SandboxManager(config)
+        result = manager.execute(
+            command,
+            cwd=args.cwd,
+            stdin=None if args.json else sys.stdin,
+            capture_output=bool(args.json),
+        )
+    except CommandError as err:
+        print(f"stockade: {err}", file=sys.stderr)
+        not_exec = "not executable" in str(err)
+        return EXIT_NOT_EXECUTABLE if not_exec else EXIT_SANDBOX_ERROR
+    except StockadeError as err:
+        print(f"stockade: {err}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif not args.quiet:
+        print(result.summary(), file=sys.stderr)
+    return exit_status(result)
+
+
+def exit_status(result: Any) -> int:
+    """The CLI's exit status for a result (see the module docstring)."""
+    from .result import Termination
+
+    if result.termination is Termination.TIMEOUT:
+        return EXIT_TIMEOUT
+    if result.termination is Termination.SANDBOX_ERROR:
+        return EXIT_SANDBOX_ERROR
+    if result.exit_code is not None:
+        return int(result.exit_code)
+    if result.signal is not None:
+        return 128 + int(result.signal)
+    return EXIT_SANDBOX_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The policy: SandboxConfig, SandboxMode, and loading it from files.
+
+A policy is everything one run is allowed: the mode, the limits, the
+workspace and the environment. ``SandboxConfig`` is its public name (kept
+from the original request). It is immutable and validated: unknown keys,
+wrong types, zero or negative limits and unknown modes raise ``PolicyError``
+naming the key and the value, before anything runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import PolicyError
+
+MIB = 1024 * 1024
+
+
+class SandboxMode(str, enum.Enum):
+    """How tight the syscall filter and the mount view are.
+
+    ``STRICT``: compute and file I/O in the workspace only.
+    ``MODERATE`` (default): real tools (shells, git, compilers, Python, Node).
+    ``PERMISSIVE``: a denylist of dangerous calls only, wider read access.
+    ``DISABLED``: no namespaces and no filter; timeout, limits, usage and the
+    execution log still apply. For debugging only.
+    """
+
+    STRICT = "strict"
+    MODERATE = "moderate"
+    PERMISSIVE = "permissive"
+    DISABLED = "disabled"
+
+
+class SandboxConfig(BaseModel):
+    """The policy of a run.
+
+    Every limit is optional: ``None`` means "not limited by stockade"
+    (the host's own limits still apply). Sizes are in MiB, times in seconds.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    mode: SandboxMode = SandboxMode.MODERATE
+
+    timeout_sec: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="Wall-clock limit; the whole process tree is killed at it.",
+    )
+    cpu_time_sec: int | None = Field(
+        default=300,
+        gt=0,
+        description="CPU seconds per process (RLIMIT_CPU).",
+    )
+    memory_mb: int | None = Field(
+        default=512,
+        gt=0,
+        description=(
+            "Memory cap. Applied per process with RLIMIT_DATA for now "
+            "(TODO(#4): a cgroup limit for the whole tree)."
+        ),
+    )
+    disk_mb: int | None = Field(
+        default=100,
+        gt=0,
+        description=(
+            "Size of each private writable tmpfs (/tmp, /dev/shm, HOME) and the "
+            "largest file a process may write (RLIMIT_FSIZE)."
+        ),
+    )
+    max_file_size_mb: int | None = Field(
+        default=None,
+        gt=0,
+        description="Largest file a process may write; defaults to disk_mb.",
+    )
+    max_open_files: int = Field(default=1024, gt=0, description="RLIMIT_NOFILE.")
+    max_output_bytes: int = Field(
+        default=8 * MIB,
+        gt=0,
+        description=(
+            "Captured bytes kept per stream; past it the run is ended with "
+            "termination 'output_limit'."
+        ),
+    )
+
+    workspace: Path | None = Field(
+        default=None,
+        description=(
+            "Writable directory of the run. None: the cwd given to execute() "
+            "(or the process's cwd)."
+        ),
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variables set for every run, on top of the scrubbed base.",
+    )
+    env_passthrough: tuple[str, ...] = Field(
+        default=(),
+        description="Names of caller variables passed in as they are.",
+    )
+    run_as_uid: int = Field(
+        default=65534,
+        ge=1,
+        description=(
+            "Host uid the program runs as when the caller is root (the program "
+            "never runs as host uid 0). Ignored for other callers, who keep "
+            "their own uid."
+        ),
+    )
+    run_as_gid: int = Field(default=65534, ge=1)
+    execution_log: Path | None | bool = Field(
+        default=True,
+        description=(
+            "Where each run appends one JSON line. True: "
+            "$XDG_STATE_HOME/stockade/runs.jsonl; False or None: no log."
+        ),
+    )
+    bwrap_path: Path | None = Field(
+        default=None, description="bubblewrap binary; None: found on PATH."
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return SandboxMode(value.lower())
+            except ValueError:
+                choices = ", ".join(m.value for m in SandboxMode)
+                raise ValueError(f"unknown mode {value!r}; choose one of {choices}")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            _check_env_name(name)
+            if "\0" in text:
+                raise ValueError(f"value of {name} contains a NUL byte")
+        return value
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _passthrough_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            _check_env_name(name)
+        return value
+
+    @property
+    def file_size_mb(self) -> int | None:
+        """The RLIMIT_FSIZE cap in MiB, or None."""
+        if self.max_file_size_mb is not None:
+            return self.max_file_size_mb
+        return self.disk_mb
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> SandboxConfig:
+        """Validate a plain mapping, turning pydantic errors into PolicyError."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise _policy_error(err, source) from err
+
+    def with_changes(self, **changes: Any) -> SandboxConfig:
+        """A copy with some fields replaced, validated like the original."""
+        data = self.model_dump()
+        data.update(changes)
+        return SandboxConfig.from_mapping(data, source="override")
+
+
+def _check_env_name(name: str) -> None:
+    if not name or "=" in name or "\0" in name:
+        raise ValueError(f"invalid environment variable name {name!r}")
+
+
+def _policy_error(err: ValidationError, source: str) -> PolicyError:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        message = f"{source}: unknown key {key!r} (value {value!r})"
+    else:
+        message = f"{source}: {key} = {value!r}: {first['msg']}"
+    return PolicyError(message, key=key, value=value)
+
+
+# --- files -----------------------------------------------------------------
+
+_FLAG_LIMIT_KEYS = {"cpu_time_sec", "memory_mb", "disk_mb", "timeout_sec"}
+
+
+def load_policy_file(path: str | os.PathLike[str]) -> SandboxConfig:
+    """Read a policy from YAML or TOML.
+
+    Two shapes are accepted: a mapping of SandboxConfig fields, or the host
+    application's feature-flag file (a top-level ``security`` key, see
+    ``config_from_feature_flags``).
+    """
+    data = _read_mapping(Path(path))
+    if "security" in data:
+        return config_from_feature_flags(data, source=str(path))
+    return SandboxConfig.from_mapping(data, source=str(path))
+
+
+def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature flags") -> SandboxConfig:
+    """Build a policy from the feature-flag mapping of the original request.
+
+    ::
+
+        security:
+          sandbox_enabled: true
+          sandbox_mode: "moderate"
+          sandbox_resource_limits: {cpu_time_sec: 300, memory_mb: 512, disk_mb: 100}
+
+    ``sandbox_enabled: false`` means mode ``disabled`` whatever
+    ``sandbox_mode`` says.
+    """
+    security = data.get("security")
+    if not isinstance(security, dict):
+        raise PolicyError(f"{source}: 'security' must be a mapping", key="security", value=security)
+    known = {"sandbox_enabled", "sandbox_mode", "sandbox_resource_limits", "sandbox_policy"}
+    for key in security:
+        if key not in known:
+            raise PolicyError(
+                f"{source}: unknown key 'security.{key}' (value {security[key]!r})",
+                key=f"security.{key}",
+                value=security[key],
+            )
+
+    enabled = security.get("sandbox_enabled", True)
+    if not isinstance(enabled, bool):
+        raise PolicyError(
+            f"{source}: security.sandbox_enabled = {enabled!r}: must be true or false",
+            key="security.sandbox_enabled",
+            value=enabled,
+        )
+    fields: dict[str, Any] = {}
+    fields["mode"] = security.get("sandbox_mode", "moderate") if enabled else "disabled"
+
+    limits = security.get("sandbox_resource_limits") or {}
+    if not isinstance(limits, dict):
+        raise PolicyError(
+            f"{source}: security.sandbox_resource_limits must be a mapping",
+            key="security.sandbox_resource_limits",
+            value=limits,
+        )
+    for key, value in limits.items():
+        if key not in _FLAG_LIMIT_KEYS and key not in SandboxConfig.model_fields:
+            raise PolicyError(
+                f"{source}: unknown key 'security.sandbox_resource_limits.{key}' (value {value!r})",
+                key=f"security.sandbox_resource_limits.{key}",
+                value=value,
+            )
+        fields[key] = value
+
+    extra = security.get("sandbox_policy") or {}
+    if not isinstance(extra, dict):
+        raise PolicyError(
+            f"{source}: security.sandbox_policy must be a mapping",
+            key="security.sandbox_policy",
+            value=extra,
+        )
+    fields.update(extra)
+    return SandboxConfig.from_mapping(fields, source=source)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PolicyError(f"cannot read policy file {path}: {err.strerror}", key="config", value=str(path)) from err
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise PolicyError(f"cannot parse policy file {path}: {err}", key="config", value=str(path)) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"policy file {path} must hold a mapping, not {type(data).__name__}", key="config", value=str(path))
+    return data

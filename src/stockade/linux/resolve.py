@@ -1,0 +1,233 @@
+"""Find the program to run, and what of it must be visible in the sandbox.
+
+A command such as ``python3`` is looked up the way the sandbox will look it
+up: in the sandbox's PATH, among directories the mount view shows. An
+interpreter that lives elsewhere (a pyenv or conda Python, a virtual
+environment made from one, a tool in ``~/.local``) is made visible
+read-only: its installation's ``bin``, ``lib``, ``lib64``, ``libexec`` and a
+virtual environment's ``pyvenv.cfg`` and base interpreter, never the rest of
+the directory it sits in. Shebang scripts are followed to their interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import CommandError
+
+_INSTALL_PARTS = ("bin", "sbin", "lib", "lib64", "libexec", "pyvenv.cfg")
+_MAX_DEPTH = 6
+
+
+@dataclass
+class Resolution:
+    """Where the program is and what must be mounted read-only to run it."""
+
+    path: str                                   # absolute path to exec
+    read_only: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, path: str, why: str) -> None:
+        if path not in self.read_only:
+            self.read_only.append(path)
+            self.notes.append(f"{path} visible read-only: {why}")
+
+
+def resolve_command(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    search_path: str,
+    visible: Callable[[str], bool],
+) -> Resolution:
+    """Resolve ``argv[0]`` and the installations it needs.
+
+    Args:
+        argv: the command.
+        cwd: directory a relative command is resolved against (host view;
+            paths are the same inside the sandbox).
+        search_path: the PATH the program will see.
+        visible: whether a host path is shown by the mount view as it is.
+
+    Raises:
+        CommandError: empty command, not found, not executable, or a pyenv
+            shim (which needs pyenv itself to work).
+    """
+    if not argv or not argv[0]:
+        raise CommandError("empty command: nothing to run", command=list(argv))
+    name = argv[0]
+    path = _locate(name, cwd=cwd, search_path=search_path, visible=visible, argv=argv)
+    result = Resolution(path=path)
+    _expose(path, result, visible=visible, search_path=search_path, cwd=cwd, depth=0)
+    return result
+
+
+def _locate(
+    name: str,
+    *,
+    cwd: str,
+    search_path: str,
+    visible: Callable[[str], bool],
+    argv: Sequence[str],
+) -> str:
+    if "/" in name:
+        path = os.path.normpath(os.path.join(cwd, name))
+        _check_executable(path, name, argv)
+        return path
+
+    dirs = [d for d in search_path.split(os.pathsep) if d and os.path.isabs(d)]
+    # The sandbox's own lookup order first: only what it can see.
+    for directory in dirs:
+        if visible(directory):
+            candidate = os.path.join(directory, name)
+            if _is_executable_file(candidate):
+                return candidate
+    for directory in dirs:
+        candidate = os.path.join(directory, name)
+        if _is_executable_file(candidate):
+            return candidate
+    raise CommandError(
+        f"command not found: {name!r} is in none of the PATH directories "
+        f"({search_path or 'empty PATH'})",
+        command=list(argv),
+    )
+
+
+def _check_executable(path: str, name: str, argv: Sequence[str]) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CommandError(f"command not found: {path} does not exist", command=list(argv)) from None
+    except OSError as err:
+        raise CommandError(f"cannot use {path}: {err.strerror}", command=list(argv)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CommandError(f"{path} is not a regular file", command=list(argv))
+    if not st.st_mode & 0o111:
+        raise CommandError(
+            f"{path} is not executable (mode {stat.filemode(st.st_mode)}); "
+            f"run it through its interpreter or chmod +x it",
+            command=list(argv),
+        )
+
+
+def _is_executable_file(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+def _expose(
+    path: str,
+    result: Resolution,
+    *,
+    visible: Callable[[str], bool],
+    search_path: str,
+    cwd: str,
+    depth: int,
+) -> None:
+    if depth > _MAX_DEPTH:
+        return
+    if "/.pyenv/shims/" in path:
+        raise CommandError(
+            f"{path} is a pyenv shim, which needs pyenv itself to pick a Python. "
+            f"Give the interpreter's real path instead (`pyenv which "
+            f"{os.path.basename(path)}`)",
+            command=[path],
+        )
+
+    for link in _link_chain(path):
+        if not visible(link):
+            _expose_installation(link, result, visible)
+            if not _covered(link, result):
+                result.add(os.path.dirname(link), f"holds {link}")
+
+    real = os.path.realpath(path)
+    interpreter = _shebang(real)
+    if interpreter is None:
+        return
+    first = interpreter[0]
+    if os.path.basename(first) == "env" and len(interpreter) > 1:
+        words = [w for w in interpreter[1:] if not w.startswith("-")]
+        if not words:
+            return
+        try:
+            target = _locate(words[0], cwd=cwd, search_path=search_path, visible=visible, argv=[words[0]])
+        except CommandError:
+            raise CommandError(
+                f"{path} starts with '#!{' '.join(interpreter)}', and "
+                f"{words[0]!r} is not on the sandbox's PATH ({search_path})",
+                command=[path],
+            ) from None
+    else:
+        target = first
+    _expose(target, result, visible=visible, search_path=search_path, cwd=cwd, depth=depth + 1)
+
+
+def _link_chain(path: str) -> list[str]:
+    """The path, each symlink it passes through, and its final target."""
+    chain = [path]
+    current = path
+    for _ in range(40):
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        chain.append(current)
+    real = os.path.realpath(path)
+    if real not in chain:
+        chain.append(real)
+    return chain
+
+
+def _covered(path: str, result: Resolution) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in result.read_only)
+
+
+def _expose_installation(executable: str, result: Resolution, visible: Callable[[str], bool]) -> None:
+    parent = os.path.dirname(executable)
+    if os.path.basename(parent) not in ("bin", "sbin"):
+        return
+    root = os.path.dirname(parent)
+    if root in ("", "/") or visible(root):
+        return
+    for part in _INSTALL_PARTS:
+        candidate = os.path.join(root, part)
+        if os.path.lexists(candidate) and not visible(candidate):
+            result.add(candidate, f"installation of {executable}")
+    cfg = os.path.join(root, "pyvenv.cfg")
+    home = _venv_home(cfg)
+    if home:
+        base = os.path.join(home, "python3")
+        probe = base if os.path.exists(base) else os.path.join(home, "python")
+        _expose_installation(os.path.normpath(probe), result, visible)
+
+
+def _venv_home(cfg: str) -> str | None:
+    try:
+        with open(cfg, encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition("=")
+                if key.strip() == "home":
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def _shebang(path: str) -> list[str] | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+    words = line.split()
+    return words or None

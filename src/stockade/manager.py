@@ -1,0 +1,625 @@
+"""SandboxManager: policy -> launch -> supervise -> result.
+
+``execute`` and ``execute_async`` take the same arguments and return the
+same ``SandboxResult``; many ``execute_async`` runs proceed concurrently on
+one event loop, and ``execute`` may be called from many threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal as _signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import _io
+from .audit import ExecutionLog, resolve_log_path
+from .config import MIB, SandboxConfig, SandboxMode
+from .errors import CommandError, PolicyError
+from .linux import bwrap as _bwrap
+from .linux.client import shared_launcher
+from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
+from .linux.resolve import resolve_command
+from .result import Protection, SandboxResult, Termination, Usage, Violation
+
+log = logging.getLogger(__name__)
+
+# Variables taken from the caller's environment by default. Everything else
+# must be named (SandboxConfig.env_passthrough) or given (env=...).
+ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TERM", "TZ")
+ENV_ALLOWLIST_PREFIXES = ("LC_",)
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+StdinArg = bytes | str | int | IO[Any] | None
+
+
+@dataclass
+class _Prepared:
+    run_id: str
+    command: list[str]
+    config: SandboxConfig
+    spec: dict[str, Any]
+    cwd: str
+    protections: list[Protection]
+    limits: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    cleanup: list[str] = field(default_factory=list)
+    t0: float = 0.0
+    prepare_ms: float = 0.0
+
+
+class SandboxManager:
+    """Runs commands under one policy.
+
+    Args:
+        config: the policy; ``SandboxConfig()`` (moderate, default limits)
+            when omitted.
+        **overrides: fields replacing those of ``config``, validated.
+
+    Raises:
+        PolicyError: on an invalid override.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None, **overrides: Any) -> None:
+        config = config or SandboxConfig()
+        if overrides:
+            config = config.with_changes(**overrides)
+        self.config = config
+        log_path = resolve_log_path(config.execution_log)
+        self._log = ExecutionLog(log_path) if log_path else None
+        self._launcher = shared_launcher()
+        if config.mode is SandboxMode.DISABLED:
+            log.warning(
+                "stockade mode 'disabled': commands run WITHOUT namespaces or a syscall "
+                "filter; only the timeout, rlimits and the execution log apply"
+            )
+
+    # -- public API ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the launcher now instead of on the first run."""
+        self._launcher.ensure_started()
+
+    def close(self) -> None:
+        """Nothing to release per manager today; kept for symmetry and ``with``."""
+
+    def __enter__(self) -> SandboxManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SandboxManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def execute(
+        self,
+        command: Sequence[str] | str,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: StdinArg = None,
+        capture_output: bool = True,
+        timeout: float | None = None,
+    ) -> SandboxResult:
+        """Run a command in the sandbox and wait for it.
+
+        Args:
+            command: argv list; a string is split with ``shlex.split`` (it is
+                not given to a shell).
+            cwd: working directory; it is the writable workspace unless the
+                policy names one (cwd must then lie inside it).
+            env: variables added to the scrubbed environment.
+            stdin: bytes or str to feed, an open file or fd to read from, or
+                None for /dev/null.
+            capture_output: capture stdout/stderr into the result (capped at
+                ``max_output_bytes`` each); False passes them through to this
+                process's stdout/stderr.
+            timeout: wall-clock seconds, overriding ``timeout_sec``.
+
+        Raises:
+            CommandError, PolicyError, SandboxUnavailableError: before
+            anything runs. Failures during the run are results.
+        """
+        prepared = self._prepare(command, cwd, env, timeout)
+        io = self._submit(prepared, stdin, capture_output)
+        try:
+            _io.drive_sync(io)
+        finally:
+            self._cleanup(prepared)
+        return self._finish(prepared, io)
+
+    async def execute_async(
+        self,
+        command: Sequence[str] | str,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: StdinArg = None,
+        capture_output: bool = True,
+        timeout: float | None = None,
+    ) -> SandboxResult:
+        """The asyncio form of ``execute``, same arguments and result.
+
+        Cancelling the awaiting task kills the run.
+        """
+        prepared = self._prepare(command, cwd, env, timeout)
+        io = self._submit(prepared, stdin, capture_output)
+        try:
+            await _io.drive_async(io)
+        finally:
+            self._cleanup(prepared)
+        return self._finish(prepared, io)
+
+    # -- policy -> spec --------------------------------------------------------
+
+    def _prepare(
+        self,
+        command: Sequence[str] | str,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> _Prepared:
+        t0 = time.monotonic()
+        config = self.config
+        argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+        if not argv or not argv[0]:
+            raise CommandError("empty command: nothing to run", command=argv)
+        if timeout is not None and timeout <= 0:
+            raise PolicyError(f"timeout = {timeout!r}: must be greater than 0", key="timeout", value=timeout)
+
+        run_cwd, workspace = self._directories(cwd)
+        run_env = self._environment(env)
+        caller_is_root = os.geteuid() == 0
+        run_id = uuid.uuid4().hex[:16]
+
+        limits = {
+            "timeout_sec": timeout if timeout is not None else config.timeout_sec,
+            "cpu_time_sec": config.cpu_time_sec,
+            "memory_mb": config.memory_mb,
+            "disk_mb": config.disk_mb,
+            "file_size_mb": config.file_size_mb,
+            "max_open_files": config.max_open_files,
+            "max_output_bytes": config.max_output_bytes,
+        }
+        spec: dict[str, Any] = {
+            "run_id": run_id,
+            "timeout": limits["timeout_sec"],
+            "rlimits": self._rlimits(),
+        }
+        prepared = _Prepared(
+            run_id=run_id,
+            command=argv,
+            config=config,
+            spec=spec,
+            cwd=run_cwd,
+            protections=[],
+            limits=limits,
+            t0=t0,
+        )
+        if caller_is_root:
+            spec["creds"] = {"uid": config.run_as_uid, "gid": config.run_as_gid}
+
+        if config.mode is SandboxMode.DISABLED:
+            self._prepare_disabled(prepared, argv, run_env, caller_is_root)
+        else:
+            self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+        prepared.prepare_ms = (time.monotonic() - t0) * 1000
+        return prepared
+
+    def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
+        config = self.config
+        base = cwd if cwd is not None else (config.workspace or os.getcwd())
+        run_cwd = os.path.realpath(os.fspath(base))
+        if not os.path.isdir(run_cwd):
+            raise CommandError(f"cwd {os.fspath(base)!r} is not an existing directory")
+        workspace = os.path.realpath(os.fspath(config.workspace)) if config.workspace else run_cwd
+        if not os.path.isdir(workspace):
+            raise PolicyError(
+                f"workspace = {os.fspath(config.workspace)!r}: not an existing directory",  # type: ignore[arg-type]
+                key="workspace",
+                value=str(config.workspace),
+            )
+        if run_cwd != workspace and not run_cwd.startswith(workspace.rstrip("/") + "/"):
+            raise PolicyError(
+                f"cwd {run_cwd!r} lies outside the workspace {workspace!r}",
+                key="workspace",
+                value=workspace,
+            )
+        if config.mode is not SandboxMode.DISABLED:
+            why = _bwrap.forbidden_workspace(workspace, os.path.expanduser("~"))
+            if why:
+                raise PolicyError(
+                    f"refusing {workspace!r} as the writable workspace: {why}. Run from a "
+                    f"project directory or pass workspace=<dir>",
+                    key="workspace",
+                    value=workspace,
+                )
+        return run_cwd, workspace
+
+    def _environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        config = self.config
+        env: dict[str, str] = {}
+        for name, value in os.environ.items():
+            if name in ENV_ALLOWLIST or name.startswith(ENV_ALLOWLIST_PREFIXES):
+                env[name] = value
+        for name in config.env_passthrough:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.update(config.env)
+        if extra:
+            for name, value in extra.items():
+                if not name or "=" in name or "\0" in name or "\0" in str(value):
+                    raise PolicyError(f"env: invalid variable {name!r}", key=f"env.{name}", value=value)
+                env[name] = str(value)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env["HOME"] = _bwrap.HOME_IN_SANDBOX
+        return env
+
+    def _rlimits(self) -> list[list[Any]]:
+        config = self.config
+        limits: list[list[Any]] = [["RLIMIT_CORE", 0, 0]]
+        if config.cpu_time_sec is not None:
+            # SIGXCPU at the soft limit, SIGKILL one second later
+            limits.append(["RLIMIT_CPU", config.cpu_time_sec, config.cpu_time_sec + 1])
+        if config.file_size_mb is not None:
+            size = config.file_size_mb * MIB
+            limits.append(["RLIMIT_FSIZE", size, size])
+        limits.append(["RLIMIT_NOFILE", config.max_open_files, config.max_open_files])
+        if config.memory_mb is not None:
+            # TODO(#4): per-process RLIMIT_DATA until the cgroup limit for the
+            # whole tree replaces it; eight children may use eight times this.
+            size = config.memory_mb * MIB
+            limits.append(["RLIMIT_DATA", size, size])
+        return limits
+
+    def _prepare_bwrap(
+        self,
+        prepared: _Prepared,
+        argv: list[str],
+        env: dict[str, str],
+        workspace: str,
+        caller_is_root: bool,
+    ) -> None:
+        config = self.config
+        info = _bwrap.find_bwrap(str(config.bwrap_path) if config.bwrap_path else None)
+        _bwrap.check_namespaces(info.path, config.run_as_uid if caller_is_root else None)
+
+        plan = _bwrap.base_plan(config.mode, workspace)
+        resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
+        extra_ro = list(resolution.read_only)
+        prepared.notes.extend(resolution.notes)
+        for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+            if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
+                if entry not in extra_ro:
+                    extra_ro.append(entry)
+                    prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
+
+        args = _bwrap.build_args(
+            config,
+            plan,
+            workspace=workspace,
+            cwd=prepared.cwd,
+            extra_ro=extra_ro,
+            info=info,
+            fd_first_bind=FD_FIRST_BIND,
+            fd_json_status=FD_JSON_STATUS,
+        )
+        spec = prepared.spec
+        spec.update(
+            path=info.path,
+            argv=["bwrap", "--args", "3", "--", resolution.path, *argv[1:]],
+            args_data=args,
+            json_status=True,
+            bind_paths=plan.bind_paths,
+            cwd="/",
+            env=env,
+        )
+        if caller_is_root:
+            idmap = self._workspace_idmap(workspace)
+            if idmap:
+                spec["idmaps"] = [idmap]
+                prepared.notes.append(
+                    f"workspace owned by uid {idmap['owner']}: idmapped to the sandbox uid "
+                    f"{config.run_as_uid}; files it writes belong to uid {idmap['owner']}"
+                )
+        log.debug("bwrap %s", shlex.join(args))
+        prepared.protections = self._protections(info, caller_is_root)
+
+    def _workspace_idmap(self, workspace: str) -> dict[str, Any] | None:
+        st = os.stat(workspace)
+        uid, gid = self.config.run_as_uid, self.config.run_as_gid
+        if st.st_uid == uid and st.st_gid == gid:
+            return None
+        return {
+            "path": workspace,
+            "owner": st.st_uid,
+            "uid_map": f"{st.st_uid} {uid} 1\n",
+            "gid_map": f"{st.st_gid} {gid} 1\n",
+        }
+
+    def _prepare_disabled(
+        self,
+        prepared: _Prepared,
+        argv: list[str],
+        env: dict[str, str],
+        caller_is_root: bool,
+    ) -> None:
+        resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=lambda _p: True)
+        home = tempfile.mkdtemp(prefix="stockade-home-")
+        if caller_is_root:
+            os.chown(home, self.config.run_as_uid, self.config.run_as_gid)
+        prepared.cleanup.append(home)
+        env = dict(env, HOME=home)
+        prepared.spec.update(
+            path=resolution.path,
+            argv=argv,
+            env=env,
+            cwd=prepared.cwd,
+            new_session=True,
+        )
+        uid = self.config.run_as_uid if caller_is_root else os.getuid()
+        prepared.protections = [
+            Protection("namespaces", "off", "mode disabled"),
+            Protection("mount_view", "off", "mode disabled: the whole host file system is visible"),
+            Protection("syscall_filter", "off", "mode disabled"),
+            Protection("network", "off", "mode disabled: the host network is reachable"),
+            Protection("environment", "enforced", "scrubbed to an allowlist"),
+            Protection("never_root", "enforced" if uid != 0 else "off", f"runs as uid {uid}"),
+            *self._limit_protections(),
+        ]
+
+    def _protections(self, info: _bwrap.BwrapInfo, caller_is_root: bool) -> list[Protection]:
+        uid = self.config.run_as_uid if caller_is_root else os.getuid()
+        userns = "user, pid, ipc, uts, net, cgroup"
+        if info.has_disable_userns:
+            userns += "; nested user namespaces disabled"
+        return [
+            Protection("namespaces", "enforced", f"bubblewrap {info.version}: {userns}"),
+            Protection("mount_view", "enforced", "system read-only, workspace writable, private /tmp and HOME"),
+            # TODO(#3): no seccomp filter yet; the run says so instead of pretending.
+            Protection("syscall_filter", "off", "not implemented yet (issue #3)"),
+            Protection("network", "enforced", "none: empty network namespace"),
+            Protection("environment", "enforced", "scrubbed to an allowlist"),
+            Protection("never_root", "enforced", f"runs as host uid {uid}"),
+            Protection("capabilities", "enforced", "all dropped"),
+            *self._limit_protections(),
+        ]
+
+    def _limit_protections(self) -> list[Protection]:
+        config = self.config
+        out = [Protection("timeout", "enforced" if config.timeout_sec else "off", "kills the whole tree")]
+        if config.cpu_time_sec:
+            out.append(Protection("cpu_time", "enforced", f"RLIMIT_CPU {config.cpu_time_sec}s per process"))
+        if config.memory_mb:
+            out.append(
+                Protection(
+                    "memory",
+                    "degraded",
+                    f"RLIMIT_DATA {config.memory_mb} MiB per process, not a limit for the whole tree (issue #4)",
+                )
+            )
+        if config.file_size_mb:
+            out.append(Protection("file_size", "enforced", f"RLIMIT_FSIZE {config.file_size_mb} MiB"))
+        return out
+
+    # -- launch ----------------------------------------------------------------
+
+    def _submit(self, prepared: _Prepared, stdin: StdinArg, capture_output: bool) -> _io.RunIO:
+        opened: list[int] = []
+        ours: dict[str, int | None] = {"stdout": None, "stderr": None, "stdin": None}
+        stdin_data: bytes | None = None
+        try:
+            stdin_child = self._stdin_fd(stdin, opened, ours)
+            if isinstance(stdin, str):
+                stdin_data = stdin.encode()
+            elif isinstance(stdin, bytes):
+                stdin_data = stdin
+            if capture_output:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                opened += [out_w, err_w]
+                ours["stdout"], ours["stderr"] = out_r, err_r
+            else:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (AttributeError, ValueError, OSError):
+                        pass
+                out_w = _fileno(sys.stdout, 1)
+                err_w = _fileno(sys.stderr, 2)
+            report = self._launcher.submit(prepared.spec, stdin_child, out_w, err_w)
+        except BaseException:
+            for fd in ours.values():
+                if fd is not None:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)
+        return _io.RunIO(
+            report,
+            stdout_fd=ours["stdout"],
+            stderr_fd=ours["stderr"],
+            stdin_fd=ours["stdin"],
+            stdin_data=stdin_data,
+            cap=self.config.max_output_bytes,
+        )
+
+    @staticmethod
+    def _stdin_fd(stdin: StdinArg, opened: list[int], ours: dict[str, int | None]) -> int:
+        if stdin is None:
+            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            opened.append(fd)
+            return fd
+        if isinstance(stdin, (bytes, str)):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            opened.append(r)
+            ours["stdin"] = w
+            return r
+        if isinstance(stdin, int):
+            return stdin
+        return stdin.fileno()
+
+    def _cleanup(self, prepared: _Prepared) -> None:
+        for path in prepared.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- event -> result -------------------------------------------------------
+
+    def _finish(self, prepared: _Prepared, io: _io.RunIO) -> SandboxResult:
+        event = io.event or {"event": "lost"}
+        wall = time.monotonic() - prepared.t0
+        stdout, stderr = io.out.value(), io.err.value()
+        config = prepared.config
+
+        exit_code, sig, termination, error = _outcome(event, prepared, stderr)
+        usage = _usage(event)
+        if termination is Termination.SIGNALED and sig in (_signal.SIGKILL, _signal.SIGXCPU):
+            if config.cpu_time_sec and usage.cpu_total_sec >= config.cpu_time_sec * 0.95:
+                termination = Termination.CPU_LIMIT
+
+        violations = [
+            Violation(v["mechanism"], v["what"], v["action"], int(v["count"]))
+            for v in event.get("violations") or []
+        ]
+        times = event.get("times") or {}
+        timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
+        for key, value in times.items():
+            timings[key] = round(float(value), 3)
+
+        result = SandboxResult(
+            run_id=prepared.run_id,
+            command=prepared.command,
+            termination=termination,
+            exit_code=exit_code,
+            signal=sig,
+            stdout=stdout,
+            stderr=stderr,
+            wall_time_sec=wall,
+            usage=usage,
+            mode=config.mode.value,
+            limits=prepared.limits,
+            protections=prepared.protections,
+            violations=violations,
+            stdout_truncated=io.out.truncated,
+            stderr_truncated=io.err.truncated,
+            error=error,
+            notes=prepared.notes,
+            timings_ms=timings,
+        )
+        if self._log is not None:
+            self._log.record(result, cwd=prepared.cwd)
+        return result
+
+
+def _fileno(stream: Any, default: int) -> int:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return default
+
+
+def _usage(event: Mapping[str, Any]) -> Usage:
+    parts = [event.get("rusage"), event.get("init_rusage")]
+    utime = stime = 0.0
+    maxrss = 0
+    for part in parts:
+        if part:
+            utime += float(part["utime"])
+            stime += float(part["stime"])
+            maxrss = max(maxrss, int(part["maxrss_kb"]))
+    return Usage(
+        cpu_user_sec=utime,
+        cpu_system_sec=stime,
+        peak_memory_mb=maxrss / 1024.0,
+        # TODO(#4): cgroup figures for the whole tree; meanwhile rusage of the
+        # processes the sandbox reaped, and the largest single process's RSS.
+        source="rusage of reaped processes; peak is the largest single process",
+    )
+
+
+_KILL_REASONS = {
+    "timeout": Termination.TIMEOUT,
+    "output_limit": Termination.OUTPUT_LIMIT,
+    "syscall_denied": Termination.SYSCALL_DENIED,
+    "cancelled": Termination.CANCELLED,
+}
+
+
+def _outcome(
+    event: Mapping[str, Any], prepared: _Prepared, stderr: bytes
+) -> tuple[int | None, int | None, Termination, str | None]:
+    """exit_code, signal, termination and error from the launcher's event."""
+    if event.get("event") != "exit":
+        return None, None, Termination.SANDBOX_ERROR, "the launcher exited before the run ended"
+    setup_error = event.get("setup_error")
+    if setup_error:
+        return None, None, Termination.SANDBOX_ERROR, f"sandbox set-up failed: {setup_error.get('error')}"
+
+    killed = event.get("killed")
+    status = event.get("status")
+    uses_bwrap = bool(prepared.spec.get("args_data"))
+
+    if uses_bwrap:
+        code = event.get("json_exit_code")
+        if code is None:
+            if killed in _KILL_REASONS:
+                return None, _signal.SIGKILL, _KILL_REASONS[killed], None
+            message = _bwrap_error(stderr) or _status_text(status)
+            return None, None, Termination.SANDBOX_ERROR, f"bubblewrap could not start the program: {message}"
+        exit_code, sig = _split_code(int(code))
+    else:
+        exit_code, sig = _decode_status(status)
+
+    if killed in _KILL_REASONS:
+        return None, sig if sig is not None else _signal.SIGKILL, _KILL_REASONS[killed], None
+    if sig is None:
+        return exit_code, None, Termination.EXITED, None
+    if sig == _signal.SIGXCPU:
+        return None, sig, Termination.CPU_LIMIT, None
+    if sig == _signal.SIGXFSZ:
+        return None, sig, Termination.FILE_SIZE_LIMIT, None
+    if sig == _signal.SIGSYS:
+        return None, sig, Termination.SYSCALL_DENIED, None
+    return None, sig, Termination.SIGNALED, None
+
+
+def _split_code(code: int) -> tuple[int | None, int | None]:
+    """bubblewrap reports a program killed by signal N as 128+N."""
+    if 128 < code < 128 + 65:
+        return None, code - 128
+    return code, None
+
+
+def _decode_status(status: int | None) -> tuple[int | None, int | None]:
+    if status is None:
+        return None, None
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+def _status_text(status: int | None) -> str:
+    exit_code, sig = _decode_status(status)
+    if sig is not None:
+        return f"bwrap killed by signal {sig}"
+    return f"bwrap exited with status {exit_code}"
+
+
+def _bwrap_error(stderr: bytes) -> str | None:
+    for line in reversed(stderr.decode("utf-8", "replace").splitlines()):
+        if line.startswith("bwrap:"):
+            return line
+    return None

@@ -1,0 +1,165 @@
+"""What a run returns: SandboxResult and its parts."""
+
+from __future__ import annotations
+
+import enum
+import json
+import signal as _signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Termination(str, enum.Enum):
+    """Why a run ended. Exactly one per run.
+
+    Limits come before ``signaled``: a process killed by SIGXCPU after its
+    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``.
+    """
+
+    EXITED = "exited"                    # the program exited by itself
+    SIGNALED = "signaled"                # killed by a signal we did not send for a limit
+    TIMEOUT = "timeout"                  # wall-clock limit; whole tree killed
+    CPU_LIMIT = "cpu_limit"              # RLIMIT_CPU (SIGXCPU / SIGKILL)
+    MEMORY_LIMIT = "memory_limit"        # memory cap hit
+    FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ)
+    PIDS_LIMIT = "pids_limit"            # process cap hit
+    DISK_LIMIT = "disk_limit"            # disk budget hit
+    SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter
+    OUTPUT_LIMIT = "output_limit"        # captured output past max_output_bytes
+    CANCELLED = "cancelled"              # the caller cancelled the run
+    SANDBOX_ERROR = "sandbox_error"      # the sandbox could not be set up
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources used by the program's own process tree.
+
+    ``source`` says where the figures come from, for example
+    ``"rusage of the sandbox's pid 1"`` (CPU of every process that was reaped
+    in the sandbox; peak memory is that of the largest single process).
+    """
+
+    cpu_user_sec: float = 0.0
+    cpu_system_sec: float = 0.0
+    peak_memory_mb: float = 0.0
+    source: str = ""
+
+    @property
+    def cpu_total_sec(self) -> float:
+        return self.cpu_user_sec + self.cpu_system_sec
+
+
+@dataclass(frozen=True)
+class Violation:
+    """Something the policy denied, with how often it happened."""
+
+    mechanism: str          # "seccomp", "landlock", "network", ...
+    what: str               # e.g. the syscall name
+    action: str             # "errno:EPERM", "kill", ...
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Protection:
+    """One protection of the policy and whether it was in force for the run."""
+
+    name: str
+    status: str             # "enforced", "degraded", "off"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """The outcome of one run.
+
+    ``success`` is true when the program exited by itself with status 0.
+    ``exit_code`` is the program's exit status when it exited, else None;
+    ``signal`` is the number of the signal that ended it, else None.
+    """
+
+    run_id: str
+    command: list[str]
+    termination: Termination
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    wall_time_sec: float
+    usage: Usage
+    mode: str
+    limits: dict[str, Any]
+    protections: list[Protection]
+    violations: list[Violation] = field(default_factory=list)
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.termination is Termination.EXITED and self.exit_code == 0
+
+    @property
+    def timed_out(self) -> bool:
+        return self.termination is Termination.TIMEOUT
+
+    @property
+    def stdout_text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    @property
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", errors="replace")
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return _signal.Signals(self.signal).name
+        except ValueError:
+            return f"SIG{self.signal}"
+
+    def to_dict(self, *, include_output: bool = True) -> dict[str, Any]:
+        """A JSON-ready mapping. Output is decoded as UTF-8 with replacement."""
+        data = asdict(self)
+        data["termination"] = self.termination.value
+        data["success"] = self.success
+        data["signal_name"] = self.signal_name
+        data["usage"]["cpu_total_sec"] = self.usage.cpu_total_sec
+        if include_output:
+            data["stdout"] = self.stdout_text
+            data["stderr"] = self.stderr_text
+        else:
+            del data["stdout"], data["stderr"]
+        return data
+
+    def to_json(self, *, include_output: bool = True, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(include_output=include_output), indent=indent)
+
+    def summary(self) -> str:
+        """One line for humans: how it ended, wall time, CPU, memory, denials."""
+        if self.termination is Termination.EXITED:
+            how = f"exited {self.exit_code}"
+        elif self.termination is Termination.SIGNALED:
+            how = f"killed by {self.signal_name}"
+        else:
+            how = self.termination.value
+            if self.signal is not None:
+                how += f" ({self.signal_name})"
+        parts = [
+            how,
+            f"wall {self.wall_time_sec:.2f}s",
+            f"cpu {self.usage.cpu_total_sec:.2f}s",
+            f"peak mem {self.usage.peak_memory_mb:.0f} MiB",
+            f"mode {self.mode}",
+        ]
+        if self.violations:
+            denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
+            parts.append(f"denied: {denied}")
+        if self.stdout_truncated or self.stderr_truncated:
+            parts.append("output truncated")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return "stockade: " + "; ".join(parts)
