@@ -325,27 +325,52 @@ class SandboxManager:
             env=env,
         )
         if caller_is_root:
-            idmap = self._workspace_idmap(workspace)
-            if idmap:
-                spec["idmaps"] = [idmap]
-                prepared.notes.append(
-                    f"workspace owned by uid {idmap['owner']}: idmapped to the sandbox uid "
-                    f"{config.run_as_uid}; files it writes belong to uid {idmap['owner']}"
-                )
+            idmaps = self._root_idmaps(workspace, extra_ro)
+            if idmaps:
+                spec["idmaps"] = idmaps
+                prepared.notes.extend(m["why"] for m in idmaps)
         log.debug("bwrap %s", shlex.join(args))
         prepared.protections = self._protections(info, caller_is_root)
 
-    def _workspace_idmap(self, workspace: str) -> dict[str, Any] | None:
-        st = os.stat(workspace)
+    def _root_idmaps(self, workspace: str, read_only: Sequence[str]) -> list[dict[str, Any]]:
+        """Idmapped mounts a root caller needs, deepest path first.
+
+        The program runs as ``run_as_uid``, not as the workspace's owner, so
+        a workspace it does not own is idmapped: its owner's files appear as
+        the sandbox uid's, and what the sandbox writes belongs to the owner.
+        Directories on the way to a bind source that the sandbox uid may not
+        traverse (``/root`` is 0700) are idmapped the same way in the
+        launcher's private mount namespace, only so that bubblewrap, already
+        running as the sandbox uid, can reach the source; only the sources
+        themselves are mounted into the sandbox.
+        """
         uid, gid = self.config.run_as_uid, self.config.run_as_gid
-        if st.st_uid == uid and st.st_gid == gid:
-            return None
-        return {
-            "path": workspace,
-            "owner": st.st_uid,
-            "uid_map": f"{st.st_uid} {uid} 1\n",
-            "gid_map": f"{st.st_gid} {gid} 1\n",
-        }
+        maps: dict[str, dict[str, Any]] = {}
+
+        def idmap(path: str, why: str) -> None:
+            st = os.stat(path)
+            maps.setdefault(path, {
+                "path": path,
+                "owner": st.st_uid,
+                "uid_map": f"{st.st_uid} {uid} 1\n",
+                "gid_map": f"{st.st_gid} {gid} 1\n",
+                "why": why,
+            })
+
+        st = os.stat(workspace)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            idmap(
+                workspace,
+                f"workspace owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}; "
+                f"files it writes belong to uid {st.st_uid}",
+            )
+        for path in (workspace, *read_only):
+            parent = os.path.dirname(path)
+            while parent not in ("/", ""):
+                if not _may_traverse(os.stat(parent), uid, gid):
+                    idmap(parent, f"{parent} idmapped in the launcher only, so that uid {uid} reaches {path}")
+                parent = os.path.dirname(parent)
+        return sorted(maps.values(), key=lambda m: m["path"].count("/"), reverse=True)
 
     def _prepare_disabled(
         self,
@@ -520,6 +545,14 @@ class SandboxManager:
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
+
+
+def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
 
 
 def _fileno(stream: Any, default: int) -> int:

@@ -139,6 +139,13 @@ def _child_setup(
     step = "start"
     report_fd = errsock.fileno()
     try:
+        # The launcher ignores SIGPIPE and SIGINT, and Python ignores SIGXFSZ;
+        # ignored signals stay ignored across exec. The program gets defaults.
+        step = "reset signals"
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
         if spec.get("new_session"):
             step = "setsid"
             os.setsid()
@@ -148,6 +155,9 @@ def _child_setup(
         if idmaps:
             _sys.unshare(_sys.CLONE_NEWNS)
             _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_SLAVE)
+            # Deepest paths first: an idmapped mount cannot be idmapped again,
+            # so an ancestor's idmap covers only its own mount (submounts,
+            # cloned along, keep theirs).
             for item in idmaps:
                 ns_fd = userns.get(item["uid_map"], item["gid_map"])
                 tree = _sys.open_tree(
