@@ -271,7 +271,8 @@ def test_concurrent_async_runs(workspace):
         )
 
     results = asyncio.run(main())
-    assert all(r.success for r in results)
+    failed = [f"{r.summary()} {r.stderr_text!r} {r.timings_ms}" for r in results if not r.success]
+    assert not failed
     assert sorted(int(r.stdout_text) for r in results) == list(range(20))
 
 

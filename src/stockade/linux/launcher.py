@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from typing import Any
 
 from . import _sys
@@ -373,7 +374,8 @@ class Run:
             self.supervisor.close()
 
     def on_json(self, _arg: Any) -> None:
-        assert self.json_r is not None
+        if self.json_r is None:
+            return
         try:
             chunk = os.read(self.json_r, 65536)
         except BlockingIOError:
@@ -597,8 +599,17 @@ class Launcher:
         while not (self.stopping and not self.runs):
             timeout = self._next_timeout()
             for key, _mask in self.sel.select(timeout):
+                # An earlier callback of this batch may have unregistered this
+                # descriptor (a run finished), and its number may already be
+                # reused: dispatch only keys that are still current.
+                current = self.sel.get_map().get(key.fileobj)
+                if current is not key:
+                    continue
                 callback, arg = key.data
-                callback(arg)
+                try:
+                    callback(arg)
+                except Exception:  # noqa: BLE001 - one run's bug must not end the others
+                    traceback.print_exc()
             self._tick()
         os._exit(0)
 
