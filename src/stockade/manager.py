@@ -597,7 +597,13 @@ def _outcome(
         return None, None, Termination.SANDBOX_ERROR, "the launcher exited before the run ended"
     setup_error = event.get("setup_error")
     if setup_error:
-        return None, None, Termination.SANDBOX_ERROR, f"sandbox set-up failed: {setup_error.get('error')}"
+        message = f"sandbox set-up failed: {setup_error.get('error')}"
+        if setup_error.get("step") == "idmap":
+            message += (
+                " (idmapped mounts need Linux 5.12+ and a file system that supports "
+                "them; or give the workspace to run_as_uid, or set run_as_uid to its owner)"
+            )
+        return None, None, Termination.SANDBOX_ERROR, message
 
     killed = event.get("killed")
     status = event.get("status")
