@@ -186,7 +186,9 @@ class SandboxResult:
         ]
         if self.connections:
             refused = sum(1 for c in self.connections if not c.allowed)
-            parts.append(f"network {len(self.connections)} connections, {refused} denied")
+            count = len(self.connections)
+            noun = "connection" if count == 1 else "connections"
+            parts.append(f"network {count} {noun}, {refused} denied")
         if self.violations:
             denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")

@@ -433,11 +433,11 @@ class Run:
         assert self.init_pid is not None and self.block_w is not None
         try:
             fd = netbridge.open_listener(self.init_pid, self.init_pidfd, int(bridge["port"]))
-        except OSError as err:
+        except (OSError, ValueError, OverflowError) as err:
             self.setup_error = {
                 "error": f"network bridge: {err}",
                 "step": "network bridge",
-                "errno": err.errno or None,
+                "errno": getattr(err, "errno", None) or None,
             }
             self.kill("sandbox_error")
             return

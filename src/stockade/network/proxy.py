@@ -214,15 +214,14 @@ class NetworkProxy:
     # -- on the proxy's thread -------------------------------------------------
 
     def _attach(self, run_id: str, allowlist: Allowlist, fd: int) -> None:
-        assert self._loop is not None
         listener = socket.socket(fileno=fd)
         listener.setblocking(False)
         session = _Session(run_id, allowlist, listener)
         self._sessions[run_id] = session
-        self._loop.add_reader(listener.fileno(), self._accept, session)
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, session)
 
     def _accept(self, session: _Session) -> None:
-        assert self._loop is not None
+        loop = asyncio.get_running_loop()
         for _ in range(64):
             try:
                 conn, _addr = session.listener.accept()
@@ -239,7 +238,7 @@ class NetworkProxy:
                 conn.close()
                 continue
             conn.setblocking(False)
-            task = self._loop.create_task(self._serve(session, conn))
+            task = loop.create_task(self._serve(session, conn))
             session.tasks.add(task)
             task.add_done_callback(session.tasks.discard)
 
@@ -262,9 +261,8 @@ class NetworkProxy:
         session = self._sessions.pop(run_id, None)
         if session is None:
             return RunTraffic()
-        assert self._loop is not None
         self._accept(session)  # connections still queued get served and recorded
-        self._loop.remove_reader(session.listener.fileno())
+        asyncio.get_running_loop().remove_reader(session.listener.fileno())
         session.listener.close()
         tasks = set(session.tasks)
         if tasks:
