@@ -25,7 +25,7 @@ WHEEL_VERSION = "1.0"
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: LoopbackHTTPServer
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.paths.append(self.path)
         body = f"hello {self.path}".encode()
         self.send_response(200)
@@ -33,9 +33,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.server.paths.append(self.path)
-        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass  # trailers
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -77,7 +85,11 @@ def make_wheel(directory: Path) -> Path:
     }
     record = io.StringIO()
     for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        digest = (
+            base64.urlsafe_b64encode(hashlib.sha256(data).digest())
+            .rstrip(b"=")
+            .decode()
+        )
         record.write(f"{path},sha256={digest},{len(data)}\n")
     record.write(f"{info}/RECORD,,\n")
     files[f"{info}/RECORD"] = record.getvalue().encode()
@@ -101,14 +113,18 @@ class SimpleIndex(LoopbackHTTPServer):
         }
 
         class Handler(_Handler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self.server.paths.append(self.path)
                 body = pages.get(self.path.split("?")[0])
                 if body is None:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                kind = "application/octet-stream" if self.path.endswith(".whl") else "text/html"
+                kind = (
+                    "application/octet-stream"
+                    if self.path.endswith(".whl")
+                    else "text/html"
+                )
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -92,7 +92,9 @@ def test_address_rules_and_ipv6():
 def test_names_never_match_address_rules_and_vice_versa():
     allowlist = Allowlist(["127.0.0.1", "example.org"])
     assert not allowlist.decide_name("localhost", 80).allowed
-    assert not allowlist.decide_address(ipaddress.ip_address("93.184.216.34"), 80).allowed
+    assert not allowlist.decide_address(
+        ipaddress.ip_address("93.184.216.34"), 80
+    ).allowed
 
 
 @pytest.mark.parametrize(
@@ -120,15 +122,23 @@ def test_address_classes(address, kind):
 
 def test_rebinding_needs_the_address_named():
     allowlist = Allowlist(["pypi.test"])
-    verdict = allowlist.decide_address(ipaddress.ip_address("127.0.0.1"), 80, via="pypi.test")
+    verdict = allowlist.decide_address(
+        ipaddress.ip_address("127.0.0.1"), 80, via="pypi.test"
+    )
     assert not verdict.allowed
     assert verdict.rule == "non-public-address"
     assert "127.0.0.1 (loopback)" in verdict.reason
-    public = allowlist.decide_address(ipaddress.ip_address("93.184.216.34"), 80, via="pypi.test")
+    public = allowlist.decide_address(
+        ipaddress.ip_address("93.184.216.34"), 80, via="pypi.test"
+    )
     assert public.allowed
     named = Allowlist(["pypi.test", "127.0.0.1:80"])
-    assert named.decide_address(ipaddress.ip_address("127.0.0.1"), 80, via="pypi.test").allowed
-    assert not named.decide_address(ipaddress.ip_address("127.0.0.1"), 81, via="pypi.test").allowed
+    assert named.decide_address(
+        ipaddress.ip_address("127.0.0.1"), 80, via="pypi.test"
+    ).allowed
+    assert not named.decide_address(
+        ipaddress.ip_address("127.0.0.1"), 81, via="pypi.test"
+    ).allowed
 
 
 def test_idna_names_are_compared_in_ascii():
@@ -152,7 +162,9 @@ def test_config_shapes():
     assert SandboxConfig(network="loopback").network.mode is NetworkMode.LOOPBACK
     listed = SandboxConfig(network=["pypi.org"]).network
     assert listed.mode is NetworkMode.ALLOW and listed.allow == ("pypi.org",)
-    pinned = SandboxConfig(network={"allow": ["a.test"], "hosts": {"a.test": "127.0.0.1"}}).network
+    pinned = SandboxConfig(
+        network={"allow": ["a.test"], "hosts": {"a.test": "127.0.0.1"}}
+    ).network
     assert pinned.hosts == {"a.test": ("127.0.0.1",)}
     empty = SandboxConfig(network={"allow": []}).network
     assert empty.mode is NetworkMode.ALLOW and empty.allow == ()
@@ -181,7 +193,10 @@ def test_bad_network_policies(value, key):
 def test_policy_files(tmp_path):
     toml = tmp_path / "policy.toml"
     toml.write_text('[network]\nallow = ["pypi.org", "*.pythonhosted.org:443"]\n')
-    assert load_policy_file(toml).network.allow == ("pypi.org", "*.pythonhosted.org:443")
+    assert load_policy_file(toml).network.allow == (
+        "pypi.org",
+        "*.pythonhosted.org:443",
+    )
     yaml_file = tmp_path / "policy.yaml"
     yaml_file.write_text("network: loopback\n")
     assert load_policy_file(yaml_file).network.mode is NetworkMode.LOOPBACK

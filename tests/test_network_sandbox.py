@@ -18,33 +18,39 @@ import sys
 import textwrap
 
 import pytest
+import unpriv
+from netservers import (
+    WHEEL_NAME,
+    LoopbackHTTPServer,
+    SimpleIndex,
+    TCPWitness,
+    ipv6_loopback_works,
+)
 
 from stockade import SandboxConfig, SandboxManager, SandboxUnavailableError, Termination
 from stockade.network import policy as netpolicy
 from stockade.network.proxy import NetworkProxy
 
-from netservers import (
-    LoopbackHTTPServer,
-    SimpleIndex,
-    TCPWitness,
-    WHEEL_NAME,
-    ipv6_loopback_works,
-)
-import unpriv
-
 CURL = shutil.which("curl")
-needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+needs_curl = pytest.mark.skipif(
+    CURL is None, reason="curl is not installed (apt-get install curl)"
+)
 
 
 def _system_pip() -> bool:
-    probe = subprocess.run(["/usr/bin/python3", "-m", "pip", "--version"], capture_output=True)
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-m", "pip", "--version"], capture_output=True
+    )
     return probe.returncode == 0
 
 
 needs_pip = pytest.mark.skipif(
-    not _system_pip(), reason="/usr/bin/python3 has no pip (apt-get install python3-pip)"
+    not _system_pip(),
+    reason="/usr/bin/python3 has no pip (apt-get install python3-pip)",
 )
-needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback on this host")
+needs_ipv6 = pytest.mark.skipif(
+    not ipv6_loopback_works(), reason="no IPv6 loopback on this host"
+)
 
 
 @pytest.fixture
@@ -143,22 +149,48 @@ def test_pip_download_from_a_local_index(tmp_path, workspace):
         },
     )
     pip = [
-        "python3", "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-        "--disable-pip-version-check", "--retries", "0", "--timeout", "20", "-d", "dl",
+        "python3",
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--retries",
+        "0",
+        "--timeout",
+        "20",
+        "-d",
+        "dl",
     ]
     env = {"PIP_CONFIG_FILE": "/dev/null"}
     try:
         with SandboxManager(config) as manager:
             ok = manager.execute(
-                [*pip, "--index-url", f"http://pypi.test:{index.port}/simple",
-                 "--trusted-host", "pypi.test", WHEEL_NAME],
-                cwd=workspace, env=env,
+                [
+                    *pip,
+                    "--index-url",
+                    f"http://pypi.test:{index.port}/simple",
+                    "--trusted-host",
+                    "pypi.test",
+                    WHEEL_NAME,
+                ],
+                cwd=workspace,
+                env=env,
             )
             # pip reports an index page's HTTP status only with -vv
             refused = manager.execute(
-                [*pip, "-vv", "--index-url", f"http://evil.test:{index.port}/simple",
-                 "--trusted-host", "evil.test", WHEEL_NAME],
-                cwd=workspace, env=env,
+                [
+                    *pip,
+                    "-vv",
+                    "--index-url",
+                    f"http://evil.test:{index.port}/simple",
+                    "--trusted-host",
+                    "evil.test",
+                    WHEEL_NAME,
+                ],
+                cwd=workspace,
+                env=env,
             )
     finally:
         index.stop()
@@ -193,7 +225,11 @@ def test_direct_connections_bypassing_the_proxy_fail(allow_manager, workspace):
     finally:
         witness.stop()
     assert result.success, result.stderr_text
-    assert result.stdout_text.splitlines() == ["tcp: ECONNREFUSED", "udp: ENETUNREACH", "routes: 0"]
+    assert result.stdout_text.splitlines() == [
+        "tcp: ECONNREFUSED",
+        "udp: ENETUNREACH",
+        "routes: 0",
+    ]
     assert witness.count == 0
     assert result.connections == []
 
@@ -212,7 +248,9 @@ def test_name_rebinding_to_loopback_is_refused(allow_manager, server, workspace)
     finally:
         other.stop()
     assert result.success, result.stderr_text
-    assert result.stdout_text.startswith("403 non-public-address; rebind.test resolved to 127.0.0.1")
+    assert result.stdout_text.startswith(
+        "403 non-public-address; rebind.test resolved to 127.0.0.1"
+    )
     (record,) = result.connections
     assert record.rule == "non-public-address" and record.decision == "denied"
     assert other.count == 0
@@ -225,7 +263,10 @@ def test_ipv6_literals_through_the_proxy(workspace):
     witness = TCPWitness("::1")
     config = SandboxConfig(
         execution_log=False,
-        network={"allow": [f"[::1]:{server.port}", "v6.test"], "hosts": {"v6.test": "::1"}},
+        network={
+            "allow": [f"[::1]:{server.port}", "v6.test"],
+            "hosts": {"v6.test": "::1"},
+        },
     )
     script = f"""
         # NO_PROXY keeps ::1 inside the sandbox; --noproxy '' sends it to the proxy
@@ -242,18 +283,26 @@ def test_ipv6_literals_through_the_proxy(workspace):
         server.stop()
         witness.stop()
     out = result.stdout_text.splitlines()
-    assert out[:4] == ["hello /lit", "hello /socks", "hello /name", "403"], result.stdout_text
+    assert out[:4] == ["hello /lit", "hello /socks", "hello /name", "403"], (
+        result.stdout_text
+    )
     assert out[4] == "direct rc=7"  # the sandbox's own ::1: nothing listens
     assert witness.count == 0
     assert [(c.host, c.decision) for c in result.connections] == [
-        ("::1", "allowed"), ("::1", "allowed"), ("v6.test", "allowed"), ("::1", "denied"),
+        ("::1", "allowed"),
+        ("::1", "allowed"),
+        ("v6.test", "allowed"),
+        ("::1", "denied"),
     ]
 
 
 def test_runs_share_one_lazily_started_proxy(server, workspace):
     config = SandboxConfig(
         execution_log=False,
-        network={"allow": ["a.test", "b.test", "127.0.0.1"], "hosts": {"a.test": "127.0.0.1", "b.test": "127.0.0.1"}},
+        network={
+            "allow": ["a.test", "b.test", "127.0.0.1"],
+            "hosts": {"a.test": "127.0.0.1", "b.test": "127.0.0.1"},
+        },
     )
     manager = SandboxManager(config)
     assert manager._proxy is None
@@ -261,18 +310,30 @@ def test_runs_share_one_lazily_started_proxy(server, workspace):
 
     async def both():
         return await asyncio.gather(
-            manager.execute_async(["python3", "-c", fetch, f"http://a.test:{server.port}/a"], cwd=workspace),
-            manager.execute_async(["python3", "-c", fetch, f"http://b.test:{server.port}/b"], cwd=workspace),
+            manager.execute_async(
+                ["python3", "-c", fetch, f"http://a.test:{server.port}/a"],
+                cwd=workspace,
+            ),
+            manager.execute_async(
+                ["python3", "-c", fetch, f"http://b.test:{server.port}/b"],
+                cwd=workspace,
+            ),
         )
 
     first, second = asyncio.run(both())
     proxy = manager._proxy
     assert proxy is not None and proxy.running
-    third = manager.execute(["python3", "-c", fetch, f"http://a.test:{server.port}/c"], cwd=workspace)
+    third = manager.execute(
+        ["python3", "-c", fetch, f"http://a.test:{server.port}/c"], cwd=workspace
+    )
     assert manager._proxy is proxy
     manager.close()
     assert manager._proxy is None and not proxy.running
-    for result, host, text in ((first, "a.test", "hello /a"), (second, "b.test", "hello /b"), (third, "a.test", "hello /c")):
+    for result, host, text in (
+        (first, "a.test", "hello /a"),
+        (second, "b.test", "hello /b"),
+        (third, "a.test", "hello /c"),
+    ):
         assert result.success, result.stderr_text
         assert result.stdout_text.strip() == text
         assert [c.host for c in result.connections] == [host]
@@ -280,29 +341,41 @@ def test_runs_share_one_lazily_started_proxy(server, workspace):
 
 def test_no_proxy_for_modes_without_allow(workspace):
     for network in ("none", "loopback"):
-        with SandboxManager(SandboxConfig(execution_log=False, network=network)) as manager:
-            result = manager.execute(["sh", "-c", "env | grep -ci proxy || true"], cwd=workspace)
+        with SandboxManager(
+            SandboxConfig(execution_log=False, network=network)
+        ) as manager:
+            result = manager.execute(
+                ["sh", "-c", "env | grep -ci proxy || true"], cwd=workspace
+            )
             assert manager._proxy is None
         assert result.stdout_text.strip() == "0"
         assert result.connections == []
 
 
-def test_a_proxy_that_cannot_start_stops_the_run_before_it_starts(workspace, monkeypatch):
+def test_a_proxy_that_cannot_start_stops_the_run_before_it_starts(
+    workspace, monkeypatch
+):
     def broken(self):
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(NetworkProxy, "start", broken)
-    manager = SandboxManager(SandboxConfig(execution_log=False, network={"allow": ["pypi.test"]}))
+    manager = SandboxManager(
+        SandboxConfig(execution_log=False, network={"allow": ["pypi.test"]})
+    )
     with pytest.raises(SandboxUnavailableError) as info:
         manager.execute(["touch", "ran"], cwd=workspace)
     assert info.value.protection == "network"
     assert not (workspace / "ran").exists()
 
 
-def test_a_bridge_that_cannot_be_made_fails_the_run_before_the_program(workspace, monkeypatch):
+def test_a_bridge_that_cannot_be_made_fails_the_run_before_the_program(
+    workspace, monkeypatch
+):
     # a port no socket can bind: the launcher's listener fails inside the namespace
     monkeypatch.setattr(netpolicy, "PROXY_PORT", 70000)
-    with SandboxManager(SandboxConfig(execution_log=False, network={"allow": ["pypi.test"]})) as manager:
+    with SandboxManager(
+        SandboxConfig(execution_log=False, network={"allow": ["pypi.test"]})
+    ) as manager:
         result = manager.execute(["touch", "ran"], cwd=workspace)
     assert result.termination is Termination.SANDBOX_ERROR
     assert "network bridge" in (result.error or "")
@@ -353,7 +426,9 @@ def test_own_loopback_works_host_loopback_does_not(network, workspace):
     v6 = TCPWitness("::1") if ipv6_loopback_works() else None
     code = LOOPBACK_CHECK.format(v4=v4.port, v6=v6.port if v6 else 0)
     try:
-        with SandboxManager(SandboxConfig(execution_log=False, network=network)) as manager:
+        with SandboxManager(
+            SandboxConfig(execution_log=False, network=network)
+        ) as manager:
             result = manager.execute(_py(code), cwd=workspace)
     finally:
         v4.stop()
@@ -376,18 +451,34 @@ def test_cli_summary_counts_connections(server, workspace):
     stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
     proc = subprocess.run(
         [
-            stockade, "run", "--no-log", "--allow", "pypi.test", "--allow", f"127.0.0.1:{server.port}",
-            "--resolve", "pypi.test=127.0.0.1", "--",
-            "sh", "-c", f"curl -sS http://pypi.test:{server.port}/cli; curl -sS http://evil.test/ >/dev/null",
+            stockade,
+            "run",
+            "--no-log",
+            "--allow",
+            "pypi.test",
+            "--allow",
+            f"127.0.0.1:{server.port}",
+            "--resolve",
+            "pypi.test=127.0.0.1",
+            "--",
+            "sh",
+            "-c",
+            f"curl -sS http://pypi.test:{server.port}/cli; curl -sS http://evil.test/ >/dev/null",
         ],
-        cwd=workspace, capture_output=True, text=True, timeout=120,
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "hello /cli"
     assert "network 2 connections, 1 denied; denied: evil.test:80 x1" in proc.stderr
     bad = subprocess.run(
         [stockade, "run", "--no-log", "--allow", "*foo", "--", "true"],
-        cwd=workspace, capture_output=True, text=True, timeout=60,
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 125 and "'*foo'" in bad.stderr
 

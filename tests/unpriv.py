@@ -33,14 +33,20 @@ def available() -> str | None:
     if not os.path.exists(SYSTEM_PYTHON):
         return f"{SYSTEM_PYTHON} is missing"
     probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
     )
     if probe.stdout.strip() != str(tuple(sys.version_info[:2])):
-        return f"{SYSTEM_PYTHON} is not Python {sys.version_info[0]}.{sys.version_info[1]}"
+        return (
+            f"{SYSTEM_PYTHON} is not Python {sys.version_info[0]}.{sys.version_info[1]}"
+        )
     return None
 
 
-skip_unless_available = pytest.mark.skipif(available() is not None, reason=str(available()))
+skip_unless_available = pytest.mark.skipif(
+    available() is not None, reason=str(available())
+)
 
 
 def nobody_workspace() -> Path:
@@ -63,8 +69,13 @@ def run_as_nobody(code: str, base: Path, timeout: float = 120) -> dict:
     }
     proc = subprocess.run(
         [
-            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            SYSTEM_PYTHON, "-c", code,
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-c",
+            code,
         ],
         cwd=base / "ws",
         env=env,
@@ -73,5 +84,7 @@ def run_as_nobody(code: str, base: Path, timeout: float = 120) -> dict:
         timeout=timeout,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0 and lines, (
+        f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return json.loads(lines[-1])

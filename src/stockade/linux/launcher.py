@@ -12,7 +12,9 @@ bubblewrap (or, in the modes without bubblewrap, the program itself).
 Protocol. The caller sends each run on the control socket (SOCK_SEQPACKET) as
 one message: a JSON spec plus four descriptors (stdin, stdout, stderr, and
 the run's report socket). The launcher answers on the report socket with one
-JSON ``exit`` event when the run is over. The caller may send ``{"op":
+JSON ``exit`` event when the run is over; in network allowlist mode it first
+sends ``{"event": "net_listener"}`` carrying the proxy's listener, made
+inside the sandbox's network namespace (see ``netbridge.py``). The caller may send ``{"op":
 "kill", "reason": ...}`` on the report socket; closing it also kills the run.
 When the control socket closes (the caller died) every run is killed and the
 launcher exits.

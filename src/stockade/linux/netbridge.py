@@ -42,7 +42,7 @@ import socket
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
-NS_GET_USERNS = 0xB701          # _IO(0xb7, 0x1)
+NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 IP_FREEBIND = 15
 LISTEN_BACKLOG = 128
 HELPER_TIMEOUT_SEC = 10.0
@@ -55,7 +55,9 @@ def setns(fd: int, nstype: int) -> None:
     """setns(2), raising OSError that names the call."""
     if _libc.setns(fd, nstype) < 0:
         err = ctypes.get_errno()
-        kind = {CLONE_NEWNET: "CLONE_NEWNET", CLONE_NEWUSER: "CLONE_NEWUSER"}.get(nstype, hex(nstype))
+        kind = {CLONE_NEWNET: "CLONE_NEWNET", CLONE_NEWUSER: "CLONE_NEWUSER"}.get(
+            nstype, hex(nstype)
+        )
         raise OSError(err, f"setns({kind}): {os.strerror(err)}")
 
 
@@ -149,7 +151,9 @@ def _listen_via_helper(net_fd: int, port: int) -> int:
         if msg != b"ok" or not fds:
             for fd in fds:
                 os.close(fd)
-            raise OSError(0, msg.decode("utf-8", "replace") or "network bridge helper failed")
+            raise OSError(
+                0, msg.decode("utf-8", "replace") or "network bridge helper failed"
+            )
         os.set_inheritable(fds[0], False)
         return fds[0]
     finally:

@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stockade.network.proxy")
 
-HEAD_LIMIT = 64 * 1024           # bytes of one request or response head
-HEAD_TIMEOUT_SEC = 30.0          # for the client's request head
-CONNECT_TIMEOUT_SEC = 15.0       # per upstream address
+HEAD_LIMIT = 64 * 1024  # bytes of one request or response head
+HEAD_TIMEOUT_SEC = 30.0  # for the client's request head
+CONNECT_TIMEOUT_SEC = 15.0  # per upstream address
 RESOLVE_TIMEOUT_SEC = 15.0
 CHUNK = 64 * 1024
 
@@ -68,7 +68,9 @@ class BadRequest(Exception):
 async def system_resolver(name: str, port: int) -> list[IPAddress]:
     """The host's resolver (getaddrinfo), addresses in the order it gives."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    infos = await loop.getaddrinfo(
+        name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
     out: list[IPAddress] = []
     for info in infos:
         address = parse_address(str(info[4][0]))
@@ -102,12 +104,16 @@ class Exchange:
                 await self._socks4()
             else:
                 await self._http(first)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         except BadRequest as err:
             await self._reply_http(400, "Bad Request", f"stockade proxy: {err}\n")
         except asyncio.LimitOverrunError:
-            await self._reply_http(431, "Request Header Fields Too Large", "stockade proxy: head too large\n")
+            await self._reply_http(
+                431,
+                "Request Header Fields Too Large",
+                "stockade proxy: head too large\n",
+            )
         finally:
             for writer in (self.writer, self.upstream):
                 if writer is not None:
@@ -142,7 +148,7 @@ class Exchange:
             if decision.allowed:
                 try:
                     resolved = await self._resolve(name, port)
-                except (OSError, ValueError, asyncio.TimeoutError) as err:
+                except (TimeoutError, OSError, ValueError) as err:
                     record = self.session.record(shown, port, protocol, decision)
                     record.error = f"cannot resolve {name}: {err}"
                     return record, None
@@ -154,7 +160,9 @@ class Exchange:
                     elif refusal is None:
                         refusal = verdict
                 if not candidates:
-                    decision = refusal or Decision(False, "no-address", f"{name} has no address")
+                    decision = refusal or Decision(
+                        False, "no-address", f"{name} has no address"
+                    )
         record = self.session.record(shown, port, protocol, decision)
         if not decision.allowed:
             return record, None
@@ -165,7 +173,7 @@ class Exchange:
                     asyncio.open_connection(str(candidate), port, limit=HEAD_LIMIT),
                     CONNECT_TIMEOUT_SEC,
                 )
-            except (OSError, asyncio.TimeoutError) as err:
+            except (TimeoutError, OSError) as err:
                 errors.append(f"{candidate}: {err or type(err).__name__}")
                 continue
             record.address = str(candidate)
@@ -192,7 +200,9 @@ class Exchange:
     # -- HTTP ------------------------------------------------------------------
 
     async def _http(self, first: bytes) -> None:
-        head = first + await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_SEC)
+        head = first + await asyncio.wait_for(
+            self.reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_SEC
+        )
         # tolerate empty lines before the request line (RFC 9112 2.2)
         method, target, version, headers = _parse_request_head(head.lstrip(b"\r\n"))
         if method == "CONNECT":
@@ -201,7 +211,9 @@ class Exchange:
             if upstream is None:
                 await self._refuse_http(record)
                 return
-            self.writer.write(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: stockade\r\n\r\n")
+            self.writer.write(
+                b"HTTP/1.1 200 Connection established\r\nProxy-Agent: stockade\r\n\r\n"
+            )
             await self.writer.drain()
             await self._relay(upstream, record)
             return
@@ -209,8 +221,12 @@ class Exchange:
         url = urllib.parse.urlsplit(target)
         if url.scheme.lower() != "http" or not url.netloc:
             if url.scheme.lower() == "https":
-                raise BadRequest("https URLs go through CONNECT (set HTTPS_PROXY), not plain forwarding")
-            raise BadRequest(f"{target!r} is not an absolute http:// URL; this is a proxy")
+                raise BadRequest(
+                    "https URLs go through CONNECT (set HTTPS_PROXY), not plain forwarding"
+                )
+            raise BadRequest(
+                f"{target!r} is not an absolute http:// URL; this is a proxy"
+            )
         host, port = _split_authority(url.netloc.rpartition("@")[2], 80)
         framing = _body_framing(headers)
         record, upstream = await self._open(host, port, "http")
@@ -256,7 +272,9 @@ class Exchange:
                 try:
                     size = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
-                    raise ConnectionError("bad chunk size in the request body") from None
+                    raise ConnectionError(
+                        "bad chunk size in the request body"
+                    ) from None
                 if size == 0:
                     while True:  # trailers up to the empty line
                         trailer = await self.reader.readuntil(b"\r\n")
@@ -266,19 +284,29 @@ class Exchange:
                 data = await self.reader.readexactly(size + 2)
                 await self._send_up(data, record)
 
-    async def _forward_response(self, upstream: asyncio.StreamReader, record: _Record) -> None:
+    async def _forward_response(
+        self, upstream: asyncio.StreamReader, record: _Record
+    ) -> None:
         while True:
             try:
                 head = await upstream.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as err:
                 record.error = f"bad response head from upstream: {type(err).__name__}"
-                await self._reply_http(502, "Bad Gateway", f"stockade proxy: {record.error}\n")
+                await self._reply_http(
+                    502, "Bad Gateway", f"stockade proxy: {record.error}\n"
+                )
                 return
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            if (
+                len(parts) < 2
+                or not parts[0].startswith("HTTP/")
+                or not parts[1].isdigit()
+            ):
                 record.error = "upstream did not answer HTTP"
-                await self._reply_http(502, "Bad Gateway", f"stockade proxy: {record.error}\n")
+                await self._reply_http(
+                    502, "Bad Gateway", f"stockade proxy: {record.error}\n"
+                )
                 return
             status = int(parts[1])
             if 100 <= status < 200 and status != 101:
@@ -287,7 +315,8 @@ class Exchange:
             kept = [
                 line
                 for line in lines[1:]
-                if line and line.split(":", 1)[0].strip().lower()
+                if line
+                and line.split(":", 1)[0].strip().lower()
                 not in ("connection", "keep-alive", "proxy-connection")
             ]
             rewritten = "\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n"
@@ -311,10 +340,15 @@ class Exchange:
                 f"rule '{record.rule}': {record.reason}\n"
             )
             await self._reply_http(
-                403, "Forbidden", body, {"X-Stockade-Denied": f"{record.rule}; {record.reason}"}
+                403,
+                "Forbidden",
+                body,
+                {"X-Stockade-Denied": f"{record.rule}; {record.reason}"},
             )
         else:
-            await self._reply_http(502, "Bad Gateway", f"stockade proxy: {record.error}\n")
+            await self._reply_http(
+                502, "Bad Gateway", f"stockade proxy: {record.error}\n"
+            )
 
     async def _reply_http(
         self, status: int, text: str, body: str, extra: dict[str, str] | None = None
@@ -330,7 +364,9 @@ class Exchange:
         for name, value in (extra or {}).items():
             lines.append(f"{name}: {_header_safe(value)}")
         try:
-            self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+            self.writer.write(
+                ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+            )
             await self.writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -369,8 +405,14 @@ class Exchange:
         port = int.from_bytes(await self.reader.readexactly(2), "big")
         if command != 0x01:
             self.session.record(
-                host, port, "socks5",
-                Decision(False, "socks-command", f"SOCKS5 command {command} (only CONNECT is supported)"),
+                host,
+                port,
+                "socks5",
+                Decision(
+                    False,
+                    "socks-command",
+                    f"SOCKS5 command {command} (only CONNECT is supported)",
+                ),
             )
             await self._socks5_reply(0x07)
             return
@@ -395,8 +437,14 @@ class Exchange:
         port = int.from_bytes(data[1:3], "big")
         host = socket.inet_ntop(socket.AF_INET, data[3:7])
         self.session.record(
-            host, port, "socks4",
-            Decision(False, "unsupported-protocol", "SOCKS4 is not supported; use SOCKS5 (socks5h://)"),
+            host,
+            port,
+            "socks4",
+            Decision(
+                False,
+                "unsupported-protocol",
+                "SOCKS4 is not supported; use SOCKS5 (socks5h://)",
+            ),
         )
         self.writer.write(b"\x00\x5b" + b"\x00" * 6)
         await self.writer.drain()
@@ -407,7 +455,9 @@ class Exchange:
         assert self.upstream is not None
         up_writer = self.upstream
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, sent: bool) -> None:
+        async def pump(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, sent: bool
+        ) -> None:
             try:
                 while True:
                     data = await src.read(CHUNK)
@@ -466,7 +516,11 @@ def _split_authority(text: str, default_port: int | None) -> tuple[str, int]:
         else:
             rest = ":" + port_text
     if rest:
-        if not rest.startswith(":") or not rest[1:].isdigit() or not 0 < int(rest[1:]) < 65536:
+        if (
+            not rest.startswith(":")
+            or not rest[1:].isdigit()
+            or not 0 < int(rest[1:]) < 65536
+        ):
             raise BadRequest(f"bad port in {text!r}")
         return host, int(rest[1:])
     if default_port is None:
@@ -483,7 +537,9 @@ def _body_framing(headers: list[tuple[str, str]]) -> tuple[str, int]:
             raise BadRequest("both Transfer-Encoding and Content-Length")
         last = ",".join(codings).split(",")[-1].strip().lower()
         if last != "chunked":
-            raise BadRequest("a request body whose length is unknown (Transfer-Encoding without chunked)")
+            raise BadRequest(
+                "a request body whose length is unknown (Transfer-Encoding without chunked)"
+            )
         return "chunked", 0
     if not lengths:
         return "none", 0

@@ -93,14 +93,16 @@ def normalize_name(text: str) -> str:
     Raises:
         ValueError: not a syntactically valid DNS name.
     """
-    name = text[:-1] if text.endswith(".") else text
+    name = text.removesuffix(".")
     if not name:
         raise ValueError("empty host name")
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")
         except UnicodeError as err:
-            raise ValueError(f"{text!r} is not a valid international domain name") from err
+            raise ValueError(
+                f"{text!r} is not a valid international domain name"
+            ) from err
     name = name.lower()
     if len(name) > 253:
         raise ValueError(f"{text!r} is longer than 253 characters")
@@ -164,7 +166,7 @@ class Rule:
     """One parsed allow entry."""
 
     text: str
-    name: str | None = None            # exact name, or the suffix after "*."
+    name: str | None = None  # exact name, or the suffix after "*."
     wildcard: bool = False
     network: IPNetwork | None = None
     port: int | None = None
@@ -183,7 +185,9 @@ class Rule:
         if not text or text != text.strip():
             raise ValueError(f"{entry!r}: empty or surrounded by spaces")
         if "://" in text or text.startswith("//"):
-            raise ValueError(f"{entry!r} is a URL; give the host only, e.g. 'pypi.org' or 'pypi.org:443'")
+            raise ValueError(
+                f"{entry!r} is a URL; give the host only, e.g. 'pypi.org' or 'pypi.org:443'"
+            )
         host, port = _split_port(text, entry)
         if "/" in host:
             try:
@@ -253,14 +257,18 @@ class Decision:
     """The policy's answer for one destination."""
 
     allowed: bool
-    rule: str               # the allow entry that matched, or the refusing rule
+    rule: str  # the allow entry that matched, or the refusing rule
     reason: str = ""
 
 
 class Allowlist:
     """Compiled allow entries and pinned names: decides destinations."""
 
-    def __init__(self, entries: Iterable[str] = (), hosts: Mapping[str, Iterable[str]] | None = None):
+    def __init__(
+        self,
+        entries: Iterable[str] = (),
+        hosts: Mapping[str, Iterable[str]] | None = None,
+    ):
         self.rules = tuple(Rule.parse(entry) for entry in entries)
         self.hosts: dict[str, tuple[IPAddress, ...]] = {}
         for name, addresses in (hosts or {}).items():
@@ -276,9 +284,13 @@ class Allowlist:
         for rule in self.rules:
             if rule.matches_name(name, port):
                 return Decision(True, rule.text)
-        return Decision(False, "default-deny", f"no allow entry matches {name} port {port}")
+        return Decision(
+            False, "default-deny", f"no allow entry matches {name} port {port}"
+        )
 
-    def decide_address(self, address: IPAddress, port: int, *, via: str | None = None) -> Decision:
+    def decide_address(
+        self, address: IPAddress, port: int, *, via: str | None = None
+    ) -> Decision:
         """Decide an address, requested directly or reached through ``via``."""
         for rule in self.rules:
             if rule.matches_address(address, port):
@@ -347,7 +359,11 @@ class NetworkPolicy(BaseModel):
             return {"mode": value.lower()}
         if isinstance(value, (list, tuple)):
             return {"mode": NetworkMode.ALLOW, "allow": tuple(value)}
-        if isinstance(value, dict) and "mode" not in value and ("allow" in value or "hosts" in value):
+        if (
+            isinstance(value, dict)
+            and "mode" not in value
+            and ("allow" in value or "hosts" in value)
+        ):
             return {**value, "mode": NetworkMode.ALLOW}
         return value
 
@@ -355,7 +371,9 @@ class NetworkPolicy(BaseModel):
     @classmethod
     def _allow_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            raise ValueError("must be a list of entries, e.g. ['pypi.org', '*.example.org:443']")
+            raise ValueError(
+                "must be a list of entries, e.g. ['pypi.org', '*.example.org:443']"
+            )
         return value
 
     @field_validator("hosts", mode="before")
@@ -380,7 +398,9 @@ class NetworkPolicy(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> NetworkPolicy:
         if self.mode is not NetworkMode.ALLOW and (self.allow or self.hosts):
-            raise ValueError(f"allow and hosts need mode 'allow', not {self.mode.value!r}")
+            raise ValueError(
+                f"allow and hosts need mode 'allow', not {self.mode.value!r}"
+            )
         return self
 
     def allowlist(self) -> Allowlist:

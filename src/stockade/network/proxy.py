@@ -30,9 +30,9 @@ from .policy import Allowlist, Decision
 
 log = logging.getLogger(__name__)
 
-MAX_RECORDS_PER_RUN = 4096       # records kept per run; the rest are counted
-MAX_ACTIVE_PER_RUN = 256         # concurrent connections per run
-END_GRACE_SEC = 0.5              # for connections still closing at the run's end
+MAX_RECORDS_PER_RUN = 4096  # records kept per run; the rest are counted
+MAX_ACTIVE_PER_RUN = 256  # concurrent connections per run
+END_GRACE_SEC = 0.5  # for connections still closing at the run's end
 START_TIMEOUT_SEC = 10.0
 CALL_TIMEOUT_SEC = 30.0
 
@@ -79,7 +79,9 @@ class RunTraffic:
 class _Session:
     """One run's listener, connections and records (proxy thread only)."""
 
-    def __init__(self, run_id: str, allowlist: Allowlist, listener: socket.socket) -> None:
+    def __init__(
+        self, run_id: str, allowlist: Allowlist, listener: socket.socket
+    ) -> None:
         self.run_id = run_id
         self.allowlist = allowlist
         self.listener = listener
@@ -88,14 +90,32 @@ class _Session:
         self.denied: collections.Counter[str] = collections.Counter()
         self.dropped = 0
 
-    def record(self, host: str, port: int, protocol: str, decision: Decision) -> _Record:
-        record = _Record(host, port, protocol, decision.allowed, decision.rule, decision.reason)
+    def record(
+        self, host: str, port: int, protocol: str, decision: Decision
+    ) -> _Record:
+        record = _Record(
+            host, port, protocol, decision.allowed, decision.rule, decision.reason
+        )
         if decision.allowed:
-            log.debug("run %s: %s %s:%d allowed by %r", self.run_id, protocol, host, port, decision.rule)
+            log.debug(
+                "run %s: %s %s:%d allowed by %r",
+                self.run_id,
+                protocol,
+                host,
+                port,
+                decision.rule,
+            )
         else:
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             self.denied[target] += 1
-            log.info("run %s: %s %s denied (%s: %s)", self.run_id, protocol, target, decision.rule, decision.reason)
+            log.info(
+                "run %s: %s %s denied (%s: %s)",
+                self.run_id,
+                protocol,
+                target,
+                decision.rule,
+                decision.reason,
+            )
         if len(self.records) < MAX_RECORDS_PER_RUN:
             self.records.append(record)
         else:
@@ -156,7 +176,9 @@ class NetworkProxy:
                 finally:
                     loop.close()
 
-            thread = threading.Thread(target=main, name="stockade-network-proxy", daemon=True)
+            thread = threading.Thread(
+                target=main, name="stockade-network-proxy", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError as err:
@@ -175,7 +197,9 @@ class NetworkProxy:
         loop = self._loop
         if not self.running or loop is None:
             os.close(fd)
-            log.warning("run %s: network proxy not running; its listener is closed", run_id)
+            log.warning(
+                "run %s: network proxy not running; its listener is closed", run_id
+            )
             return
         try:
             loop.call_soon_threadsafe(self._attach, run_id, allowlist, fd)
@@ -205,7 +229,9 @@ class NetworkProxy:
                 return
             if thread.is_alive():
                 try:
-                    asyncio.run_coroutine_threadsafe(self._end_all(), loop).result(CALL_TIMEOUT_SEC)
+                    asyncio.run_coroutine_threadsafe(self._end_all(), loop).result(
+                        CALL_TIMEOUT_SEC
+                    )
                 finally:
                     loop.call_soon_threadsafe(loop.stop)
                     thread.join(CALL_TIMEOUT_SEC)
@@ -228,12 +254,22 @@ class NetworkProxy:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
-                log.warning("run %s: accept on the proxy listener failed: %s", session.run_id, err)
+                log.warning(
+                    "run %s: accept on the proxy listener failed: %s",
+                    session.run_id,
+                    err,
+                )
                 return
             if len(session.tasks) >= MAX_ACTIVE_PER_RUN:
                 session.record(
-                    "", 0, "tcp",
-                    Decision(False, "connection-limit", f"more than {MAX_ACTIVE_PER_RUN} open connections"),
+                    "",
+                    0,
+                    "tcp",
+                    Decision(
+                        False,
+                        "connection-limit",
+                        f"more than {MAX_ACTIVE_PER_RUN} open connections",
+                    ),
                 )
                 conn.close()
                 continue
@@ -252,7 +288,7 @@ class NetworkProxy:
             await Exchange(session, reader, writer, self._resolver).serve()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - one bad connection must not stop the proxy
+        except Exception:
             log.exception("run %s: proxy connection failed", session.run_id)
         finally:
             writer.close()
