@@ -512,3 +512,25 @@ def test_unprivileged_caller_allowlist_and_loopback(server):
     assert data["out"] == "hello /nobody 403", data["err"]
     assert data["hosts"] == [["pypi.test", "allowed"], ["evil.test", "denied"]]
     assert data["own"].strip() == "own loopback ok", data["own_err"]
+
+
+@needs_curl
+def test_the_listener_exists_before_the_program_starts(
+    allow_manager, server, workspace, monkeypatch
+):
+    # The launcher is made to take 0.3 s longer to create the listener; curl
+    # is the program itself (no shell first), connects right after exec and
+    # does not retry. Without bubblewrap's --block-fd it gets ECONNREFUSED.
+    original = SandboxManager._prepare_bwrap
+
+    def slow_bridge(self, prepared, *args, **kwargs):
+        original(self, prepared, *args, **kwargs)
+        prepared.spec["net_bridge"]["_test_delay_sec"] = 0.3
+
+    monkeypatch.setattr(SandboxManager, "_prepare_bwrap", slow_bridge)
+    for index in range(3):
+        result = allow_manager.execute(
+            [CURL, "-sS", f"http://pypi.test:{server.port}/{index}"], cwd=workspace
+        )
+        assert result.success, result.stderr_text
+        assert result.stdout_text == f"hello /{index}"

@@ -433,6 +433,9 @@ class Run:
         """
         bridge = self.spec["net_bridge"]
         assert self.init_pid is not None and self.block_w is not None
+        if bridge.get("_test_delay_sec"):
+            # test hook: a slow bridge must delay the program, not race it
+            time.sleep(min(float(bridge["_test_delay_sec"]), 2.0))
         try:
             fd = netbridge.open_listener(self.init_pid, self.init_pidfd, int(bridge["port"]))
         except (OSError, ValueError, OverflowError) as err:
