@@ -104,8 +104,8 @@ class Exchange:
                 await self._socks4()
             else:
                 await self._http(first)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            pass  # the client went away or stalled: nothing to answer
         except BadRequest as err:
             await self._reply_http(400, "Bad Request", f"stockade proxy: {err}\n")
         except asyncio.LimitOverrunError:
