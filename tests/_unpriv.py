@@ -71,3 +71,15 @@ def give_to_unprivileged(path: Path) -> None:
         for root, dirs, files in os.walk(path):
             for name in (root, *(os.path.join(root, n) for n in dirs + files)):
                 os.chown(name, UNPRIV_UID, UNPRIV_UID)
+
+
+def run_code_as_nobody(code: str, *, cwd: Path, timeout: float = 120) -> dict:
+    """Run Python ``code`` as uid 65534 in ``cwd``; returns its last JSON line."""
+    import json
+
+    proc = run_unprivileged(["-c", code], cwd=cwd, timeout=timeout)
+    lines = [line for line in proc.stdout.decode().splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, (
+        f"rc={proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    )
+    return json.loads(lines[-1])

@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 import pytest
-import unpriv
+from _unpriv import give_to_unprivileged, run_code_as_nobody
 from netservers import (
     WHEEL_NAME,
     LoopbackHTTPServer,
@@ -483,10 +483,8 @@ def test_cli_summary_counts_connections(server, workspace):
     assert bad.returncode == 125 and "'*foo'" in bad.stderr
 
 
-@unpriv.skip_unless_available
 @needs_curl
-def test_unprivileged_caller_allowlist_and_loopback(server):
-    base = unpriv.nobody_workspace()
+def test_unprivileged_caller_allowlist_and_loopback(server, workspace):
     code = textwrap.dedent(f"""
         import json
         from stockade import SandboxConfig, SandboxManager
@@ -505,10 +503,8 @@ def test_unprivileged_caller_allowlist_and_loopback(server):
             "own": own.stdout_text, "own_err": own.stderr_text,
         }}))
     """)
-    try:
-        data = unpriv.run_as_nobody(code, base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    give_to_unprivileged(workspace)
+    data = run_code_as_nobody(code, cwd=workspace)
     assert data["out"] == "hello /nobody 403", data["err"]
     assert data["hosts"] == [["pypi.test", "allowed"], ["evil.test", "denied"]]
     assert data["own"].strip() == "own loopback ok", data["own_err"]
