@@ -25,6 +25,8 @@ from .audit import ExecutionLog, resolve_log_path
 from .config import MIB, SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError
 from .linux import bwrap as _bwrap
+from .linux import landlock as _landlock
+from .linux import tiers as _tiers
 from .linux.client import shared_launcher
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
 from .linux.resolve import resolve_command
@@ -52,6 +54,7 @@ class _Prepared:
     limits: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     cleanup: list[str] = field(default_factory=list)
+    tier: str = _tiers.TIER_NONE
     t0: float = 0.0
     prepare_ms: float = 0.0
 
@@ -212,9 +215,25 @@ class SandboxManager:
         if config.mode is SandboxMode.DISABLED:
             self._prepare_disabled(prepared, argv, run_env, caller_is_root)
         else:
-            self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+            # The same decision `stockade doctor` prints; it refuses the run
+            # when a protection the policy needs is missing.
+            decision = self.decide()
+            decision.raise_if_blocked()
+            prepared.tier = decision.tier
+            if decision.tier == _tiers.TIER_LANDLOCK:
+                self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
+            else:
+                self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+            prepared.protections = self._protections(decision, caller_is_root)
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
         return prepared
+
+    def decide(self) -> _tiers.Decision:
+        """The tier and protections this manager's policy gets on this host.
+
+        Probes the host once per process (see ``linux/probe.py``).
+        """
+        return _tiers.decide(_tiers.probe_for(self.config), self.config)
 
     def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
         config = self.config
@@ -292,17 +311,9 @@ class SandboxManager:
     ) -> None:
         config = self.config
         info = _bwrap.find_bwrap(str(config.bwrap_path) if config.bwrap_path else None)
-        _bwrap.check_namespaces(info.path, config.run_as_uid if caller_is_root else None)
 
         plan = _bwrap.base_plan(config.mode, workspace)
-        resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
-        extra_ro = list(resolution.read_only)
-        prepared.notes.extend(resolution.notes)
-        for entry in env.get("PYTHONPATH", "").split(os.pathsep):
-            if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
-                if entry not in extra_ro:
-                    extra_ro.append(entry)
-                    prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
 
         args = _bwrap.build_args(
             config,
@@ -333,7 +344,79 @@ class SandboxManager:
                     f"{config.run_as_uid}; files it writes belong to uid {idmap['owner']}"
                 )
         log.debug("bwrap %s", shlex.join(args))
-        prepared.protections = self._protections(info, caller_is_root)
+
+    def _prepare_landlock(
+        self,
+        prepared: _Prepared,
+        argv: list[str],
+        env: dict[str, str],
+        workspace: str,
+        caller_is_root: bool,
+        decision: _tiers.Decision,
+    ) -> None:
+        """The second tier: the program is exec'd directly, under a Landlock
+        ruleset, by a child of the run's monitor (``linux/reaper.py``).
+
+        There is no mount namespace, hence no private tmpfs: HOME and TMPDIR
+        point into a per-run directory (0700, owned by the sandbox uid,
+        writable by the ruleset, removed after the run), and the host's /tmp
+        is not writable.
+        """
+        config = self.config
+        plan = _bwrap.base_plan(config.mode, workspace)
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
+
+        run_dir = tempfile.mkdtemp(prefix="stockade-run-")
+        home, tmp = os.path.join(run_dir, "home"), os.path.join(run_dir, "tmp")
+        try:
+            for path in (home, tmp):
+                os.mkdir(path, 0o700)
+            if caller_is_root:
+                for path in (run_dir, home, tmp):
+                    os.chown(path, config.run_as_uid, config.run_as_gid)
+        except OSError:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        prepared.cleanup.append(run_dir)
+        env = dict(env, HOME=home, TMPDIR=tmp)
+
+        rules = _landlock.second_tier_rules(
+            mode=config.mode.value,
+            system=list(plan.visible_ro),
+            read_only=extra_ro,
+            workspace=workspace,
+            run_dir=run_dir,
+        )
+        spec = prepared.spec
+        spec.update(
+            path=resolution.path,
+            argv=argv,
+            env=env,
+            cwd=prepared.cwd,
+            monitor=True,
+            json_status=True,
+            no_new_privs=True,
+            landlock=_landlock.ruleset_spec(abi=decision.landlock_abi, rules=rules, deny_network=True),
+        )
+        # TODO(#3): install the mode's filter here too, with inet, packet and
+        # (below Landlock ABI 9) unix socket() denied, socketpair() allowed:
+        #   spec["seccomp"] = seccomp_spec(config.mode, network=False,
+        #                                  trust_monitor=False, ...)
+        # and set tiers.SECCOMP_FILTER_BUILT. Meanwhile the syscall_filter row
+        # is 'off' and the network row lists UDP and unix paths as open.
+        if caller_is_root:
+            idmap = self._workspace_idmap(workspace)
+            if idmap:
+                spec["idmaps"] = [idmap]
+                prepared.notes.append(
+                    f"workspace owned by uid {idmap['owner']}: idmapped to the sandbox uid "
+                    f"{config.run_as_uid}; files it writes belong to uid {idmap['owner']}"
+                )
+        prepared.notes.append(
+            f"tier landlock: HOME={home}, TMPDIR={tmp} (removed after the run); the host's "
+            "/tmp is not writable"
+        )
+        log.debug("landlock ruleset %s", spec["landlock"])
 
     def _workspace_idmap(self, workspace: str) -> dict[str, Any] | None:
         st = os.stat(workspace)
@@ -378,20 +461,25 @@ class SandboxManager:
             *self._limit_protections(),
         ]
 
-    def _protections(self, info: _bwrap.BwrapInfo, caller_is_root: bool) -> list[Protection]:
+    def _protections(self, decision: _tiers.Decision, caller_is_root: bool) -> list[Protection]:
         uid = self.config.run_as_uid if caller_is_root else os.getuid()
-        userns = "user, pid, ipc, uts, net, cgroup"
-        if info.has_disable_userns:
-            userns += "; nested user namespaces disabled"
+        rows = [
+            Protection(
+                row.name,
+                _RESULT_STATUS[row.status],
+                row.detail + (" (accepted by the policy)" if row.accepted else ""),
+            )
+            for row in decision.rows
+        ]
+        if decision.tier == _tiers.TIER_LANDLOCK:
+            caps = "none held: non-root uid, ambient set cleared, no_new_privs"
+        else:
+            caps = "all dropped"
         return [
-            Protection("namespaces", "enforced", f"bubblewrap {info.version}: {userns}"),
-            Protection("mount_view", "enforced", "system read-only, workspace writable, private /tmp and HOME"),
-            # TODO(#3): no seccomp filter yet; the run says so instead of pretending.
-            Protection("syscall_filter", "off", "not implemented yet (issue #3)"),
-            Protection("network", "enforced", "none: empty network namespace"),
+            *rows,
             Protection("environment", "enforced", "scrubbed to an allowlist"),
             Protection("never_root", "enforced", f"runs as host uid {uid}"),
-            Protection("capabilities", "enforced", "all dropped"),
+            Protection("capabilities", "enforced", caps),
             *self._limit_protections(),
         ]
 
@@ -400,7 +488,8 @@ class SandboxManager:
         out = [Protection("timeout", "enforced" if config.timeout_sec else "off", "kills the whole tree")]
         if config.cpu_time_sec:
             out.append(Protection("cpu_time", "enforced", f"RLIMIT_CPU {config.cpu_time_sec}s per process"))
-        if config.memory_mb:
+        if config.memory_mb and config.mode is SandboxMode.DISABLED:
+            # other modes: the "memory" row of the tier decision
             out.append(
                 Protection(
                     "memory",
@@ -508,6 +597,7 @@ class SandboxManager:
             wall_time_sec=wall,
             usage=usage,
             mode=config.mode.value,
+            tier=prepared.tier,
             limits=prepared.limits,
             protections=prepared.protections,
             violations=violations,
@@ -520,6 +610,30 @@ class SandboxManager:
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
+
+
+_RESULT_STATUS = {
+    _tiers.ENFORCED: "enforced",
+    _tiers.DEGRADED: "degraded",
+    _tiers.UNAVAILABLE: "off",
+    _tiers.OFF: "off",
+}
+
+
+def _resolve_visible(
+    argv: list[str], prepared: _Prepared, env: Mapping[str, str], plan: _bwrap.MountPlan
+) -> tuple[Any, list[str]]:
+    """The program's path, and the installations it needs made visible
+    read-only (its own, and absolute PYTHONPATH entries)."""
+    resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
+    extra_ro = list(resolution.read_only)
+    prepared.notes.extend(resolution.notes)
+    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
+            if entry not in extra_ro:
+                extra_ro.append(entry)
+                prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
+    return resolution, extra_ro
 
 
 def _fileno(stream: Any, default: int) -> int:
@@ -568,13 +682,18 @@ def _outcome(
 
     killed = event.get("killed")
     status = event.get("status")
-    uses_bwrap = bool(prepared.spec.get("args_data"))
+    # bubblewrap and the second tier's monitor both report the program's
+    # status on the json status pipe; their own exit status means nothing.
+    uses_status_pipe = bool(prepared.spec.get("json_status"))
 
-    if uses_bwrap:
+    if uses_status_pipe:
         code = event.get("json_exit_code")
         if code is None:
             if killed in _KILL_REASONS:
                 return None, _signal.SIGKILL, _KILL_REASONS[killed], None
+            if prepared.spec.get("monitor"):
+                message = f"the run's monitor ended without the program's status ({_status_text(status)})"
+                return None, None, Termination.SANDBOX_ERROR, message
             message = _bwrap_error(stderr) or _status_text(status)
             return None, None, Termination.SANDBOX_ERROR, f"bubblewrap could not start the program: {message}"
         exit_code, sig = _split_code(int(code))

@@ -75,6 +75,9 @@ class SandboxResult:
     ``success`` is true when the program exited by itself with status 0.
     ``exit_code`` is the program's exit status when it exited, else None;
     ``signal`` is the number of the signal that ended it, else None.
+    ``tier`` is how the sandbox was built: ``namespaces`` (bubblewrap),
+    ``landlock`` (the second tier, for hosts without user namespaces) or
+    ``none`` (mode disabled); ``protections`` says what was in force.
     """
 
     run_id: str
@@ -95,6 +98,7 @@ class SandboxResult:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    tier: str = "none"
 
     @property
     def success(self) -> bool:
@@ -154,7 +158,11 @@ class SandboxResult:
             f"cpu {self.usage.cpu_total_sec:.2f}s",
             f"peak mem {self.usage.peak_memory_mb:.0f} MiB",
             f"mode {self.mode}",
+            f"tier {self.tier}",
         ]
+        weaker = [f"{p.name} ({p.status})" for p in self.protections if p.status != "enforced"]
+        if weaker and self.tier != "none":
+            parts.append("not fully in force: " + ", ".join(weaker))
         if self.violations:
             denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")

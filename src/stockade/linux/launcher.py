@@ -39,7 +39,8 @@ import sys
 import time
 from typing import Any
 
-from . import _sys
+from . import _sys, reaper
+from . import landlock as _landlock  # before any fork: children do no import work
 from .supervise import Supervisor
 
 MAX_MESSAGE = 1 << 20
@@ -59,6 +60,12 @@ _RLIMITS = {
     "RLIMIT_DATA": resource.RLIMIT_DATA,
     "RLIMIT_NPROC": resource.RLIMIT_NPROC,
 }
+
+# Dispositions the launcher's interpreter set to "ignore" (SIGPIPE, SIGINT by
+# the launcher, SIGXFSZ by Python at start-up). An ignored signal stays
+# ignored across execve, so the program would, for one, not die of SIGPIPE
+# in a pipeline, or of SIGXFSZ at its file size limit.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGXFSZ)
 
 # How long to wait for the sandbox's pid 1 to be reparented and reaped after
 # bubblewrap's monitor exited, before reporting without its usage.
@@ -129,6 +136,8 @@ def _child_setup(
       2. idmapped mounts for a root-owned workspace (needs root)
       3. O_PATH descriptors for bind sources (needs the caller's rights)
       4. join the run's cgroups (needs write access to cgroup.procs)
+      4b. second tier: fork the run's monitor (``reaper.py``), which stays
+         here with the launcher's credentials; the child goes on
       5. drop from root to the sandbox uid
       6. cwd, descriptors into their fixed slots, all others closed
       7. rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
@@ -171,6 +180,12 @@ def _child_setup(
             with open(procs, "w") as fh:
                 fh.write("0")
 
+        monitor_pid = None
+        if spec.get("monitor"):
+            step = "fork the run's monitor"
+            assert json_w is not None
+            monitor_pid = reaper.split(json_w)
+
         creds = spec.get("creds")
         if creds:
             step = f"drop to uid {creds['uid']} gid {creds['gid']}"
@@ -179,6 +194,10 @@ def _child_setup(
             os.setresuid(creds["uid"], creds["uid"], creds["uid"])
             if os.getuid() == 0 or os.geteuid() == 0:
                 raise OSError(errno.EPERM, "still uid 0 after setresuid")
+
+        if monitor_pid is not None:
+            step = "bind to the monitor"
+            reaper.bind_to_monitor(monitor_pid)
 
         step = f"chdir({spec['cwd']!r})"
         os.chdir(spec["cwd"])
@@ -204,6 +223,10 @@ def _child_setup(
         os.dup2(report_src, report_fd, inheritable=False)
         _sys.close_range(report_fd + 1)
 
+        step = "signal dispositions"
+        for signum in _RESET_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+
         step = "rlimits"
         for name, soft, hard in spec.get("rlimits") or []:
             resource.setrlimit(_RLIMITS[name], (_limit(soft), _limit(hard)))
@@ -215,9 +238,7 @@ def _child_setup(
         landlock_spec = spec.get("landlock")
         if landlock_spec:
             step = "landlock"
-            from . import landlock  # imported before fork by the launcher
-
-            landlock.apply(landlock_spec)
+            _landlock.apply(landlock_spec)
 
         seccomp = spec.get("seccomp")
         if seccomp:
@@ -417,7 +438,11 @@ class Run:
 
     def kill(self, reason: str) -> None:
         """Kill the whole tree: the sandbox's pid 1 (which takes its pid
-        namespace with it), the monitor, and the process group."""
+        namespace with it), the monitor, and the process group.
+
+        The second tier's monitor gets SIGTERM instead of SIGKILL: it is
+        the one that can find and kill the rest of the tree (``reaper.py``).
+        """
         if self.killed is None:
             self.killed = reason
         if self.init_pidfd is not None:
@@ -427,7 +452,7 @@ class Run:
                 pass
         if self.status is None and self.pid > 0:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGTERM if self.spec.get("monitor") else signal.SIGKILL)
             except ProcessLookupError:
                 pass
         if self.spec.get("new_session") and self.pid > 0:
