@@ -48,19 +48,32 @@ def forced_probe(monkeypatch):
 
 
 def test_doctor_json_on_this_host():
-    proc = subprocess.run([STOCKADE, "doctor", "--json"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [STOCKADE, "doctor", "--json"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["ok"] is True and data["decision"]["tier"] == "namespaces"
     assert data["host"]["landlock"]["abi"] == ABI
     assert data["second_tier"]["tier"] == "landlock"
     names = [row["name"] for row in data["decision"]["rows"]]
-    for name in ("namespaces", "mount_view", "syscall_filter", "landlock", "memory", "pids", "cpu", "network"):
+    for name in (
+        "namespaces",
+        "mount_view",
+        "syscall_filter",
+        "landlock",
+        "memory",
+        "pids",
+        "cpu",
+        "network",
+    ):
         assert name in names
 
 
 def test_doctor_text_on_this_host():
-    proc = subprocess.run([STOCKADE, "doctor"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [STOCKADE, "doctor"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "-> tier namespaces" in proc.stdout
     assert "second tier" in proc.stdout
@@ -68,7 +81,12 @@ def test_doctor_text_on_this_host():
 
 
 def test_doctor_exit_status_follows_the_policy_options():
-    refused = subprocess.run([STOCKADE, "doctor", "--tier", "landlock"], capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [STOCKADE, "doctor", "--tier", "landlock"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1
     assert "REFUSED" in refused.stdout and "network" in refused.stdout
     accepted = subprocess.run(
@@ -78,7 +96,11 @@ def test_doctor_exit_status_follows_the_policy_options():
         timeout=60,
     )
     assert accepted.returncode == 0, accepted.stdout
-    bad = subprocess.run([STOCKADE, "doctor", "--allow-degraded", "nonsense"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [STOCKADE, "doctor", "--allow-degraded", "nonsense"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "nonsense" in bad.stderr
 
 
@@ -103,7 +125,7 @@ def test_doctor_json_on_a_container(forced_probe, capsys):
     assert "seccomp=unconfined" in data["decision"]["rows"][0]["fix"]
 
 
-# -- runs refused before they start ------------------------------------------------------
+# -- runs refused before they start ---------------------------------------------
 
 
 def test_run_needing_namespaces_is_refused_with_reason_and_fix(forced_probe, workspace):
@@ -130,11 +152,15 @@ def test_second_tier_needs_landlock(forced_probe, workspace, monkeypatch):
     probe = forced_probe("container-docker-no-userns")
     import dataclasses
 
-    none = dataclasses.replace(probe, landlock=dataclasses.replace(probe.landlock, abi=0, error="no Landlock"))
+    none = dataclasses.replace(
+        probe, landlock=dataclasses.replace(probe.landlock, abi=0, error="no Landlock")
+    )
     monkeypatch.setattr(_probe, "probe_host", lambda *a, **k: none)
     every = ["namespaces", "mount_view", "network", "process_isolation"]
     with pytest.raises(SandboxUnavailableError) as info:
-        SandboxManager(SandboxConfig(execution_log=False, allow_degraded=every)).execute(["true"], cwd=workspace)
+        SandboxManager(
+            SandboxConfig(execution_log=False, allow_degraded=every)
+        ).execute(["true"], cwd=workspace)
     assert info.value.protection == "landlock" and "lsm=" in info.value.fix
 
 
@@ -142,9 +168,14 @@ def test_second_tier_needs_landlock(forced_probe, workspace, monkeypatch):
 
 
 @pytest.mark.skipif(ABI < 4, reason=f"needs Landlock ABI 4+, this kernel has {ABI}")
-def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(forced_probe, workspace):
+def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(
+    forced_probe, workspace
+):
     forced_probe("ubuntu-24.04-apparmor")
-    config = SandboxConfig(execution_log=False, allow_degraded=["namespaces", "network", "process_isolation"])
+    config = SandboxConfig(
+        execution_log=False,
+        allow_degraded=["namespaces", "network", "process_isolation"],
+    )
     name = f"stockade-test-{uuid.uuid4().hex[:12]}"
     with socket.socket(socket.AF_UNIX) as server, socket.socket() as tcp:
         server.bind("\0" + name)
@@ -156,11 +187,14 @@ def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(forced_probe, 
             "u = socket.socket(socket.AF_UNIX)\n"
             f"u.connect('\\0{name}')\n"
             "try:\n"
-            f"    socket.create_connection(('127.0.0.1', {tcp.getsockname()[1]}), timeout=3)\n"
+            f"    socket.create_connection(('127.0.0.1', {tcp.getsockname()[1]}), "
+            "timeout=3)\n"
             "except PermissionError:\n"
             "    print('tcp denied')\n"
         )
-        result = SandboxManager(config).execute(["/usr/bin/python3", "-c", code], cwd=workspace)
+        result = SandboxManager(config).execute(
+            ["/usr/bin/python3", "-c", code], cwd=workspace
+        )
     assert result.success, result.stderr_text
     assert result.tier == "landlock"
     # ABI 4 denies TCP; abstract unix sockets are not scoped before ABI 6, as
@@ -174,8 +208,22 @@ def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(forced_probe, 
 
 def test_cli_run_forced_second_tier_says_so(workspace):
     proc = subprocess.run(
-        [STOCKADE, "run", "--no-log", "--json", "--tier", "landlock", "--allow-degraded", "network",
-         "--workspace", str(workspace), "--", "sh", "-c", "echo hi"],
+        [
+            STOCKADE,
+            "run",
+            "--no-log",
+            "--json",
+            "--tier",
+            "landlock",
+            "--allow-degraded",
+            "network",
+            "--workspace",
+            str(workspace),
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -184,8 +232,19 @@ def test_cli_run_forced_second_tier_says_so(workspace):
     data = json.loads(proc.stdout)
     assert data["tier"] == "landlock" and data["stdout"] == "hi\n"
     summary = subprocess.run(
-        [STOCKADE, "run", "--no-log", "--tier", "landlock", "--allow-degraded", "network",
-         "--workspace", str(workspace), "--", "true"],
+        [
+            STOCKADE,
+            "run",
+            "--no-log",
+            "--tier",
+            "landlock",
+            "--allow-degraded",
+            "network",
+            "--workspace",
+            str(workspace),
+            "--",
+            "true",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,20 +254,45 @@ def test_cli_run_forced_second_tier_says_so(workspace):
 
 def test_cli_run_refuses_forced_second_tier_without_consent(workspace):
     proc = subprocess.run(
-        [STOCKADE, "run", "--no-log", "--tier", "landlock", "--workspace", str(workspace), "--", "true"],
+        [
+            STOCKADE,
+            "run",
+            "--no-log",
+            "--tier",
+            "landlock",
+            "--workspace",
+            str(workspace),
+            "--",
+            "true",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 125
-    assert "cannot enforce network" in proc.stderr and "allow_degraded = ['network']" in proc.stderr
+    assert (
+        "cannot enforce network" in proc.stderr
+        and "allow_degraded = ['network']" in proc.stderr
+    )
 
 
 def test_policy_file_can_accept_the_second_tier(tmp_path, workspace):
     policy = tmp_path / "policy.toml"
-    policy.write_text('tier = "landlock"\nallow_degraded = ["network"]\nexecution_log = false\n')
+    policy.write_text(
+        'tier = "landlock"\nallow_degraded = ["network"]\nexecution_log = false\n'
+    )
     proc = subprocess.run(
-        [STOCKADE, "run", "--config", str(policy), "--json", "--workspace", str(workspace), "--", "true"],
+        [
+            STOCKADE,
+            "run",
+            "--config",
+            str(policy),
+            "--json",
+            "--workspace",
+            str(workspace),
+            "--",
+            "true",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

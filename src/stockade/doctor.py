@@ -32,7 +32,10 @@ def report(config: SandboxConfig, probe: HostProbe | None = None) -> dict[str, A
     probe = probe if probe is not None else _tiers.probe_for(config)
     decision = _tiers.decide(probe, config)
     second = None
-    if config.mode is not SandboxMode.DISABLED and decision.tier != _tiers.TIER_LANDLOCK:
+    if (
+        config.mode is not SandboxMode.DISABLED
+        and decision.tier != _tiers.TIER_LANDLOCK
+    ):
         second = _tiers.decide(probe, config.with_changes(tier="landlock")).to_dict()
     return {
         "host": probe.to_dict(),
@@ -52,14 +55,18 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
     """The report as text: host facts, then one row per protection."""
     width = width or min(max(shutil.get_terminal_size((100, 24)).columns, 80), 120)
     host = data["host"]
-    lines = [f"stockade doctor: Linux {host['kernel']} {host['arch']}, caller uid {host['euid']}"]
+    lines = [
+        f"stockade doctor: Linux {host['kernel']} {host['arch']}, caller uid "
+        f"{host['euid']}"
+    ]
     lines += ["  " + fact for fact in _host_facts(host)]
     policy = data["policy"]
     decision = data["decision"]
     allowed = ", ".join(policy["allow_degraded"]) or "nothing"
     lines.append("")
     lines.append(
-        f"policy: mode {policy['mode']}, tier {policy['tier']}, accepts degraded: {allowed}"
+        f"policy: mode {policy['mode']}, tier {policy['tier']}, accepts degraded: "
+        f"{allowed}"
     )
     lines.append(f"-> tier {decision['tier']}: {decision['why']}")
     lines.append("")
@@ -68,8 +75,8 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         second = data["second_tier"]
         lines.append("")
         lines.append(
-            "second tier (tier = 'landlock', or allow_degraded = ['namespaces'] on a host "
-            "without user namespaces):"
+            "second tier (tier = 'landlock', or allow_degraded = ['namespaces'] "
+            "on a host without user namespaces):"
         )
         lines += _table(second["rows"], width)
         if not second["ok"]:
@@ -79,7 +86,9 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
     if data["ok"]:
         lines.append(f"verdict: runs under this policy use tier {decision['tier']}.")
     else:
-        lines.append(f"verdict: runs under this policy are REFUSED here: {data['error']}")
+        lines.append(
+            f"verdict: runs under this policy are REFUSED here: {data['error']}"
+        )
     return "\n".join(lines)
 
 
@@ -88,8 +97,14 @@ def _host_facts(host: dict[str, Any]) -> list[str]:
     bwrap, userns = host["bwrap"], host["userns"]
     if bwrap["path"]:
         how = "work" if userns["works"] else f"FAIL ({userns['error']})"
-        who = f" as uid {userns['tested_as_uid']}" if userns["tested_as_uid"] is not None else ""
-        facts.append(f"bubblewrap {bwrap['version']} at {bwrap['path']}: namespaces {how}{who}")
+        who = (
+            f" as uid {userns['tested_as_uid']}"
+            if userns["tested_as_uid"] is not None
+            else ""
+        )
+        facts.append(
+            f"bubblewrap {bwrap['version']} at {bwrap['path']}: namespaces {how}{who}"
+        )
     else:
         facts.append(f"bubblewrap: {bwrap['error']}")
     seccomp = host["seccomp"]
@@ -99,7 +114,11 @@ def _host_facts(host: dict[str, Any]) -> list[str]:
     if seccomp["mode"] == 2:
         filt += f" (this process is already filtered: {seccomp['filters']} filter(s))"
     landlock = host["landlock"]
-    ll = f"Landlock ABI {landlock['abi']}" if landlock["abi"] else f"no Landlock ({landlock['error']})"
+    ll = (
+        f"Landlock ABI {landlock['abi']}"
+        if landlock["abi"]
+        else f"no Landlock ({landlock['error']})"
+    )
     facts.append(f"{filt}; {ll}")
     cgroup = host["cgroup"]
     parts = [f"cgroups {cgroup['layout']}"]
@@ -109,7 +128,8 @@ def _host_facts(host: dict[str, Any]) -> list[str]:
         parts.append(f"v2 {cgroup['v2_own']} ({ctl}; {rw})")
     if cgroup["v1"]:
         v1 = ", ".join(
-            f"{name}{'' if item['writable'] else ' (not writable)'}" for name, item in sorted(cgroup["v1"].items())
+            f"{name}{'' if item['writable'] else ' (not writable)'}"
+            for name, item in sorted(cgroup["v1"].items())
         )
         parts.append(f"v1 {v1}")
     facts.append("; ".join(parts))
@@ -134,10 +154,17 @@ def _table(rows: list[dict[str, Any]], width: int) -> list[str]:
     status_w = max(len(_status_text(row)) for row in rows) + 2
     text_w = max(width - name_w - status_w - 2, 30)
     pad = " " * (2 + name_w + status_w)
-    out = ["  " + "PROTECTION".ljust(name_w) + "STATUS".ljust(status_w) + "DETAIL / FIX"]
+    out = [
+        "  " + "PROTECTION".ljust(name_w) + "STATUS".ljust(status_w) + "DETAIL / FIX"
+    ]
     for row in rows:
         detail = textwrap.wrap(row["detail"], text_w) or [""]
-        out.append("  " + row["name"].ljust(name_w) + _status_text(row).ljust(status_w) + detail[0])
+        out.append(
+            "  "
+            + row["name"].ljust(name_w)
+            + _status_text(row).ljust(status_w)
+            + detail[0]
+        )
         out += [pad + line for line in detail[1:]]
         if row["fix"] and row["status"] != "enforced":
             fix = textwrap.wrap("fix: " + row["fix"], text_w)

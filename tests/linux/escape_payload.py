@@ -57,7 +57,9 @@ attempt("create", lambda: write(os.path.join(outside, "new.txt")))
 attempt("unlink", lambda: os.unlink(os.path.join(outside, "secret.txt")))
 attempt("mkdir", lambda: os.mkdir(os.path.join(outside, "dir")))
 attempt("symlink", lambda: os.symlink("/etc/passwd", os.path.join(outside, "link")))
-attempt("rename_out", lambda: os.rename("moved.txt", os.path.join(outside, "moved.txt")))
+attempt(
+    "rename_out", lambda: os.rename("moved.txt", os.path.join(outside, "moved.txt"))
+)
 attempt("truncate", lambda: os.truncate(os.path.join(outside, "secret.txt"), 0))
 attempt("host_tmp_write", lambda: write(os.path.join("/tmp", args["tmp_name"])))
 attempt("read_secret", lambda: read(os.path.join(outside, "secret.txt")))
@@ -70,6 +72,9 @@ attempt("victim_environ", lambda: read(f"/proc/{args['victim']}/environ"))
 # what must keep working
 attempt("workspace_write", lambda: write("ok.txt"))
 attempt("home_write", lambda: write(os.path.join(os.environ["HOME"], "h.txt")))
-attempt("tmpdir_write", lambda: write(os.path.join(os.environ.get("TMPDIR", "/tmp"), "t.txt")))
+attempt(
+    "tmpdir_write",
+    lambda: write(os.path.join(os.environ.get("TMPDIR", "/tmp"), "t.txt")),
+)
 attempt("system_read", lambda: read("/etc/passwd"))
 print(json.dumps(out))

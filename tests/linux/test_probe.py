@@ -47,7 +47,7 @@ def test_cgroup_facts_match_mountinfo():
         text = fh.read()
     assert (probe.cgroup.v2_mount is not None) == (" - cgroup2 " in text)
     assert bool(probe.cgroup.v1) == (" - cgroup " in text)
-    for name, item in probe.cgroup.v1.items():
+    for item in probe.cgroup.v1.values():
         assert item.own.startswith(item.mount)
         assert item.writable == os.access(item.own, os.W_OK)
 
@@ -57,7 +57,10 @@ def _fake_bwrap(tmp_path, message: str, code: int) -> str:
     path = tmp_path / "bwrap"
     path.write_text(
         "#!/bin/sh\n"
-        'case "$1" in --version) echo "bubblewrap 9.9.9"; exit 0;; --help) echo "--bind-fd"; exit 0;; esac\n'
+        'case "$1" in\n'
+        '  --version) echo "bubblewrap 9.9.9"; exit 0;;\n'
+        '  --help) echo "--bind-fd"; exit 0;;\n'
+        "esac\n"
         f"echo '{message}' >&2\nexit {code}\n"
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

@@ -54,7 +54,12 @@ def test_every_protection_has_one_row_per_tier(name):
         decision = tiers.decide(probe, policy(tier=tier))
         assert [row.name for row in decision.rows] == list(tiers.ROW_ORDER)
         for row in decision.rows:
-            assert row.status in (tiers.ENFORCED, tiers.DEGRADED, tiers.UNAVAILABLE, tiers.OFF)
+            assert row.status in (
+                tiers.ENFORCED,
+                tiers.DEGRADED,
+                tiers.UNAVAILABLE,
+                tiers.OFF,
+            )
             if row.blocking:
                 assert row.fix, f"{name}/{tier}: {row.name} blocks without a fix"
 
@@ -84,10 +89,14 @@ def test_ubuntu_accepting_the_second_tier_still_needs_consent_for_abi4_gaps():
     assert decision.landlock_abi == 4
     # ABI 4: TCP is denied, but nothing scopes signals or abstract sockets
     assert blocking(decision) == ["network", "process_isolation"]
-    assert "signals reach every host process" in decision.row("process_isolation").detail
+    assert (
+        "signals reach every host process" in decision.row("process_isolation").detail
+    )
     assert "abstract unix sockets" in decision.row("network").detail
     assert "TCP bind/connect denied" in decision.row("network").detail
-    ok = tiers.decide(probe, policy(allow_degraded=["namespaces", "network", "process_isolation"]))
+    ok = tiers.decide(
+        probe, policy(allow_degraded=["namespaces", "network", "process_isolation"])
+    )
     assert ok.ok and ok.tier == "landlock"
     assert statuses(ok)["landlock"] == "enforced"
     assert statuses(ok)["tree_kill"] == "enforced"
@@ -129,15 +138,21 @@ def test_container_second_tier_on_abi3_has_no_network_protection():
 
 def test_second_tier_below_abi3_needs_consent_for_the_file_system():
     probe = load("container-docker-no-userns")
-    old = dataclasses.replace(probe, landlock=dataclasses.replace(probe.landlock, abi=2))
-    decision = tiers.decide(old, policy(tier="landlock", allow_degraded=["network", "process_isolation"]))
+    old = dataclasses.replace(
+        probe, landlock=dataclasses.replace(probe.landlock, abi=2)
+    )
+    decision = tiers.decide(
+        old, policy(tier="landlock", allow_degraded=["network", "process_isolation"])
+    )
     assert blocking(decision) == ["mount_view"]
     assert "truncate()" in decision.row("mount_view").detail
 
 
 def test_second_tier_without_landlock_is_refused_and_cannot_be_accepted():
     probe = load("container-docker-no-userns")
-    none = dataclasses.replace(probe, landlock=dataclasses.replace(probe.landlock, abi=0, error="ENOSYS"))
+    none = dataclasses.replace(
+        probe, landlock=dataclasses.replace(probe.landlock, abi=0, error="ENOSYS")
+    )
     every = ["namespaces", "mount_view", "network", "process_isolation"]
     decision = tiers.decide(none, policy(tier="landlock", allow_degraded=every))
     assert not decision.ok
@@ -151,7 +166,13 @@ def test_second_tier_without_landlock_is_refused_and_cannot_be_accepted():
 def test_fedora_delegated_v2_runs_in_the_first_tier():
     decision = tiers.decide(load("fedora41-cgroup2-delegated"), policy())
     assert decision.ok and decision.tier == "namespaces"
-    for name in ("namespaces", "mount_view", "network", "process_isolation", "tree_kill"):
+    for name in (
+        "namespaces",
+        "mount_view",
+        "network",
+        "process_isolation",
+        "tree_kill",
+    ):
         assert statuses(decision)[name] == "enforced"
     memory = decision.row("memory")
     assert "cgroup v2 memory controller, writable" in memory.detail
@@ -182,7 +203,9 @@ def test_this_vm_second_tier_blocks_only_on_the_network_until_the_filter_lands()
     assert "UDP" in network.detail and "unix sockets by path" in network.detail
     assert statuses(decision)["process_isolation"] == "degraded"
     assert decision.row("process_isolation").accepted
-    assert tiers.decide(load("debian12-vm-root"), policy(tier="landlock", allow_degraded=["network"])).ok
+    assert tiers.decide(
+        load("debian12-vm-root"), policy(tier="landlock", allow_degraded=["network"])
+    ).ok
 
 
 def test_this_vm_as_nobody_cannot_write_cgroups():
@@ -197,8 +220,14 @@ def test_live_probe_decides_like_its_recording(monkeypatch):
 
     recorded = load("debian12-vm-root" if os.geteuid() == 0 else "debian12-vm-nobody")
     live = probe_host(None, 65534 if os.geteuid() == 0 else None)
-    for config in (policy(), policy(tier="landlock"), policy(tier="landlock", allow_degraded=["network"])):
-        assert statuses(tiers.decide(live, config)) == statuses(tiers.decide(recorded, config))
+    for config in (
+        policy(),
+        policy(tier="landlock"),
+        policy(tier="landlock", allow_degraded=["network"]),
+    ):
+        assert statuses(tiers.decide(live, config)) == statuses(
+            tiers.decide(recorded, config)
+        )
         assert tiers.decide(live, config).ok == tiers.decide(recorded, config).ok
 
 
@@ -219,7 +248,10 @@ def test_unknown_protection_name_is_a_policy_error():
 
 
 def test_allow_degraded_accepts_a_comma_separated_string():
-    assert SandboxConfig(allow_degraded="namespaces, network").allow_degraded == ("namespaces", "network")
+    assert SandboxConfig(allow_degraded="namespaces, network").allow_degraded == (
+        "namespaces",
+        "network",
+    )
 
 
 def test_error_offers_the_policy_knob_for_a_degradable_row():

@@ -64,8 +64,14 @@ ACCESS_NAMES: dict[str, tuple[str, ...]] = {
     "exec": ("EXECUTE",),
     "write": ("WRITE_FILE", "TRUNCATE"),
     "create": (
-        "MAKE_REG", "MAKE_DIR", "MAKE_SYM", "MAKE_FIFO", "MAKE_SOCK",
-        "REMOVE_FILE", "REMOVE_DIR", "REFER",
+        "MAKE_REG",
+        "MAKE_DIR",
+        "MAKE_SYM",
+        "MAKE_FIFO",
+        "MAKE_SOCK",
+        "REMOVE_FILE",
+        "REMOVE_DIR",
+        "REFER",
     ),
     "unix": ("RESOLVE_UNIX",),
 }
@@ -75,6 +81,7 @@ READ_EXEC = ["read", "exec"]
 READ_ONLY = ["read"]
 READ_WRITE = ["read", "write"]
 WRITABLE = ["read", "write", "exec", "create", "unix"]
+SHARED_MEMORY = ["read", "write", "create"]
 
 # ABI versions that added what the second tier relies on.
 ABI_NET_TCP = 4
@@ -98,7 +105,8 @@ def abi_version() -> tuple[int, str | None]:
         return 0, f"landlock_create_ruleset: {os.strerror(err.errno or 0)}"
     if abi == 0:
         return 0, (
-            "the kernel has no Landlock (Linux 5.13+ built with CONFIG_SECURITY_LANDLOCK) "
+            "the kernel has no Landlock (Linux 5.13+ built with "
+            "CONFIG_SECURITY_LANDLOCK) "
             "or it is not enabled at boot (lsm= must list landlock)"
         )
     return min(abi, _LATEST_ABI), None
@@ -143,7 +151,7 @@ def second_tier_rules(
     rules += [(path, READ_WRITE) for path in _DEVICES_RW]
     rules += [(path, READ_ONLY) for path in _DEVICES_RO]
     if mode != "strict":
-        rules.append(("/dev/shm", ["read", "write", "create"]))
+        rules.append(("/dev/shm", SHARED_MEMORY))
     rules.append((workspace, WRITABLE))
     rules.append((run_dir, WRITABLE))
     return rules
@@ -221,7 +229,9 @@ def apply(spec: dict[str, Any]) -> None:
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
                     continue
-                raise OSError(err.errno, f"landlock_add_rule({rule['path']!r}): {err.strerror}") from None
+                raise OSError(
+                    err.errno, f"landlock_add_rule({rule['path']!r}): {err.strerror}"
+                ) from None
         ruleset.restrict(no_new_privs=True)
 
 
@@ -238,3 +248,27 @@ def _access_flags(names: list[str]) -> Any:
         for flag_name in ACCESS_NAMES[name]:
             flags |= getattr(_ll.AccessFS, flag_name)
     return flags
+
+
+def _warm_flag_cache() -> None:
+    """Compute every flag combination ``apply`` uses, once, here.
+
+    landlockpy's flags are IntFlag values, and Python creates each new
+    combination on first use (a few microseconds each, dozens per ruleset).
+    Made in the launcher before it forks, they are shared with every child
+    instead of being rebuilt in each one.
+    """
+    if _ll is None:
+        return
+    file_rights = _file_rights()
+    for abi in range(1, _LATEST_ABI + 1):
+        handled = _ll.fs_for_abi(abi)
+        _ll.net_for_abi(abi)
+        _ll.scope_for_abi(abi)
+        _ll.restrict_for_abi(abi)
+        for names in (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY):
+            access = _access_flags(names) & handled
+            access & file_rights & handled  # noqa: B018 - creates the pseudo-member
+
+
+_warm_flag_cache()

@@ -46,7 +46,9 @@ PROBE_FORMAT = 1
 _SYSCTLS = {
     "unprivileged_userns_clone": "/proc/sys/kernel/unprivileged_userns_clone",
     "max_user_namespaces": "/proc/sys/user/max_user_namespaces",
-    "apparmor_restrict_unprivileged_userns": "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    "apparmor_restrict_unprivileged_userns": (
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
+    ),
 }
 
 
@@ -163,7 +165,10 @@ class HostProbe:
     def from_dict(cls, data: dict[str, Any]) -> HostProbe:
         """Load a probe recorded with ``to_dict`` (unknown keys are refused)."""
         cgroup = dict(data["cgroup"])
-        cgroup["v1"] = {name: CgroupV1Controller(**item) for name, item in (cgroup.get("v1") or {}).items()}
+        cgroup["v1"] = {
+            name: CgroupV1Controller(**item)
+            for name, item in (cgroup.get("v1") or {}).items()
+        }
         return cls(
             kernel=data["kernel"],
             arch=data["arch"],
@@ -229,18 +234,31 @@ def _probe_userns(bwrap: str | None, as_uid: int | None) -> UsernsFacts:
 
 def _namespace_launch(bwrap: str, as_uid: int | None) -> tuple[bool, str | None]:
     """One real bubblewrap launch with every namespace stockade uses."""
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "/bin/true"]
+    argv = [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--ro-bind",
+        "/",
+        "/",
+        "--",
+        "/bin/true",
+    ]
     kwargs: dict[str, Any] = {}
     if as_uid is not None and os.geteuid() == 0:
         kwargs = {"user": as_uid, "group": as_uid, "extra_groups": []}
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, **kwargs)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=20, **kwargs
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, f"bwrap did not run: {err}"
     if proc.returncode == 0:
         return True, None
     text = proc.stderr.strip()
-    return False, text.splitlines()[-1] if text else f"bwrap exited with status {proc.returncode}"
+    return False, text.splitlines()[
+        -1
+    ] if text else f"bwrap exited with status {proc.returncode}"
 
 
 def _probe_seccomp() -> SeccompFacts:
@@ -274,7 +292,9 @@ def _probe_cgroups() -> CgroupFacts:
         if path is None:
             continue
         directory = os.path.normpath(os.path.join(mount, path.lstrip("/")))
-        v1[name] = CgroupV1Controller(mount=mount, own=directory, writable=_writable_dir(directory))
+        v1[name] = CgroupV1Controller(
+            mount=mount, own=directory, writable=_writable_dir(directory)
+        )
     v2_own = v2_controllers = None
     v2_writable = v2_kill = False
     if v2_mount is not None and "" in own:
@@ -321,7 +341,11 @@ def _cgroup_mounts() -> dict[str, str]:
             found.setdefault("cgroup2", mount)
         elif fstype == "cgroup":
             for option in options:
-                if option in ("rw", "ro") or "=" in option and not option.startswith("name="):
+                if (
+                    option in ("rw", "ro")
+                    or "=" in option
+                    and not option.startswith("name=")
+                ):
                     continue
                 found.setdefault(option, mount)
     return found
@@ -361,7 +385,8 @@ def _container() -> str | None:
     if environ:
         for item in environ.split("\0"):
             if item.startswith("container="):
-                return f"{item.partition('=')[2] or 'unknown'} (container= in pid 1's environment)"
+                name = item.partition("=")[2] or "unknown"
+                return f"{name} (container= in pid 1's environment)"
     cgroups = _read("/proc/1/cgroup") or ""
     for marker in ("docker", "kubepods", "lxc", "containerd"):
         if marker in cgroups:

@@ -99,7 +99,9 @@ def bind_to_monitor(monitor_pid: int) -> None:
     """
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != monitor_pid:
-        raise OSError(errno.ESRCH, "the run's monitor exited before the program started")
+        raise OSError(
+            errno.ESRCH, "the run's monitor exited before the program started"
+        )
     try:
         _sys.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as err:

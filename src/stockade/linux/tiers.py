@@ -60,7 +60,12 @@ _FIX_LANDLOCK = (
     "'landlock' in the lsm= boot parameter (e.g. add lsm=landlock,lockdown,yama,"
     "integrity,apparmor,bpf to GRUB_CMDLINE_LINUX and reboot)"
 )
-_FIX_TIER2_BY_USERNS = "enable user namespaces for the first tier (see the namespaces row)"
+# Rows that the first tier would give in full point to the namespaces row for
+# the fix instead of repeating it; ``Decision.error`` spells it out.
+_SEE_NAMESPACES = "see the namespaces row"
+_FIX_TIER2_BY_USERNS = (
+    f"the first tier, once the host can create namespaces ({_SEE_NAMESPACES})"
+)
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,18 @@ class Decision:
         first = rows[0]
         reason = first.detail
         if len(rows) > 1:
-            reason += f" (not enforceable either: {', '.join(r.name for r in rows[1:])})"
+            reason += (
+                f" (not enforceable either: {', '.join(r.name for r in rows[1:])})"
+            )
         fix = first.fix or "none known on this host"
+        if _SEE_NAMESPACES in fix:
+            namespaces_fix = self.row("namespaces").fix
+            if namespaces_fix:
+                fix = fix.replace(_SEE_NAMESPACES, namespaces_fix)
         if first.name in DEGRADABLE_PROTECTIONS and first.name != "namespaces":
-            names = ", ".join(repr(r.name) for r in rows if r.name in DEGRADABLE_PROTECTIONS)
+            names = ", ".join(
+                repr(r.name) for r in rows if r.name in DEGRADABLE_PROTECTIONS
+            )
             fix += f"; or accept it in the policy: allow_degraded = [{names}]"
         return SandboxUnavailableError(first.name, reason, fix)
 
@@ -179,20 +192,32 @@ def decide(probe: HostProbe, config: SandboxConfig) -> Decision:
     elif ns_ok:
         tier, why = TIER_NAMESPACES, "the host can create the namespaces"
     elif "namespaces" in allowed:
-        tier, why = TIER_LANDLOCK, (
-            "the host cannot create namespaces and allow_degraded accepts the second tier"
+        tier, why = (
+            TIER_LANDLOCK,
+            (
+                "the host cannot create namespaces and allow_degraded accepts the "
+                "second tier"
+            ),
         )
     else:
-        tier, why = TIER_NAMESPACES, "the host cannot create namespaces; the policy accepts no other tier"
+        tier, why = (
+            TIER_NAMESPACES,
+            "the host cannot create namespaces; the policy accepts no other tier",
+        )
 
     if tier == TIER_NAMESPACES:
         rows = _namespaces_rows(probe, config, allowed)
     else:
         rows = _landlock_rows(probe, config, allowed)
-    rows += [_filter_row(probe, config, allowed, tier), *_limit_rows(probe, config, allowed)]
+    rows += [
+        _filter_row(probe, config, allowed, tier),
+        *_limit_rows(probe, config, allowed),
+    ]
     order = {name: i for i, name in enumerate(ROW_ORDER)}
     rows.sort(key=lambda row: order.get(row.name, len(order)))
-    return Decision(tier=tier, why=why, rows=tuple(rows), landlock_abi=probe.landlock.abi)
+    return Decision(
+        tier=tier, why=why, rows=tuple(rows), landlock_abi=probe.landlock.abi
+    )
 
 
 ROW_ORDER = (
@@ -230,7 +255,8 @@ def userns_diagnosis(probe: HostProbe) -> tuple[str, str]:
     if userns.apparmor_restrict_unprivileged_userns == "1":
         return (
             f"{reason}: AppArmor restricts unprivileged user namespaces "
-            "(kernel.apparmor_restrict_unprivileged_userns=1, the default since Ubuntu 23.10)",
+            "(kernel.apparmor_restrict_unprivileged_userns=1, the default since "
+            "Ubuntu 23.10)",
             f"install an AppArmor profile that grants `userns` to {bwrap.path} "
             "(docs/hosts.md shows one: save it as /etc/apparmor.d/bwrap, then "
             "`sudo apparmor_parser -r /etc/apparmor.d/bwrap`), or allow it for every "
@@ -240,21 +266,28 @@ def userns_diagnosis(probe: HostProbe) -> tuple[str, str]:
         return (
             f"{reason}: unprivileged user namespaces are disabled "
             "(kernel.unprivileged_userns_clone=0)",
-            "`sudo sysctl -w kernel.unprivileged_userns_clone=1` (persist it in /etc/sysctl.d/)",
+            "`sudo sysctl -w kernel.unprivileged_userns_clone=1` (persist it in "
+            "/etc/sysctl.d/)",
         )
     if userns.max_user_namespaces == "0" or "max_" in error:
         return (
             f"{reason}: no user namespaces may be created "
             f"(user.max_user_namespaces={userns.max_user_namespaces})",
-            "`sudo sysctl -w user.max_user_namespaces=15000` (persist it in /etc/sysctl.d/)",
+            "`sudo sysctl -w user.max_user_namespaces=15000` (persist it in "
+            "/etc/sysctl.d/)",
         )
     if probe.container or probe.seccomp.mode == 2:
-        where = f"a container ({probe.container})" if probe.container else "a seccomp-filtered process"
+        where = (
+            f"a container ({probe.container})"
+            if probe.container
+            else "a seccomp-filtered process"
+        )
         return (
-            f"{reason}: this process runs in {where} whose profile forbids creating namespaces",
+            f"{reason}: this process runs in {where} whose profile forbids creating "
+            "namespaces",
             "run the container with a seccomp profile that allows clone/unshare with "
-            "CLONE_NEWUSER (Docker and Podman: `--security-opt seccomp=unconfined` or a "
-            "custom profile), or run stockade on the host",
+            "CLONE_NEWUSER (Docker and Podman: `--security-opt seccomp=unconfined` "
+            "or a custom profile), or run stockade on the host",
         )
     return (
         reason,
@@ -266,7 +299,9 @@ def userns_diagnosis(probe: HostProbe) -> tuple[str, str]:
 # -- rows per tier ------------------------------------------------------------
 
 
-def _namespaces_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -> list[ProtectionStatus]:
+def _namespaces_rows(
+    probe: HostProbe, config: SandboxConfig, allowed: set[str]
+) -> list[ProtectionStatus]:
     reason, fix = userns_diagnosis(probe)
     if not probe.namespaces_work:
         if config.tier != TIER_NAMESPACES and probe.landlock.abi >= 1:
@@ -274,24 +309,32 @@ def _namespaces_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str])
                 "; or accept the second tier: allow_degraded = ['namespaces'] "
                 "(`stockade doctor` shows what it protects)"
             )
-        need = f"needs namespaces: {reason}"
+        need = "needs the namespaces, which this host cannot create"
         return [
             _row("namespaces", UNAVAILABLE, reason, fix, True, allowed),
-            _row("mount_view", UNAVAILABLE, need, fix, True, allowed),
+            _row("mount_view", UNAVAILABLE, need, _SEE_NAMESPACES, True, allowed),
             _landlock_unused(probe),
-            _row("network", UNAVAILABLE, need, fix, True, allowed),
-            _row("process_isolation", UNAVAILABLE, need, fix, True, allowed),
-            _row("tree_kill", UNAVAILABLE, need, fix, True, allowed),
+            _row("network", UNAVAILABLE, need, _SEE_NAMESPACES, True, allowed),
+            _row(
+                "process_isolation", UNAVAILABLE, need, _SEE_NAMESPACES, True, allowed
+            ),
+            _row("tree_kill", UNAVAILABLE, need, _SEE_NAMESPACES, True, allowed),
         ]
     userns = "user, pid, ipc, uts, net, cgroup"
     if probe.bwrap.has_disable_userns:
         userns += "; nested user namespaces disabled"
     return [
-        _row("namespaces", ENFORCED, f"bubblewrap {probe.bwrap.version}: {userns}", required=True),
+        _row(
+            "namespaces",
+            ENFORCED,
+            f"bubblewrap {probe.bwrap.version}: {userns}",
+            required=True,
+        ),
         _row(
             "mount_view",
             ENFORCED,
-            "system read-only, workspace writable, private /tmp, /dev/shm and HOME, nothing else",
+            "system read-only, workspace writable, private /tmp, /dev/shm and HOME, "
+            "nothing else",
             required=True,
         ),
         _landlock_unused(probe),
@@ -299,36 +342,70 @@ def _namespaces_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str])
         _row(
             "process_isolation",
             ENFORCED,
-            "own pid namespace: host processes are invisible and out of reach of signals and ptrace",
+            "own pid namespace: host processes are invisible and out of reach of "
+            "signals and ptrace",
             required=True,
         ),
-        _row("tree_kill", ENFORCED, "pid namespace: every process ends with the run", required=True),
+        _row(
+            "tree_kill",
+            ENFORCED,
+            "pid namespace: every process ends with the run",
+            required=True,
+        ),
     ]
 
 
 def _landlock_unused(probe: HostProbe) -> ProtectionStatus:
     abi = probe.landlock.abi
-    host = f"host: Landlock ABI {abi}" if abi else f"host: no Landlock ({probe.landlock.error})"
-    return _row("landlock", OFF, f"not used by this tier, the mount view hides the host ({host})")
+    host = (
+        f"host: Landlock ABI {abi}"
+        if abi
+        else f"host: no Landlock ({probe.landlock.error})"
+    )
+    return _row(
+        "landlock",
+        OFF,
+        f"not used by this tier, the mount view hides the host ({host})",
+    )
 
 
-def _landlock_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -> list[ProtectionStatus]:
+def _landlock_rows(
+    probe: HostProbe, config: SandboxConfig, allowed: set[str]
+) -> list[ProtectionStatus]:
     abi = probe.landlock.abi
     reason, fix = userns_diagnosis(probe)
     if probe.namespaces_work:
-        ns = _row("namespaces", OFF, "not used: the policy chose the second tier", required=True, accepted=True)
+        ns = _row(
+            "namespaces",
+            OFF,
+            "not used: the policy chose the second tier",
+            required=True,
+            accepted=True,
+        )
     else:
         ns = _row("namespaces", UNAVAILABLE, reason, fix, required=True, accepted=True)
-    userns_fix = fix or "use the first tier (tier = 'auto' or 'namespaces')"
+    userns_fix = (
+        _FIX_TIER2_BY_USERNS
+        if fix
+        else "use the first tier (tier = 'auto' or 'namespaces')"
+    )
 
     if abi < 1:
         missing = f"needs Landlock, which this host lacks ({probe.landlock.error})"
         return [
             ns,
-            _row("landlock", UNAVAILABLE, probe.landlock.error or "no Landlock", _FIX_LANDLOCK, True),
+            _row(
+                "landlock",
+                UNAVAILABLE,
+                probe.landlock.error or "no Landlock",
+                _FIX_LANDLOCK,
+                True,
+            ),
             _row("mount_view", UNAVAILABLE, missing, _FIX_LANDLOCK, True, allowed),
             _row("network", UNAVAILABLE, missing, _FIX_LANDLOCK, True, allowed),
-            _row("process_isolation", UNAVAILABLE, missing, _FIX_LANDLOCK, True, allowed),
+            _row(
+                "process_isolation", UNAVAILABLE, missing, _FIX_LANDLOCK, True, allowed
+            ),
             _tree_kill_row(),
         ]
 
@@ -337,7 +414,9 @@ def _landlock_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -
         parts.append("TCP bind/connect denied")
     if abi >= _landlock.ABI_SCOPE:
         parts.append("abstract unix sockets and signals scoped to the run")
-    landlock_row = _row("landlock", ENFORCED, f"ABI {abi}: " + ", ".join(parts), required=True)
+    landlock_row = _row(
+        "landlock", ENFORCED, f"ABI {abi}: " + ", ".join(parts), required=True
+    )
 
     # The file system: what the second tier lacks by design is accepted with
     # the tier; a gap of an old ABI needs its own consent.
@@ -349,9 +428,18 @@ def _landlock_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -
     )
     if abi < 3:
         view += "; ABI < 3: truncate() of files outside the ruleset is NOT denied"
-        mount_view = _row("mount_view", DEGRADED, view, f"Linux 6.2+ (Landlock ABI 3); or {_FIX_TIER2_BY_USERNS}", True, allowed)
+        mount_view = _row(
+            "mount_view",
+            DEGRADED,
+            view,
+            f"Linux 6.2+ (Landlock ABI 3); or {userns_fix}",
+            True,
+            allowed,
+        )
     else:
-        mount_view = _row("mount_view", DEGRADED, view, userns_fix, True, allowed, inherent=True)
+        mount_view = _row(
+            "mount_view", DEGRADED, view, userns_fix, True, allowed, inherent=True
+        )
 
     network = _network_row(abi, allowed, userns_fix)
 
@@ -359,8 +447,8 @@ def _landlock_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -
         process = _row(
             "process_isolation",
             DEGRADED,
-            "signals and ptrace stop at the run's own processes (Landlock); host processes "
-            "and their command lines are visible in /proc",
+            "signals and ptrace stop at the run's own processes (Landlock); "
+            "host processes and their command lines are visible in /proc",
             userns_fix,
             True,
             allowed,
@@ -370,9 +458,10 @@ def _landlock_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -
         process = _row(
             "process_isolation",
             DEGRADED,
-            f"ptrace stops at the run's own processes, but on Landlock ABI {abi} (< 6) signals "
-            "reach every host process of the same uid; host processes are visible in /proc",
-            f"Linux 6.12+ (Landlock ABI 6) for signal scoping; or {_FIX_TIER2_BY_USERNS}",
+            f"ptrace stops at the run's own processes, but on Landlock ABI {abi} "
+            "(< 6) signals reach every host process of the same uid, the run's "
+            "monitor included; host processes are visible in /proc",
+            f"Linux 6.12+ (Landlock ABI 6) for signal scoping; or {userns_fix}",
             True,
             allowed,
         )
@@ -391,7 +480,9 @@ def _network_row(abi: int, allowed: set[str], userns_fix: str) -> ProtectionStat
         if abi >= _landlock.ABI_NET_UDP:
             blocked.append("UDP denied (Landlock)")
         else:
-            holes.append("UDP and other socket families (needs the syscall filter, issue #3)")
+            holes.append(
+                "UDP and other socket families (needs the syscall filter, issue #3)"
+            )
     if abi >= _landlock.ABI_SCOPE:
         blocked.append("abstract unix sockets scoped")
     else:
@@ -403,7 +494,9 @@ def _network_row(abi: int, allowed: set[str], userns_fix: str) -> ProtectionStat
             "unix sockets by path: any socket file the run's uid may write, such as a "
             "session bus (Landlock ABI 9, or the syscall filter)"
         )
-    detail = "shares the host's network namespace; " + "; ".join(blocked or ["nothing blocked"])
+    detail = "shares the host's network namespace; " + "; ".join(
+        blocked or ["nothing blocked"]
+    )
     if holes:
         detail += "; NOT blocked: " + ", ".join(holes)
         status = DEGRADED if blocked else UNAVAILABLE
@@ -421,11 +514,16 @@ def _tree_kill_row() -> ProtectionStatus:
     )
 
 
-def _filter_row(probe: HostProbe, config: SandboxConfig, allowed: set[str], tier: str) -> ProtectionStatus:
+def _filter_row(
+    probe: HostProbe, config: SandboxConfig, allowed: set[str], tier: str
+) -> ProtectionStatus:
     seccomp = probe.seccomp
     host = "host: seccomp filters " + (
-        "with user notification" if seccomp.user_notif else "without user notification"
-        if seccomp.available else "unavailable"
+        "with user notification"
+        if seccomp.user_notif
+        else "without user notification"
+        if seccomp.available
+        else "unavailable"
     )
     if not SECCOMP_FILTER_BUILT:
         return _row("syscall_filter", OFF, f"no syscall filter yet (issue #3); {host}")
@@ -438,10 +536,17 @@ def _filter_row(probe: HostProbe, config: SandboxConfig, allowed: set[str], tier
             True,
             allowed,
         )
-    return _row("syscall_filter", ENFORCED, f"mode {config.mode.value} filter; {host}", required=True)
+    return _row(
+        "syscall_filter",
+        ENFORCED,
+        f"mode {config.mode.value} filter; {host}",
+        required=True,
+    )
 
 
-def _limit_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -> list[ProtectionStatus]:
+def _limit_rows(
+    probe: HostProbe, config: SandboxConfig, allowed: set[str]
+) -> list[ProtectionStatus]:
     # TODO(#4): tree-wide limits through cgroups are built on issue 4. Until
     # then memory and CPU are per-process rlimits and there is no process cap;
     # these rows say so and are not required.
@@ -454,8 +559,9 @@ def _limit_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -> l
             _row(
                 "memory",
                 DEGRADED,
-                f"RLIMIT_DATA {config.memory_mb} MiB per process, not a limit for the whole "
-                f"tree (issue #4); host: {memory_host or 'no writable memory cgroup'}",
+                f"RLIMIT_DATA {config.memory_mb} MiB per process, not a limit for "
+                "the whole tree (issue #4); host: "
+                f"{memory_host or 'no writable memory cgroup'}",
                 "" if memory_host else _FIX_CGROUP,
             )
         )
@@ -464,7 +570,8 @@ def _limit_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -> l
         _row(
             "pids",
             OFF,
-            f"no process limit yet (issue #4); host: {pids_host or 'no writable pids cgroup'}",
+            "no process limit yet (issue #4); host: "
+            f"{pids_host or 'no writable pids cgroup'}",
             "" if pids_host else _FIX_CGROUP,
         )
     )
@@ -476,8 +583,9 @@ def _limit_rows(probe: HostProbe, config: SandboxConfig, allowed: set[str]) -> l
             _row(
                 "cpu",
                 DEGRADED,
-                f"RLIMIT_CPU {config.cpu_time_sec} s per process, no CPU budget for the whole "
-                f"tree (issue #4); host: {cpu_host or 'no writable cpu cgroup'}",
+                f"RLIMIT_CPU {config.cpu_time_sec} s per process, no CPU budget for "
+                "the whole tree (issue #4); host: "
+                f"{cpu_host or 'no writable cpu cgroup'}",
                 "" if cpu_host else _FIX_CGROUP,
             )
         )
@@ -509,7 +617,11 @@ def _disabled(probe: HostProbe, config: SandboxConfig) -> Decision:
         _row("syscall_filter", OFF, off),
         _row("network", OFF, f"{off}: the host network is reachable"),
         _row("process_isolation", OFF, off),
-        _row("tree_kill", DEGRADED, f"{off}: the process group is killed; setsid escapes it"),
+        _row(
+            "tree_kill",
+            DEGRADED,
+            f"{off}: the process group is killed; setsid escapes it",
+        ),
         *_limit_rows(probe, config, set()),
     )
     return Decision(tier=TIER_NONE, why=off, rows=rows, landlock_abi=probe.landlock.abi)
