@@ -65,9 +65,12 @@ def nobody_python():
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to uid 65534")
     system_python = "/usr/bin/python3"
-    same_minor = subprocess.run(
-        [system_python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
-    ).stdout.strip() == str(sys.version_info[:2])
+    version = subprocess.run(
+        [system_python, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    same_minor = version == str(sys.version_info[:2])
     if not same_minor:
         pytest.skip("/usr/bin/python3 is not the venv's Python version")
     src = str(Path(__file__).resolve().parent.parent / "src")
@@ -78,7 +81,11 @@ def nobody_python():
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
              system_python, "-c", code, *args],
             cwd=cwd,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{src}:{site}", "LANG": "C.UTF-8"},
+            env={
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": f"{src}:{site}",
+                "LANG": "C.UTF-8",
+            },
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -26,6 +26,11 @@ from stockade.linux.probe import HostProbe
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "probes"
 STOCKADE = str(Path(sys.executable).with_name("stockade"))
 ABI = abi_version()[0]
+_HOST = _probe.probe_host(None, 65534 if os.geteuid() == 0 else None)
+needs_namespaces = pytest.mark.skipif(
+    not _HOST.namespaces_work,
+    reason=f"bubblewrap cannot create namespaces here: {_HOST.userns.error}",
+)
 
 
 def load(name: str) -> HostProbe:
@@ -47,6 +52,7 @@ def forced_probe(monkeypatch):
 # -- doctor -------------------------------------------------------------------------
 
 
+@needs_namespaces
 def test_doctor_json_on_this_host():
     proc = subprocess.run(
         [STOCKADE, "doctor", "--json"], capture_output=True, text=True, timeout=60
@@ -70,6 +76,7 @@ def test_doctor_json_on_this_host():
         assert name in names
 
 
+@needs_namespaces
 def test_doctor_text_on_this_host():
     proc = subprocess.run(
         [STOCKADE, "doctor"], capture_output=True, text=True, timeout=60
@@ -80,6 +87,7 @@ def test_doctor_text_on_this_host():
     assert "verdict: runs under this policy use tier namespaces." in proc.stdout
 
 
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
 def test_doctor_exit_status_follows_the_policy_options():
     refused = subprocess.run(
         [STOCKADE, "doctor", "--tier", "landlock"],
@@ -206,6 +214,7 @@ def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(
     assert "accepted by the policy" in rows["network"].detail
 
 
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
 def test_cli_run_forced_second_tier_says_so(workspace):
     proc = subprocess.run(
         [
@@ -252,6 +261,7 @@ def test_cli_run_forced_second_tier_says_so(workspace):
     assert "tier landlock" in summary.stderr and "network (degraded)" in summary.stderr
 
 
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
 def test_cli_run_refuses_forced_second_tier_without_consent(workspace):
     proc = subprocess.run(
         [
@@ -276,6 +286,7 @@ def test_cli_run_refuses_forced_second_tier_without_consent(workspace):
     )
 
 
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
 def test_policy_file_can_accept_the_second_tier(tmp_path, workspace):
     policy = tmp_path / "policy.toml"
     policy.write_text(

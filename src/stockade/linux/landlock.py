@@ -106,8 +106,8 @@ def abi_version() -> tuple[int, str | None]:
     if abi == 0:
         return 0, (
             "the kernel has no Landlock (Linux 5.13+ built with "
-            "CONFIG_SECURITY_LANDLOCK) "
-            "or it is not enabled at boot (lsm= must list landlock)"
+            "CONFIG_SECURITY_LANDLOCK) or it is not enabled at boot (lsm= must "
+            "list landlock)"
         )
     return min(abi, _LATEST_ABI), None
 
