@@ -398,6 +398,9 @@ class SandboxManager:
             no_new_privs=True,
             landlock=_landlock.ruleset_spec(abi=decision.landlock_abi, rules=rules, deny_network=True),
         )
+        # Cgroups (issue #4) need nothing of their own here: spec["cgroup_procs"]
+        # is joined before the monitor forks, so the monitor and the whole tree
+        # are in the run's cgroups.
         # TODO(#3): install the mode's filter here too, with inet, packet and
         # (below Landlock ABI 9) unix socket() denied, socketpair() allowed:
         #   spec["seccomp"] = seccomp_spec(config.mode, network=False,

@@ -537,3 +537,22 @@ def test_launcher_killed_the_monitor_ends_the_tree(workspace):
         time.sleep(0.05)
     assert _alive_with(token) == []
     assert done.wait(30), "execute() did not return after the launcher died"
+
+
+def test_second_tier_program_holds_no_privilege(workspace):
+    """What the capabilities and never_root rows claim for the second tier."""
+    code = (
+        "import os\n"
+        "fields = dict(line.split(':\\t') for line in open('/proc/self/status').read()"
+        ".splitlines() if ':\\t' in line)\n"
+        "print(os.getuid(), os.geteuid(), fields['CapInh'], fields['CapPrm'], "
+        "fields['CapEff'], fields['CapAmb'], fields['NoNewPrivs'])\n"
+    )
+    result = manager(**SECOND_TIER).execute([PY, "-c", code], cwd=workspace)
+    assert result.success, result.stderr_text
+    uid, euid, inh, prm, eff, amb, nnp = result.stdout.split()
+    assert int(uid) != 0 and int(euid) != 0
+    assert {inh, prm, eff, amb} == {b"0000000000000000"}
+    assert nnp == b"1"
+    status = {p.name: p.status for p in result.protections}
+    assert status["capabilities"] == status["never_root"] == "enforced"
