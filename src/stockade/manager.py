@@ -135,8 +135,8 @@ class SandboxManager:
             anything runs. Failures during the run are results.
         """
         prepared = self._prepare(command, cwd, env, timeout)
-        io = self._submit(prepared, stdin, capture_output)
         try:
+            io = self._submit(prepared, stdin, capture_output)
             _io.drive_sync(io)
         finally:
             self._cleanup(prepared)
@@ -156,8 +156,8 @@ class SandboxManager:
         Cancelling the awaiting task kills the run.
         """
         prepared = self._prepare(command, cwd, env, timeout)
-        io = self._submit(prepared, stdin, capture_output)
         try:
+            io = self._submit(prepared, stdin, capture_output)
             await _io.drive_async(io)
         finally:
             self._cleanup(prepared)
@@ -564,7 +564,7 @@ class SandboxManager:
 
     def _cleanup(self, prepared: _Prepared) -> None:
         for path in prepared.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
 
     # -- event -> result -------------------------------------------------------
 
@@ -637,6 +637,24 @@ def _resolve_visible(
                 extra_ro.append(entry)
                 prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
     return resolution, extra_ro
+
+
+def _remove_tree(path: str) -> None:
+    """rmtree that also removes what the program made unreadable (chmod 000),
+    which an unprivileged caller could not remove otherwise."""
+
+    def retry(func: Any, failed: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(failed), 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, ignore_errors=True)
+            else:
+                func(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
 
 
 def _fileno(stream: Any, default: int) -> int:

@@ -487,9 +487,11 @@ config = SandboxConfig(execution_log=False, tier="landlock", allow_degraded=["ne
 mgr = SandboxManager(config)
 escape = mgr.execute(["/usr/bin/python3", "payload.py", sys.argv[1]])
 tree = mgr.execute(["/usr/bin/python3", "tree.py", "60", sys.argv[2]], timeout=1.5)
+locked = mgr.execute(["sh", "-c", "mkdir $TMPDIR/d && touch $TMPDIR/d/f && "
+                     "chmod 000 $TMPDIR/d && dirname $TMPDIR"])
 print(json.dumps({
     "tier": escape.tier, "escape": escape.stdout_text, "escape_err": escape.stderr_text,
-    "tree": tree.termination.value,
+    "tree": tree.termination.value, "run_dir": locked.stdout_text.strip(),
 }))
 """
 
@@ -511,6 +513,8 @@ def test_unprivileged_caller_second_tier(
     assert_host_untouched(args, outside, listener, abstract_listener, victim)
     assert report["tree"] == "timeout"
     assert _alive_with(token) == []
+    assert report["run_dir"].startswith("/tmp/stockade-run-")
+    assert not os.path.exists(report["run_dir"]), "a locked run directory was left"
 
 
 def test_launcher_killed_the_monitor_ends_the_tree(workspace):
