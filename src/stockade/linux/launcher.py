@@ -138,9 +138,11 @@ def _child_setup(
       4. join the run's cgroups (needs write access to cgroup.procs)
       4b. second tier: fork the run's monitor (``reaper.py``), which stays
          here with the launcher's credentials; the child goes on
-      5. drop from root to the sandbox uid
+      5. drop from root to the sandbox uid (second tier: then die with the
+         monitor, ambient capabilities cleared)
       6. cwd, descriptors into their fixed slots, all others closed
-      7. rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
+      7. default dispositions for the signals this process ignores, then
+         rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
       8. no_new_privs, Landlock ruleset, seccomp filter (its listener is
          sent to the launcher before exec)
       9. exec
