@@ -44,6 +44,9 @@ KNOWN_RUN_OPTIONS = frozenset(
         "--workspace",
         "--cwd",
         "--env",
+        "--network",
+        "--allow",
+        "--resolve",
         "--config",
         "--json",
         "--max-output",
@@ -262,8 +265,15 @@ MAPPING: dict[str, Entry] = {
     # namespace (ESRCH); for the unprivileged caller it has the same uid, so
     # only the namespace protects it.
     "007": Entry(plain()),
-    # "Network denied": the default, an empty network namespace (its own lo).
-    "010": Entry(plain()),
+    # "Network denied": --network none (the default), an empty network
+    # namespace. Also under --network loopback, whose own loopback must not
+    # lead to the host's either.
+    "010": Entry(
+        {
+            "": RunPlan(("--network", "none")),
+            "loopback": RunPlan(("--network", "loopback")),
+        }
+    ),
     # "Read/write: {workspace}; {outside} denied": the default mount view shows
     # the workspace and system directories only, so links into {outside}
     # dangle. (Issue 6 adds explicit hidden paths; none are needed here.)
@@ -396,11 +406,11 @@ MAPPING: dict[str, Entry] = {
     # defaults (no process limit today; issue 4's default must stay >= 32).
     # clone3 answers EINVAL today; issue 3's filter must answer ENOSYS.
     "030": Entry(plain()),
-    # "Network denied; writable workspace and private /tmp": defaults. The
-    # empty network namespace has its own loopback, which the payload uses.
-    # TODO(#7): issue 7's 'none' also refuses inet sockets, and 'loopback' is
-    # this policy's meaning: switch to --network loopback when it exists.
-    "031": Entry(plain()),
+    # "Network denied; writable workspace and private /tmp", while the
+    # sandbox's own loopback must work: that is --network loopback (the host's
+    # loopback stays unreachable; 'none' will refuse inet sockets once issue
+    # 3's filter is in place). Workspace and private /tmp are defaults.
+    "031": Entry(plain("--network", "loopback")),
     # "Deny 2 files + 1 directory inside the workspace": issue 6's hidden paths;
     # --hide is the option this entry expects.
     "032": Entry(
