@@ -54,7 +54,11 @@ class CaseFailed(AssertionError):
 
 
 def locate_corpus() -> tuple[Path | None, str]:
-    """The corpus directory, or None and the reason it is not available."""
+    """Find the corpus: ``$STOCKADE_CORPUS``, else ``<repo>/../shared/corpus``.
+
+    Returns:
+        (path, "") or (None, the reason it is not available).
+    """
     named = os.environ.get(CORPUS_ENV)
     path = Path(named) if named else DEFAULT_CORPUS
     if not (path / "cases").is_dir():
@@ -285,7 +289,24 @@ def assert_sandboxed(case: Case, options: Sequence[str]) -> None:
 def execute(
     corpus: Path, case: Case, plan: RunPlan, caller: Any, base: Path
 ) -> Outcome:
-    """Fixture, launch, host checks; returns the outcome (judging is separate)."""
+    """Run one case once: fixture, launch mode, host checks (no judging).
+
+    Args:
+        corpus: the corpus directory (``locate_corpus()``).
+        case: the case to run.
+        plan: its options and checks from the mapping.
+        caller: a ``_unpriv.Caller``; the fixture is started as it, and the
+            CLI runs as it.
+        base: an empty directory the caller owns; fixture and captured
+            output go there (the caller of ``execute`` removes it).
+
+    Returns:
+        The outcome, for ``judge``.
+
+    Raises:
+        RuntimeError: the fixture did not start, or the options would run
+            the payload unsandboxed.
+    """
     fixture = Fixture(corpus, case, caller, base)
     fixture.start()
     try:
@@ -566,7 +587,13 @@ def no_warn_lines(case: Case, out: Outcome) -> list[str]:
 
 
 def judge(case: Case, plan: RunPlan, out: Outcome) -> None:
-    """Apply the generic and the mapping's checks; raise CaseFailed on any problem."""
+    """Apply the generic checks and the mapping's (or the verdict convention).
+
+    Raises:
+        CaseFailed: with every problem found, the case's check text and the
+            outcome's details.
+        RuntimeError: a robustness case without explicit checks.
+    """
     checks: list[Check] = [nothing_escaped, host_checks]
     if plan.checks is not None:
         checks += plan.checks
