@@ -48,6 +48,8 @@ KNOWN_RUN_OPTIONS = frozenset(
         "--allow",
         "--resolve",
         "--config",
+        "--tier",
+        "--allow-degraded",
         "--json",
         "--max-output",
         "--truncate-output",
