@@ -25,6 +25,9 @@ from . import _io
 from .audit import ExecutionLog, resolve_log_path
 from .config import MIB, SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
+from .fs import mounts as _fs_mounts
+from .fs import policy as _fs
+from .fs import ruleset as _fs_ruleset
 from .linux import bwrap as _bwrap
 from .linux import landlock as _landlock
 from .linux import tiers as _tiers
@@ -62,6 +65,8 @@ class _Prepared:
     prepare_ms: float = 0.0
     uses_proxy: bool = False
     traffic: RunTraffic | None = None
+    fs: _fs.FsPlan | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class SandboxManager:
@@ -231,6 +236,7 @@ class SandboxManager:
             spec["creds"] = {"uid": config.run_as_uid, "gid": config.run_as_gid}
 
         if config.mode is SandboxMode.DISABLED:
+            _fs_disabled(config, run_env)
             self._prepare_disabled(prepared, argv, run_env, caller_is_root)
         else:
             # The same decision `stockade doctor` prints; it refuses the run
@@ -238,11 +244,13 @@ class SandboxManager:
             decision = self.decide()
             decision.raise_if_blocked()
             prepared.tier = decision.tier
+            prepared.fs = self._fs_plan(prepared, workspace, run_env, decision)
             if decision.tier == _tiers.TIER_LANDLOCK:
                 self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
             else:
                 self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
             prepared.protections = self._protections(decision, caller_is_root)
+            prepared.protections += _fs_protections(prepared.fs, decision.tier)
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
         return prepared
 
@@ -252,6 +260,36 @@ class SandboxManager:
         Probes the host once per process (see ``linux/probe.py``).
         """
         return _tiers.decide(_tiers.probe_for(self.config), self.config)
+
+    def _fs_plan(
+        self,
+        prepared: _Prepared,
+        workspace: str,
+        env: dict[str, str],
+        decision: _tiers.Decision,
+    ) -> _fs.FsPlan:
+        """The path rules of this run (``fs/policy.py``), resolved once."""
+        config = self.config
+        guard_protected = (
+            decision.tier == _tiers.TIER_LANDLOCK and "protected_paths" in config.allow_degraded
+        )
+        plan = _fs.resolve(
+            config,
+            workspace=workspace,
+            system=_bwrap.base_plan(config.mode, workspace).visible_ro,
+            home=os.path.expanduser("~"),
+            environ=os.environ,
+            guard_protected=guard_protected,
+        )
+        if not plan.visible(prepared.cwd) or plan.access_of(prepared.cwd) is _fs.Access.HIDDEN:
+            raise PolicyError(
+                f"cwd {prepared.cwd!r} is hidden by the path rules", key="hidden", value=prepared.cwd
+            )
+        for key, value in plan.env.items():
+            env.setdefault(key, value)
+        prepared.notes.extend(plan.notes)
+        prepared.timings["fs_policy_ms"] = plan.elapsed_ms
+        return plan
 
     def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
         config = self.config
@@ -331,14 +369,21 @@ class SandboxManager:
         info = _bwrap.find_bwrap(str(config.bwrap_path) if config.bwrap_path else None)
 
         plan = _bwrap.base_plan(config.mode, workspace)
-        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
+        fs = prepared.fs
+        assert fs is not None
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
+        t0 = time.monotonic()
+        for path in extra_ro:
+            fs.add_installation(path)
+        mounts = _fs_mounts.plan_mounts(fs, empty_file=_empty_file_maker(prepared))
+        prepared.timings["fs_policy_ms"] += (time.monotonic() - t0) * 1000
 
         args = _bwrap.build_args(
             config,
             plan,
             workspace=workspace,
             cwd=prepared.cwd,
-            extra_ro=extra_ro,
+            mounts=mounts,
             info=info,
             fd_first_bind=FD_FIRST_BIND,
             fd_json_status=FD_JSON_STATUS,
@@ -359,11 +404,12 @@ class SandboxManager:
             args_data=args,
             json_status=True,
             bind_paths=plan.bind_paths,
+            bind_ids=plan.bind_ids,
             cwd="/",
             env=env,
         )
         if caller_is_root:
-            idmaps = self._root_idmaps(workspace, extra_ro)
+            idmaps = self._root_idmaps(workspace, extra_ro, fs)
             if idmaps:
                 spec["idmaps"] = idmaps
                 prepared.notes.extend(m["why"] for m in idmaps)
@@ -388,7 +434,19 @@ class SandboxManager:
         """
         config = self.config
         plan = _bwrap.base_plan(config.mode, workspace)
-        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
+        fs = prepared.fs
+        assert fs is not None
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
+        t0 = time.monotonic()
+        for path in extra_ro:
+            fs.add_installation(path)
+        translation = _fs_ruleset.translate(fs)
+        prepared.timings["fs_policy_ms"] += (time.monotonic() - t0) * 1000
+        for path in translation.fixed:
+            prepared.notes.append(
+                f"tier landlock: {path} accepts no new entries: it holds a read-only or "
+                "hidden path, and Landlock rights cover whole trees (docs/filesystem.md)"
+            )
 
         run_dir = tempfile.mkdtemp(prefix="stockade-run-")
         home, tmp = os.path.join(run_dir, "home"), os.path.join(run_dir, "tmp")
@@ -406,10 +464,11 @@ class SandboxManager:
 
         rules = _landlock.second_tier_rules(
             mode=config.mode.value,
-            system=list(plan.visible_ro),
-            read_only=extra_ro,
-            workspace=workspace,
+            system=[],
+            read_only=[],
+            workspace=None,
             run_dir=run_dir,
+            paths=[(g.path, g.access, g.ident) for g in translation.grants],
         )
         spec = prepared.spec
         spec.update(
@@ -435,7 +494,7 @@ class SandboxManager:
             # The program itself runs in the launcher child's mount namespace
             # here, so the idmapped ancestors are what it traverses; the
             # ruleset still allows only the paths listed above.
-            idmaps = self._root_idmaps(workspace, extra_ro)
+            idmaps = self._root_idmaps(workspace, extra_ro, fs)
             if idmaps:
                 spec["idmaps"] = idmaps
                 prepared.notes.extend(m["why"] for m in idmaps)
@@ -466,7 +525,9 @@ class SandboxManager:
                 self._proxy = proxy
             return self._proxy
 
-    def _root_idmaps(self, workspace: str, read_only: Sequence[str]) -> list[dict[str, Any]]:
+    def _root_idmaps(
+        self, workspace: str, read_only: Sequence[str], fs: _fs.FsPlan
+    ) -> list[dict[str, Any]]:
         """Idmapped mounts a root caller needs, deepest path first.
 
         The program runs as ``run_as_uid``, not as the workspace's owner, so
@@ -498,7 +559,20 @@ class SandboxManager:
                 f"workspace owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}; "
                 f"files it writes belong to uid {st.st_uid}",
             )
-        for path in (workspace, *read_only):
+        # writable paths of the policy, the outermost of each tree
+        writable = [r.path for r in fs.writable_roots() if r.is_dir and r.path != workspace]
+        for path in writable:
+            cover = fs.rule_for(path, strict=True)
+            if cover is not None and cover.access is _fs.Access.WRITABLE:
+                continue
+            st = os.stat(path)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                idmap(
+                    path,
+                    f"{path} owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}",
+                )
+        sources = [r.path for r in fs.rules.values() if r.access is not _fs.Access.HIDDEN]
+        for path in dict.fromkeys((workspace, *read_only, *sources)):
             parent = os.path.dirname(path)
             while parent not in ("/", ""):
                 if not _may_traverse(os.stat(parent), uid, gid):
@@ -691,8 +765,17 @@ class SandboxManager:
                     f"network: {traffic.dropped_records} more connections than the "
                     f"{len(traffic.connections)} listed (denials still counted in violations)"
                 )
+        guard = prepared.fs.guard if prepared.fs is not None else None
+        if guard:
+            t0 = time.monotonic()
+            for finding in guard.check(prepared.run_id):
+                violations.append(Violation("filesystem", f"{finding.path}: {finding.what}", finding.action))
+                prepared.notes.append(f"protected: {finding.path} {finding.what}; {finding.action}")
+            prepared.timings["fs_guard_ms"] = (time.monotonic() - t0) * 1000
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
+        for key, value in prepared.timings.items():
+            timings[key] = round(value, 3)
         for key, value in times.items():
             timings[key] = round(float(value), 3)
 
@@ -723,6 +806,77 @@ class SandboxManager:
         return result
 
 
+def _fs_protections(fs: _fs.FsPlan | None, tier: str) -> list[Protection]:
+    """Result rows for the path rules and the protected paths."""
+    if fs is None:
+        return []
+    how = "Landlock rules" if tier == _tiers.TIER_LANDLOCK else "mounts"
+    rows = [Protection("path_rules", "enforced", f"{fs.summary()} ({how})")]
+    names = [os.path.relpath(p, fs.workspace) if p.startswith(fs.workspace + "/") else p
+             for p in fs.protected]
+    guarded = [os.path.relpath(p, fs.workspace) if p.startswith(fs.workspace + "/") else p
+               for p in fs.guarded]
+    if not names and not guarded:
+        rows.append(Protection("protected_paths", "off", "none configured or present"))
+        return rows
+    parts = []
+    if names:
+        parts.append(f"read-only: {', '.join(names)}")
+    if guarded:
+        parts.append(f"checked after the run: {', '.join(guarded)}")
+    # paths that exist but are only checked after the run (a symbolic link;
+    # the second tier when the policy accepts it) are writable during it
+    degraded = any(w.snapshot is not None for w in fs.guard.watches)
+    status = "degraded" if degraded else "enforced"
+    detail = "; ".join(parts)
+    if degraded:
+        detail += " (existing ones writable during the run, restored after it)"
+    rows.append(Protection("protected_paths", status, detail))
+    return rows
+
+
+def _fs_disabled(config: SandboxConfig, env: dict[str, str]) -> None:
+    """Mode disabled enforces no path rule: refuse explicit ones."""
+    for key in ("read_only", "writable", "hidden"):
+        if getattr(config, key):
+            raise PolicyError(
+                f"{key}: mode 'disabled' enforces no path rules; use another mode or "
+                f"drop the rule",
+                key=key,
+                value=list(getattr(config, key)),
+            )
+    from .fs import presets as _presets
+
+    expansion = _presets.expand(
+        config.presets, home=os.path.expanduser("~"), environ=os.environ
+    )
+    for key, value in expansion.env.items():
+        env.setdefault(key, value)
+
+
+def _empty_file_maker(prepared: _Prepared) -> Any:
+    """The empty, mode 000 file bound over hidden files (one per run, made on
+    first use, removed with the run)."""
+    made: list[tuple[str, tuple[int, int]]] = []
+
+    def make() -> tuple[str, tuple[int, int]]:
+        if not made:
+            directory = tempfile.mkdtemp(prefix="stockade-fs-")
+            prepared.cleanup.append(directory)
+            # bubblewrap, running as the sandbox uid, resolves the source path
+            os.chmod(directory, 0o711)
+            path = os.path.join(directory, "hidden")
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o000)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            made.append((path, (st.st_dev, st.st_ino)))
+        return made[0]
+
+    return make
+
+
 def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:
     if st.st_uid == uid:
         return bool(st.st_mode & 0o100)
@@ -740,15 +894,15 @@ _RESULT_STATUS = {
 
 
 def _resolve_visible(
-    argv: list[str], prepared: _Prepared, env: Mapping[str, str], plan: _bwrap.MountPlan
+    argv: list[str], prepared: _Prepared, env: Mapping[str, str], visible: Any
 ) -> tuple[Any, list[str]]:
     """The program's path, and the installations it needs made visible
     read-only (its own, and absolute PYTHONPATH entries)."""
-    resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
+    resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=visible)
     extra_ro = list(resolution.read_only)
     prepared.notes.extend(resolution.notes)
     for entry in env.get("PYTHONPATH", "").split(os.pathsep):
-        if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
+        if entry and os.path.isabs(entry) and os.path.exists(entry) and not visible(entry):
             if entry not in extra_ro:
                 extra_ro.append(entry)
                 prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from typing import Any
 
 try:  # pragma: no branch - landlockpy is a declared dependency
@@ -74,6 +75,9 @@ ACCESS_NAMES: dict[str, tuple[str, ...]] = {
         "REFER",
     ),
     "unix": ("RESOLVE_UNIX",),
+    # finer names for the path rules' spine directories (fs/ruleset.py)
+    "read_file": ("READ_FILE",),
+    "list": ("READ_DIR",),
 }
 
 # Shorthands used by the manager's plan.
@@ -122,9 +126,10 @@ def second_tier_rules(
     mode: str,
     system: list[str],
     read_only: list[str],
-    workspace: str,
+    workspace: str | None,
     run_dir: str,
-) -> list[tuple[str, list[str]]]:
+    paths: list[tuple[str, list[str], tuple[int, int] | None]] | None = None,
+) -> list[tuple[str, list[str]] | tuple[str, list[str], tuple[int, int] | None]]:
     """The second tier's file-system rules: the first tier's mount view as
     a ruleset.
 
@@ -132,11 +137,13 @@ def second_tier_rules(
         mode: the policy's mode name (strict, moderate, permissive).
         system: the system directories the mode shows (``bwrap.base_plan``).
         read_only: installations the command needs (``resolve.py``).
-        workspace: the writable workspace.
+        workspace: the writable workspace (None: it is in ``paths``).
         run_dir: the run's own directory (HOME and TMPDIR live in it).
+        paths: the path rules as grants (``fs/ruleset.py``): (path, access
+            names, identity or None), added as they are.
 
     Returns:
-        (path, access names) pairs for ``ruleset_spec``.
+        (path, access names[, identity]) tuples for ``ruleset_spec``.
 
     ``/proc`` is readable: without a pid namespace it is the host's, but a
     process's own entries are needed (``/proc/self``); other processes'
@@ -145,14 +152,17 @@ def second_tier_rules(
     host's and writable in moderate and permissive, where POSIX semaphores
     (Python's multiprocessing) need it.
     """
-    rules: list[tuple[str, list[str]]] = [(path, READ_EXEC) for path in system]
+    rules: list[tuple[str, list[str]] | tuple[str, list[str], tuple[int, int] | None]]
+    rules = [(path, READ_EXEC) for path in system]
     rules += [(path, READ_EXEC) for path in read_only]
+    rules += list(paths or [])
     rules.append(("/proc", READ_ONLY))
     rules += [(path, READ_WRITE) for path in _DEVICES_RW]
     rules += [(path, READ_ONLY) for path in _DEVICES_RO]
     if mode != "strict":
         rules.append(("/dev/shm", SHARED_MEMORY))
-    rules.append((workspace, WRITABLE))
+    if workspace is not None:
+        rules.append((workspace, WRITABLE))
     rules.append((run_dir, WRITABLE))
     return rules
 
@@ -160,27 +170,37 @@ def second_tier_rules(
 def ruleset_spec(
     *,
     abi: int,
-    rules: list[tuple[str, list[str]]],
+    rules: list[Any],
     deny_network: bool,
 ) -> dict[str, Any]:
     """The JSON spec ``apply`` enforces.
 
     Args:
         abi: the Landlock ABI the decision was made for (from the probe).
-        rules: (path, access names) pairs; a directory covers its subtree.
+        rules: (path, access names) pairs, or (path, access names,
+            identity) triples; a directory covers its subtree. A rule with
+            an identity (st_dev, st_ino) is opened without following a
+            final symbolic link and must still be that file.
         deny_network: handle TCP (ABI 4+) and UDP (ABI 10+) with no port
             granted.
 
     Returns:
-        ``{"abi", "rules": [{"path", "access"}], "deny_network", "scope"}``.
+        ``{"abi", "rules": [{"path", "access"[, "id"]}], "deny_network",
+        "scope"}``.
     """
-    for _path, access in rules:
+    out = []
+    for rule in rules:
+        path, access = rule[0], rule[1]
         unknown = [name for name in access if name not in ACCESS_NAMES]
         if unknown:
             raise ValueError(f"unknown Landlock access names {unknown}")
+        item: dict[str, Any] = {"path": path, "access": list(access)}
+        if len(rule) > 2 and rule[2] is not None:
+            item["id"] = list(rule[2])
+        out.append(item)
     return {
         "abi": abi,
-        "rules": [{"path": path, "access": list(access)} for path, access in rules],
+        "rules": out,
         "deny_network": deny_network,
         "scope": abi >= ABI_SCOPE,
     }
@@ -191,11 +211,15 @@ def apply(spec: dict[str, Any]) -> None:
 
     Paths that do not exist, or that the process cannot reach (EACCES on a
     directory above them), get no rule: the process could not use them
-    either way, so nothing is granted or lost by skipping them.
+    either way, so nothing is granted or lost by skipping them. A rule with
+    an identity is opened without following a final symbolic link; if the
+    path now leads to another file (replaced since the policy was
+    resolved), the run stops rather than grant that file the rule's rights.
 
     Raises:
-        OSError: the kernel offers less than ``spec["abi"]``, or a Landlock
-            call failed (errno and the call in the message).
+        OSError: the kernel offers less than ``spec["abi"]``, a path was
+            replaced (ESTALE), or a Landlock call failed (errno and the
+            call in the message).
     """
     if _ll is None:
         raise OSError(errno.ENOSYS, _IMPORT_ERROR or "landlockpy missing")
@@ -222,6 +246,9 @@ def apply(spec: dict[str, Any]) -> None:
         for rule in spec.get("rules") or []:
             access = _access_flags(rule["access"]) & handled_fs
             try:
+                if "id" in rule:
+                    _allow_identified(ruleset, rule, access, file_rights)
+                    continue
                 if not os.path.isdir(rule["path"]):
                     # the kernel refuses directory rights on other files
                     access &= file_rights
@@ -229,10 +256,35 @@ def apply(spec: dict[str, Any]) -> None:
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
                     continue
+                if err.errno == errno.ESTALE:
+                    raise
                 raise OSError(
                     err.errno, f"landlock_add_rule({rule['path']!r}): {err.strerror}"
                 ) from None
         ruleset.restrict(no_new_privs=True)
+
+
+def _allow_identified(ruleset: Any, rule: dict[str, Any], access: Any, file_rights: Any) -> None:
+    """Add a rule on the file the path names now, if it is still the one the
+    policy was resolved against (``rule["id"]``)."""
+    assert _ll is not None
+    fd = os.open(rule["path"], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if [st.st_dev, st.st_ino] != list(rule["id"]) or stat.S_ISLNK(st.st_mode):
+            raise OSError(
+                errno.ESTALE,
+                f"{rule['path']!r} was replaced between policy resolution and the "
+                f"ruleset; run again",
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            access &= file_rights
+        if not access:
+            return
+        attr = _ll_syscall.PathBeneathAttr(allowed_access=int(access), parent_fd=fd)
+        _ll_syscall.add_path_beneath(ruleset.fileno(), attr)
+    finally:
+        os.close(fd)
 
 
 def _file_rights() -> Any:
@@ -248,6 +300,10 @@ def _access_flags(names: list[str]) -> Any:
         for flag_name in ACCESS_NAMES[name]:
             flags |= getattr(_ll.AccessFS, flag_name)
     return flags
+
+
+# Combinations fs/ruleset.py makes for spine directories.
+_SPINE = (["list"], ["exec", "list", "read_file"])
 
 
 def _warm_flag_cache() -> None:
@@ -266,7 +322,7 @@ def _warm_flag_cache() -> None:
         _ll.net_for_abi(abi)
         _ll.scope_for_abi(abi)
         _ll.restrict_for_abi(abi)
-        for names in (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY):
+        for names in (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY, *_SPINE):
             access = _access_flags(names) & handled
             access & file_rights & handled  # noqa: B018 - creates the pseudo-member
 

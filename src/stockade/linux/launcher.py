@@ -180,11 +180,17 @@ def _child_setup(
 
         step = "open bind sources"
         bind_fds = []
-        for path in spec.get("bind_paths") or []:
+        bind_ids = spec.get("bind_ids") or []
+        for index, path in enumerate(spec.get("bind_paths") or []):
             try:
                 bind_fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
             except OSError as err:
                 raise OSError(err.errno, f"open({path!r}, O_PATH): {err.strerror}") from None
+            # resolved once: the file the policy was resolved against, or no run
+            want = bind_ids[index] if index < len(bind_ids) else None
+            st = os.fstat(bind_fds[-1])
+            if want is not None and [st.st_dev, st.st_ino] != want:
+                raise OSError(errno.ESTALE, f"{path!r} was replaced after the policy was resolved")
 
         step = "join cgroup"
         for procs in spec.get("cgroup_procs") or []:
