@@ -110,13 +110,14 @@ def _path_options(parser: argparse.ArgumentParser) -> None:
         "Relative paths resolve against the workspace, ~ against your home; the "
         "most specific rule wins (docs/filesystem.md). Each option is repeatable.",
     )
-    group.add_argument("--ro", action="append", default=[], metavar="PATH", help="show PATH read-only")
-    group.add_argument(
-        "--rw", action="append", default=[], metavar="PATH", help="make PATH writable (created if missing)"
-    )
-    group.add_argument(
-        "--hide", action="append", default=[], metavar="PATH", help="hide PATH: no reading, no writing"
-    )
+    for option, text in (
+        ("--ro", "show PATH read-only"),
+        ("--rw", "make PATH writable (created if missing)"),
+        ("--hide", "hide PATH: no reading, no writing"),
+    ):
+        group.add_argument(
+            option, action="append", default=[], metavar="PATH", help=text
+        )
     group.add_argument(
         "--protect",
         action="append",

@@ -270,7 +270,10 @@ class SandboxConfig(BaseModel):
         if isinstance(value, (str, os.PathLike)):
             value = [value]
         if isinstance(value, (list, tuple)):
-            value = [os.fspath(item) if isinstance(item, os.PathLike) else item for item in value]
+            value = [
+                os.fspath(item) if isinstance(item, os.PathLike) else item
+                for item in value
+            ]
             for item in value:
                 if isinstance(item, str) and (not item or "\0" in item):
                     raise ValueError(f"invalid path {item!r}")
@@ -281,7 +284,9 @@ class SandboxConfig(BaseModel):
     def _protected_inside(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
             if not os.path.isabs(item) and ".." in Path(item).parts:
-                raise ValueError(f"protected path {item!r} leaves the writable place ('..')")
+                raise ValueError(
+                    f"protected path {item!r} leaves the writable place ('..')"
+                )
         return value
 
     @field_validator("presets", mode="before")
@@ -292,7 +297,8 @@ class SandboxConfig(BaseModel):
         if isinstance(value, (list, tuple)):
             unknown = [name for name in value if name not in PRESETS]
             if unknown:
-                raise ValueError(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}")
+                choices = ", ".join(PRESETS)
+                raise ValueError(f"unknown preset(s) {unknown}; choose from {choices}")
         return value
 
     @field_validator("env")

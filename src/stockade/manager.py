@@ -270,9 +270,8 @@ class SandboxManager:
     ) -> _fs.FsPlan:
         """The path rules of this run (``fs/policy.py``), resolved once."""
         config = self.config
-        guard_protected = (
-            decision.tier == _tiers.TIER_LANDLOCK and "protected_paths" in config.allow_degraded
-        )
+        second_tier = decision.tier == _tiers.TIER_LANDLOCK
+        guard_protected = second_tier and "protected_paths" in config.allow_degraded
         plan = _fs.resolve(
             config,
             workspace=workspace,
@@ -281,9 +280,11 @@ class SandboxManager:
             environ=os.environ,
             guard_protected=guard_protected,
         )
-        if not plan.visible(prepared.cwd) or plan.access_of(prepared.cwd) is _fs.Access.HIDDEN:
+        if not plan.visible(prepared.cwd):
             raise PolicyError(
-                f"cwd {prepared.cwd!r} is hidden by the path rules", key="hidden", value=prepared.cwd
+                f"cwd {prepared.cwd!r} is hidden by the path rules",
+                key="hidden",
+                value=prepared.cwd,
             )
         for key, value in plan.env.items():
             env.setdefault(key, value)
@@ -444,8 +445,9 @@ class SandboxManager:
         prepared.timings["fs_policy_ms"] += (time.monotonic() - t0) * 1000
         for path in translation.fixed:
             prepared.notes.append(
-                f"tier landlock: {path} accepts no new entries: it holds a read-only or "
-                "hidden path, and Landlock rights cover whole trees (docs/filesystem.md)"
+                f"tier landlock: {path} accepts no new entries: it holds a read-only "
+                "or hidden path, and Landlock rights cover whole trees "
+                "(docs/filesystem.md)"
             )
 
         run_dir = tempfile.mkdtemp(prefix="stockade-run-")
@@ -468,7 +470,7 @@ class SandboxManager:
             read_only=[],
             workspace=None,
             run_dir=run_dir,
-            paths=[(g.path, g.access, g.ident) for g in translation.grants],
+            paths=[g.spec() for g in translation.grants],
         )
         spec = prepared.spec
         spec.update(
@@ -560,18 +562,18 @@ class SandboxManager:
                 f"files it writes belong to uid {st.st_uid}",
             )
         # writable paths of the policy, the outermost of each tree
-        writable = [r.path for r in fs.writable_roots() if r.is_dir and r.path != workspace]
+        writable = [r.path for r in fs.writable_roots() if r.is_dir]
         for path in writable:
             cover = fs.rule_for(path, strict=True)
+            if path == workspace:
+                continue
             if cover is not None and cover.access is _fs.Access.WRITABLE:
                 continue
             st = os.stat(path)
             if (st.st_uid, st.st_gid) != (uid, gid):
-                idmap(
-                    path,
-                    f"{path} owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}",
-                )
-        sources = [r.path for r in fs.rules.values() if r.access is not _fs.Access.HIDDEN]
+                idmap(path, f"{path} owned by uid {st.st_uid}: idmapped to uid {uid}")
+        hidden = _fs.Access.HIDDEN
+        sources = [r.path for r in fs.rules.values() if r.access is not hidden]
         for path in dict.fromkeys((workspace, *read_only, *sources)):
             parent = os.path.dirname(path)
             while parent not in ("/", ""):
@@ -768,9 +770,11 @@ class SandboxManager:
         guard = prepared.fs.guard if prepared.fs is not None else None
         if guard:
             t0 = time.monotonic()
-            for finding in guard.check(prepared.run_id):
-                violations.append(Violation("filesystem", f"{finding.path}: {finding.what}", finding.action))
-                prepared.notes.append(f"protected: {finding.path} {finding.what}; {finding.action}")
+            for found in guard.check(prepared.run_id):
+                what = f"{found.path}: {found.what}"
+                violations.append(Violation("filesystem", what, found.action))
+                note = f"protected: {found.path} {found.what}; {found.action}"
+                prepared.notes.append(note)
             prepared.timings["fs_guard_ms"] = (time.monotonic() - t0) * 1000
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
@@ -812,10 +816,13 @@ def _fs_protections(fs: _fs.FsPlan | None, tier: str) -> list[Protection]:
         return []
     how = "Landlock rules" if tier == _tiers.TIER_LANDLOCK else "mounts"
     rows = [Protection("path_rules", "enforced", f"{fs.summary()} ({how})")]
-    names = [os.path.relpath(p, fs.workspace) if p.startswith(fs.workspace + "/") else p
-             for p in fs.protected]
-    guarded = [os.path.relpath(p, fs.workspace) if p.startswith(fs.workspace + "/") else p
-               for p in fs.guarded]
+
+    def short(path: str) -> str:
+        inside = path.startswith(fs.workspace + "/")
+        return os.path.relpath(path, fs.workspace) if inside else path
+
+    names = [short(p) for p in fs.protected]
+    guarded = [short(p) for p in fs.guarded]
     if not names and not guarded:
         rows.append(Protection("protected_paths", "off", "none configured or present"))
         return rows
@@ -866,7 +873,8 @@ def _empty_file_maker(prepared: _Prepared) -> Any:
             # bubblewrap, running as the sandbox uid, resolves the source path
             os.chmod(directory, 0o711)
             path = os.path.join(directory, "hidden")
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o000)
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o000)
             try:
                 st = os.fstat(fd)
             finally:

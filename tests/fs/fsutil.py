@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +33,16 @@ TIERS = [
         {"tier": "namespaces"},
         id="namespaces",
         marks=pytest.mark.skipif(
-            not _HOST.namespaces_work, reason=f"no namespaces here: {_HOST.userns.error}"
+            not _HOST.namespaces_work,
+            reason=f"no namespaces here: {_HOST.userns.error}",
         ),
     ),
     pytest.param(
         SECOND_TIER,
         id="landlock",
-        marks=pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+ (have {ABI}: {_WHY})"),
+        marks=pytest.mark.skipif(
+            ABI < 6, reason=f"needs Landlock ABI 6+ (have {ABI}: {_WHY})"
+        ),
     ),
 ]
 
@@ -59,13 +60,24 @@ def manager(fields: dict[str, Any], **more: Any) -> SandboxManager:
     return SandboxManager(SandboxConfig(execution_log=False, **data))
 
 
-def probe(mgr: SandboxManager, workspace: Path, ops: list[list[str]], *, cwd: Path | None = None):
+def probe(
+    mgr: SandboxManager,
+    workspace: Path,
+    ops: list[list[str]],
+    *,
+    cwd: Path | None = None,
+):
     """Run the probe payload in the sandbox; returns (answers, result)."""
     shutil.copy(HERE / "fs_probe.py", workspace / PROBE_NAME)
-    result = mgr.execute([PY, str(workspace / PROBE_NAME), json.dumps(ops)], cwd=cwd or workspace)
-    lines = [line for line in result.stdout.decode().splitlines() if line.startswith("{")]
+    result = mgr.execute(
+        [PY, str(workspace / PROBE_NAME), json.dumps(ops)], cwd=cwd or workspace
+    )
+    lines = [
+        line for line in result.stdout.decode().splitlines() if line.startswith("{")
+    ]
     assert result.exit_code == 0 and lines, (
-        f"{result.termination} {result.error}\n{result.stdout.decode()}\n{result.stderr.decode()}"
+        f"{result.termination} {result.error}\n"
+        f"{result.stdout.decode()}\n{result.stderr.decode()}"
     )
     return json.loads(lines[-1]), result
 
@@ -80,11 +92,19 @@ def write(path: Path, text: str, mode: int = 0o666) -> Path:
 def git(cwd: Path, *args: str, home: Path | None = None) -> str:
     import subprocess
 
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home or cwd), "GIT_CONFIG_NOSYSTEM": "1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home or cwd),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
     env.update(
-        GIT_AUTHOR_NAME="Host", GIT_AUTHOR_EMAIL="host@example.org",
-        GIT_COMMITTER_NAME="Host", GIT_COMMITTER_EMAIL="host@example.org",
+        GIT_AUTHOR_NAME="Host",
+        GIT_AUTHOR_EMAIL="host@example.org",
+        GIT_COMMITTER_NAME="Host",
+        GIT_COMMITTER_EMAIL="host@example.org",
     )
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

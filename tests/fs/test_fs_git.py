@@ -11,7 +11,16 @@ import os
 from pathlib import Path
 
 import pytest
-from fsutil import SECOND_TIER, TIERS, git, is_second, manager, needs_second_tier, probe, write
+from fsutil import (
+    SECOND_TIER,
+    TIERS,
+    git,
+    is_second,
+    manager,
+    needs_second_tier,
+    probe,
+    write,
+)
 
 from stockade import PolicyError, SandboxConfig
 
@@ -49,7 +58,9 @@ def snapshot(workspace: Path) -> dict[str, str]:
 
 
 def sh(fields: dict, workspace: Path, script: str, **more):
-    result = manager(fields, **more).execute(["sh", "-c", script], cwd=workspace, env=GIT_ENV)
+    result = manager(fields, **more).execute(
+        ["sh", "-c", script], cwd=workspace, env=GIT_ENV
+    )
     return result
 
 
@@ -63,12 +74,32 @@ def test_planting_hooks_and_config_fails(fields, workspace):
         [
             ["hook", "create", str(hooks / "pre-commit"), HOOK],
             ["sample", "append", str(hooks / "pre-commit.sample")],
-            ["config", "append", str(workspace / ".git" / "config"), "[core]\n\thooksPath = h\n"],
+            [
+                "config",
+                "append",
+                str(workspace / ".git" / "config"),
+                "[core]\n\thooksPath = h\n",
+            ],
             ["alias", "symlink", str(hooks), str(workspace / "sub-alias")],
-            ["via_alias", "create", str(workspace / "sub-alias" / "post-checkout"), HOOK],
-            ["move_git", "rename", str(workspace / ".git"), str(workspace / ".git-old")],
+            [
+                "via_alias",
+                "create",
+                str(workspace / "sub-alias" / "post-checkout"),
+                HOOK,
+            ],
+            [
+                "move_git",
+                "rename",
+                str(workspace / ".git"),
+                str(workspace / ".git-old"),
+            ],
             ["move_hooks", "rename", str(hooks), str(workspace / ".git" / "h2")],
-            ["commondir", "create", str(workspace / ".git" / "commondir"), "../elsewhere\n"],
+            [
+                "commondir",
+                "create",
+                str(workspace / ".git" / "commondir"),
+                "../elsewhere\n",
+            ],
         ],
     )
     for label in ("hook", "sample", "config", "via_alias", "move_git", "move_hooks"):
@@ -83,8 +114,12 @@ def test_planting_hooks_and_config_fails(fields, workspace):
 
 def test_git_workflow_works_while_hooks_stay_read_only(workspace):
     before = repo(workspace)
-    result = sh({"tier": "namespaces"}, workspace, WORKFLOW + "; echo x > .git/hooks/pre-commit")
-    assert result.stdout.decode().split()[:3] == ["Merge", "branch", "'feature'"], result.stderr
+    result = sh(
+        {"tier": "namespaces"}, workspace, WORKFLOW + "; echo x > .git/hooks/pre-commit"
+    )
+    assert result.stdout.decode().split()[:3] == ["Merge", "branch", "'feature'"], (
+        result.stderr
+    )
     assert b"Read-only file system" in result.stderr
     assert snapshot(workspace) == before
     log = git(workspace, "log", "--format=%an %s")
@@ -100,7 +135,10 @@ def test_second_tier_keeps_protected_paths_read_only_by_default(workspace):
     result = sh(fields, workspace, "git commit -q --allow-empty -m x; echo > new-file")
     assert result.exit_code != 0
     assert b"index.lock" in result.stderr or b"Permission denied" in result.stderr
-    assert any(str(workspace / ".git") in note and "no new entries" in note for note in result.notes)
+    assert any(
+        str(workspace / ".git") in note and "no new entries" in note
+        for note in result.notes
+    )
     assert snapshot(workspace) == before
 
 
@@ -117,11 +155,15 @@ def test_second_tier_accepting_degraded_protection_restores_after_the_run(worksp
     assert b"Merge branch" in result.stdout
     assert snapshot(workspace) == before
     assert os.stat(workspace / ".git" / "config").st_nlink == 1
-    quarantined = [n for n in os.listdir(workspace / ".git") if ".stockade-quarantine-" in n]
+    quarantined = [
+        n for n in os.listdir(workspace / ".git") if ".stockade-quarantine-" in n
+    ]
     assert sorted(n.split(".")[0] for n in quarantined) == ["config", "hooks"]
     whats = {v.what for v in result.violations if v.mechanism == "filesystem"}
-    assert {f"{workspace}/.git/hooks: changed during the run",
-            f"{workspace}/.git/config: changed during the run"} <= whats
+    assert {
+        f"{workspace}/.git/hooks: changed during the run",
+        f"{workspace}/.git/config: changed during the run",
+    } <= whats
     row = next(p for p in result.protections if p.name == "protected_paths")
     assert row.status == "degraded"
     # git on the host runs no planted hook
@@ -155,16 +197,22 @@ def test_repository_created_in_the_run_loses_planted_code(fields, workspace):
     # the repository still works on the host, and runs nothing
     git(workspace, "status")
     git(workspace, "commit", "-q", "--allow-empty", "-m", "host")
-    assert not (workspace / "ran").exists() and not (workspace / "fsmonitor-ran").exists()
+    assert (
+        not (workspace / "ran").exists() and not (workspace / "fsmonitor-ran").exists()
+    )
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_a_git_file_planted_in_a_new_workspace_is_moved_aside(fields, workspace, outside):
+def test_a_git_file_planted_in_a_new_workspace_is_moved_aside(
+    fields, workspace, outside
+):
     os.makedirs(outside / "evil" / "hooks")
     result = sh(fields, workspace, f"echo 'gitdir: {outside}/evil' > .git")
     assert result.exit_code == 0
     assert not (workspace / ".git").exists()
-    assert [v.what for v in result.violations] == [f"{workspace}/.git: created during the run"]
+    assert [v.what for v in result.violations] == [
+        f"{workspace}/.git: created during the run"
+    ]
 
 
 def test_worktree_git_file_is_read_only(workspace, outside):
@@ -184,7 +232,9 @@ def test_worktree_git_file_is_read_only(workspace, outside):
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_symlinked_hooks_directory_is_checked_and_its_target_read_only(fields, workspace):
+def test_symlinked_hooks_directory_is_checked_and_its_target_read_only(
+    fields, workspace
+):
     repo(workspace)
     shared = workspace / "tools" / "hooks"
     write(shared / "pre-commit", "#!/bin/sh\nexit 0\n", 0o755)
@@ -193,8 +243,15 @@ def test_symlinked_hooks_directory_is_checked_and_its_target_read_only(fields, w
         os.unlink(hooks / name)
     os.rmdir(hooks)
     os.symlink("../tools/hooks", hooks)
-    script = "echo 'touch ran' >> tools/hooks/pre-commit; rm .git/hooks && mkdir .git/hooks"
-    result = sh(fields, workspace, script, allow_degraded=["protected_paths"] if is_second(fields) else [])
+    script = (
+        "echo 'touch ran' >> tools/hooks/pre-commit; rm .git/hooks && mkdir .git/hooks"
+    )
+    result = sh(
+        fields,
+        workspace,
+        script,
+        allow_degraded=["protected_paths"] if is_second(fields) else [],
+    )
     assert (shared / "pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
     assert os.readlink(hooks) == "../tools/hooks"
     assert any("symbolic link" in note for note in result.notes)
@@ -207,8 +264,10 @@ def test_the_protected_list_is_configurable(workspace):
     answers, _ = probe(
         manager(fields, protected=["Makefile"]),
         workspace,
-        [["make", "append", str(workspace / "Makefile")],
-         ["hook", "create", str(workspace / ".git" / "hooks" / "pre-commit")]],
+        [
+            ["make", "append", str(workspace / "Makefile")],
+            ["hook", "create", str(workspace / ".git" / "hooks" / "pre-commit")],
+        ],
     )
     assert answers == {"make": "EROFS", "hook": "ok"}
     assert (workspace / ".git" / "hooks" / "pre-commit").exists()
@@ -221,18 +280,36 @@ def test_the_protected_list_is_configurable(workspace):
 def test_missing_hooks_directory_is_checked_after_the_run(workspace):
     git(workspace, "init", "-q", "--template=")
     assert not (workspace / ".git" / "hooks").exists()
-    result = sh({"tier": "namespaces"}, workspace,
-                "mkdir .git/hooks && printf '#!/bin/sh\\n' > .git/hooks/post-checkout")
+    result = sh(
+        {"tier": "namespaces"},
+        workspace,
+        "mkdir .git/hooks && printf '#!/bin/sh\\n' > .git/hooks/post-checkout",
+    )
     assert result.exit_code == 0
     assert not (workspace / ".git" / "hooks").exists()
-    assert [v.what for v in result.violations] == [f"{workspace}/.git/hooks: created during the run"]
+    assert [v.what for v in result.violations] == [
+        f"{workspace}/.git/hooks: created during the run"
+    ]
 
 
 def test_cli_protects_the_policy_file_in_the_workspace(workspace):
     policy = write(workspace / "policy.yaml", "mode: moderate\n")
     from stockade.cli import main
 
-    code = main(["run", "--no-log", "--json", "--config", str(policy), "--workspace", str(workspace),
-                 "--", "sh", "-c", f"echo 'mode: permissive' >> {policy}"])
+    code = main(
+        [
+            "run",
+            "--no-log",
+            "--json",
+            "--config",
+            str(policy),
+            "--workspace",
+            str(workspace),
+            "--",
+            "sh",
+            "-c",
+            f"echo 'mode: permissive' >> {policy}",
+        ]
+    )
     assert code != 0
     assert policy.read_text() == "mode: moderate\n"

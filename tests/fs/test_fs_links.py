@@ -12,7 +12,7 @@ import os
 import shutil
 
 import pytest
-from fsutil import PY, PROBE_NAME, TIERS, git, is_second, manager, probe, write
+from fsutil import PROBE_NAME, PY, TIERS, git, is_second, manager, probe, write
 
 from stockade import PolicyError, Termination
 
@@ -73,15 +73,19 @@ def test_a_rule_on_a_symlink_applies_to_its_target(fields, workspace):
     answers, _ = probe(
         manager(fields, hidden=["alias"]),
         workspace,
-        [["via_real", "read", str(workspace / "real" / "token")],
-         ["via_alias", "read", str(workspace / "alias" / "token")]],
+        [
+            ["via_real", "read", str(workspace / "real" / "token")],
+            ["via_alias", "read", str(workspace / "alias" / "token")],
+        ],
     )
     assert answers["via_real"] == "EACCES"
     assert answers["via_alias"] == "EACCES"
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_hard_link_made_in_the_run_cannot_make_a_protected_file_writable(fields, workspace):
+def test_hard_link_made_in_the_run_cannot_make_a_protected_file_writable(
+    fields, workspace
+):
     git(workspace, "init", "-q")
     config = workspace / ".git" / "config"
     before = config.read_text()

@@ -55,7 +55,9 @@ def build_wheel(directory: Path, name: str = "greeting", version: str = "0.1") -
     with zipfile.ZipFile(path, "w") as wheel:
         for member, data in files.items():
             wheel.writestr(member, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(
+                b"="
+            )
             record.append(f"{member},sha256={digest.decode()},{len(data)}")
         record.append(f"{name}-{version}.dist-info/RECORD,,")
         wheel.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
@@ -72,7 +74,9 @@ def test_python_preset_pip_installs_a_local_wheel(fields, workspace, home):
         "venv/bin/python -c 'import greeting; print(greeting.hello())' && "
         "venv/bin/python -m pip cache dir"
     )
-    result = manager(fields, presets=["python"]).execute(["sh", "-c", script], cwd=workspace)
+    result = manager(fields, presets=["python"]).execute(
+        ["sh", "-c", script], cwd=workspace
+    )
     out = result.stdout.decode()
     assert result.exit_code == 0, result.stderr.decode()
     assert "hello from a local wheel" in out
@@ -81,9 +85,14 @@ def test_python_preset_pip_installs_a_local_wheel(fields, workspace, home):
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_python_preset_makes_the_active_virtualenv_writable(fields, workspace, home, monkeypatch):
+def test_python_preset_makes_the_active_virtualenv_writable(
+    fields, workspace, home, monkeypatch
+):
     venv = home / "venvs" / "tool"
-    subprocess.run([PY, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    subprocess.run(
+        [PY, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+    )
     wheel = build_wheel(workspace)
     monkeypatch.setenv("VIRTUAL_ENV", str(venv))
     monkeypatch.setenv("PATH", f"{venv}/bin:/usr/bin:/bin")
@@ -106,15 +115,23 @@ def test_python_preset_makes_the_active_virtualenv_writable(fields, workspace, h
 @pytest.mark.parametrize("fields", TIERS)
 def test_node_preset_npm_installs_a_local_package(fields, workspace, home):
     lib = workspace / "greeter"
-    write(lib / "package.json", json.dumps({"name": "local-greeter", "version": "1.0.0", "main": "index.js"}))
+    write(
+        lib / "package.json",
+        json.dumps({"name": "local-greeter", "version": "1.0.0", "main": "index.js"}),
+    )
     write(lib / "index.js", "module.exports = () => 'hello from a local package';\n")
-    write(workspace / "app" / "package.json", json.dumps({"name": "app", "version": "1.0.0", "private": True}))
+    write(
+        workspace / "app" / "package.json",
+        json.dumps({"name": "app", "version": "1.0.0", "private": True}),
+    )
     script = (
         "set -e; cd greeter; npm pack --silent; cd ../app; "
         "npm install --no-audit --no-fund ../greeter/local-greeter-1.0.0.tgz; "
         "node -e 'console.log(require(\"local-greeter\")())'"
     )
-    result = manager(fields, presets=["node"]).execute(["sh", "-c", script], cwd=workspace)
+    result = manager(fields, presets=["node"]).execute(
+        ["sh", "-c", script], cwd=workspace
+    )
     assert result.exit_code == 0, result.stderr.decode()
     assert "hello from a local package" in result.stdout.decode()
     assert (workspace / "app" / "node_modules" / "local-greeter" / "index.js").exists()
@@ -122,27 +139,44 @@ def test_node_preset_npm_installs_a_local_package(fields, workspace, home):
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_git_preset_brings_the_identity_and_nothing_else_of_home(fields, workspace, home):
+def test_git_preset_brings_the_identity_and_nothing_else_of_home(
+    fields, workspace, home
+):
     git_env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
     for key, value in (("user.name", "Ada Host"), ("user.email", "ada@example.org")):
-        subprocess.run(["git", "config", "--global", key, value], env=git_env, check=True)
+        subprocess.run(
+            ["git", "config", "--global", key, value], env=git_env, check=True
+        )
     write(home / ".git-credentials", "https://user:token@example.org\n", 0o644)
     os.chmod(home, 0o755)
     subprocess.run(["git", "init", "-q", str(workspace)], env=git_env, check=True)
     script = (
-        "set -e; echo a > a; git add a; git commit -qm first; git log --format='%an <%ae>'; "
-        f"cat {home}/.gitconfig || echo no-gitconfig; cat {home}/.git-credentials || echo no-credentials"
+        "set -e; echo a > a; git add a; git commit -qm first; "
+        "git log --format='%an <%ae>'; "
+        f"cat {home}/.gitconfig || echo no-gitconfig; "
+        f"cat {home}/.git-credentials || echo no-credentials"
     )
-    fields = {**fields, "allow_degraded": [*fields.get("allow_degraded", []), "protected_paths"]}
-    result = manager(fields, presets=["git"]).execute(["sh", "-c", script], cwd=workspace)
+    fields = {
+        **fields,
+        "allow_degraded": [*fields.get("allow_degraded", []), "protected_paths"],
+    }
+    result = manager(fields, presets=["git"]).execute(
+        ["sh", "-c", script], cwd=workspace
+    )
     out = result.stdout.decode()
     assert result.exit_code == 0, result.stderr.decode()
     assert "Ada Host <ada@example.org>" in out
     assert "no-gitconfig" in out and "no-credentials" in out
     assert "token" not in out
-    assert "Ada Host" in subprocess.run(
-        ["git", "log", "--format=%an"], cwd=workspace, env=git_env, capture_output=True, text=True
-    ).stdout
+    log = subprocess.run(
+        ["git", "log", "--format=%an"],
+        cwd=workspace,
+        env=git_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Ada Host" in log.stdout
 
 
 def test_git_preset_without_an_identity_says_so(workspace, home):

@@ -34,8 +34,14 @@ def plan_for(workspace: Path, home: Path | None = None, environ=None, **fields):
 
 
 def test_precedence_table(workspace, outside):
-    for rel in ("src/app.py", "vendor/lib/x.py", "vendor/lib/cache/c", "secrets/k",
-                "secrets/public/p", ".env"):
+    for rel in (
+        "src/app.py",
+        "vendor/lib/x.py",
+        "vendor/lib/cache/c",
+        "secrets/k",
+        "secrets/public/p",
+        ".env",
+    ):
         write(workspace / rel, "x\n")
     write(outside / "data" / "d.csv", "d\n")
     plan = plan_for(
@@ -47,15 +53,15 @@ def test_precedence_table(workspace, outside):
     )
     ws = str(workspace)
     expect = {
-        f"{ws}/src/app.py": Access.WRITABLE,            # workspace
-        f"{ws}/vendor/lib/x.py": Access.HIDDEN,          # vendor: hidden beats read-only
-        f"{ws}/vendor/lib/cache/c": Access.WRITABLE,     # deeper rule wins
+        f"{ws}/src/app.py": Access.WRITABLE,  # workspace
+        f"{ws}/vendor/lib/x.py": Access.HIDDEN,  # vendor: hidden beats read-only
+        f"{ws}/vendor/lib/cache/c": Access.WRITABLE,  # deeper rule wins
         f"{ws}/secrets/k": Access.HIDDEN,
-        f"{ws}/secrets/public/p": Access.READ_ONLY,      # deeper rule wins
+        f"{ws}/secrets/public/p": Access.READ_ONLY,  # deeper rule wins
         f"{ws}/.env": Access.HIDDEN,
         f"{outside}/data/d.csv": Access.READ_ONLY,
-        f"{outside}/other": None,                        # no rule: not there
-        "/usr/bin/env": Access.READ_ONLY,                # system directory
+        f"{outside}/other": None,  # no rule: not there
+        "/usr/bin/env": Access.READ_ONLY,  # system directory
     }
     assert {path: plan.access_of(path) for path in expect} == expect
 
@@ -63,7 +69,9 @@ def test_precedence_table(workspace, outside):
 def test_relative_paths_use_the_workspace_and_tilde_the_home(workspace, outside):
     write(workspace / "rel" / "f", "f\n")
     write(outside / "in-home" / "g", "g\n")
-    plan = plan_for(workspace, home=outside, read_only=["rel", "~/in-home"], protected=[])
+    plan = plan_for(
+        workspace, home=outside, read_only=["rel", "~/in-home"], protected=[]
+    )
     assert plan.rules[str(workspace / "rel")].access is Access.READ_ONLY
     assert plan.rules[str(outside / "in-home")].origin == "read_only"
 
@@ -105,7 +113,9 @@ def test_protected_paths_existing_absent_and_pinned(workspace):
     dests = [(m.kind, m.dest) for m in mounts]
     # the workspace first, .git pinned onto itself before what it holds
     assert dests.index(("bind", ws)) < dests.index(("bind", f"{ws}/.git"))
-    assert dests.index(("bind", f"{ws}/.git")) < dests.index(("ro-bind", f"{ws}/.git/hooks"))
+    assert dests.index(("bind", f"{ws}/.git")) < dests.index(
+        ("ro-bind", f"{ws}/.git/hooks")
+    )
 
 
 def test_protected_paths_in_every_writable_place(workspace, outside):
@@ -118,8 +128,14 @@ def test_protected_paths_in_every_writable_place(workspace, outside):
 def test_guard_mode_watches_instead_of_read_only(workspace):
     os.makedirs(workspace / ".git" / "hooks")
     config = SandboxConfig(execution_log=False)
-    plan = resolve(config, workspace=str(workspace), system=SYSTEM, home=str(workspace),
-                   environ={}, guard_protected=True)
+    plan = resolve(
+        config,
+        workspace=str(workspace),
+        system=SYSTEM,
+        home=str(workspace),
+        environ={},
+        guard_protected=True,
+    )
     assert str(workspace / ".git" / "hooks") in plan.guarded
     assert str(workspace / ".git" / "hooks") not in plan.rules
 
@@ -131,14 +147,18 @@ def test_mount_plan_hides_with_tmpfs_and_empty_files(workspace):
     write(workspace / "private" / "s", "s\n")
     write(workspace / "private" / "out" / "o", "o\n")
     write(workspace / "a.env", "a\n")
-    plan = plan_for(workspace, hidden=["private", "a.env"], writable=["private/out"], protected=[])
+    plan = plan_for(
+        workspace, hidden=["private", "a.env"], writable=["private/out"], protected=[]
+    )
     mounts = plan_mounts(plan, empty_file=lambda: ("/empty", (1, 2)))
     kinds = [(m.kind, m.dest, m.perms) for m in mounts]
     ws = str(workspace)
     assert ("tmpfs", f"{ws}/private", 0o111) in kinds
     assert ("ro-bind", f"{ws}/a.env", None) in kinds
     assert kinds[-1] == ("remount-ro", f"{ws}/private", None)
-    assert kinds.index(("tmpfs", f"{ws}/private", 0o111)) < kinds.index(("bind", f"{ws}/private/out", None))
+    assert kinds.index(("tmpfs", f"{ws}/private", 0o111)) < kinds.index(
+        ("bind", f"{ws}/private/out", None)
+    )
     # a writable directory inside the writable workspace is not mounted again
     plan = plan_for(workspace, writable=["private/out"], protected=[])
     assert [m.dest for m in plan_mounts(plan, empty_file=lambda: ("", (0, 0)))] == [ws]
@@ -148,18 +168,31 @@ def test_landlock_spine(workspace):
     write(workspace / "keep.txt", "k\n")
     write(workspace / "secrets" / "a.env", "a\n")
     write(workspace / "secrets" / "b.txt", "b\n")
-    os.symlink("secrets/a.env", workspace / "link")
     plan = plan_for(workspace, hidden=["secrets/a.env"], protected=[])
-    grants = {g.path: g.access for g in translate(plan).grants}
+    translation = translate(plan)
+    grants = {g.path: g for g in translation.grants}
     ws = str(workspace)
-    assert grants[ws] == ["list"]
-    assert grants[f"{ws}/secrets"] == ["list"]
-    assert grants[f"{ws}/keep.txt"] == ["create", "exec", "list", "read_file", "unix", "write"]
-    assert f"{ws}/secrets/b.txt" in grants
+    writable = ["create", "exec", "list", "read_file", "unix", "write"]
+    # the workspace and secrets/ only list; each other entry gets the
+    # workspace's rights, listed by the launcher child
+    assert (grants[ws].access, grants[ws].each) == (["list"], writable)
+    assert grants[ws].skip == [_ident(workspace / "secrets")]
+    assert (grants[f"{ws}/secrets"].access, grants[f"{ws}/secrets"].each) == (
+        ["list"],
+        writable,
+    )
+    assert grants[f"{ws}/secrets"].skip == [_ident(workspace / "secrets" / "a.env")]
     assert f"{ws}/secrets/a.env" not in grants
-    assert f"{ws}/link" not in grants  # links get no rule of their own
-    assert grants["/usr"] == ["exec", "list", "read_file"]
-    assert translate(plan).fixed == [ws, f"{ws}/secrets"]
+    assert (
+        grants["/usr"].access == ["exec", "list", "read_file"]
+        and grants["/usr"].each is None
+    )
+    assert translation.fixed == [ws, f"{ws}/secrets"]
+
+
+def _ident(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return (st.st_dev, st.st_ino)
 
 
 # -- the guard ---------------------------------------------------------------------
@@ -169,11 +202,17 @@ def test_landlock_spine(workspace):
     ("text", "plain"),
     [
         (b"[core]\n\trepositoryformatversion = 0\n\tbare = false\n", True),
-        (b'[remote "origin"]\n\turl = https://example.org/r.git\n\tfetch = +refs/*:refs/*\n', True),
+        (
+            (
+                b'[remote "origin"]\n\turl = https://example.org/r.git\n'
+                b"\tfetch = +refs/*:refs/*\n"
+            ),
+            True,
+        ),
         (b"[core]\n\thooksPath = .h\n", False),
         (b"[core]\n\tfsmonitor = touch x\n", False),
         (b"[Core]\n\tHooksPath = .h\n", False),
-        (b'[alias]\n\tst = !sh -c x\n', False),
+        (b"[alias]\n\tst = !sh -c x\n", False),
         (b"[include]\n\tpath = ../x\n", False),
         (b"[core] hooksPath = x\n", False),
         (b"[core.sub]\n\tbare = true\n", False),
@@ -189,7 +228,9 @@ def test_guard_never_follows_a_planted_link(workspace, outside):
     write(outside / "victim.txt", "keep\n")
     st = os.stat(workspace)
     guard = _guard.Guard()
-    guard.watch_absent(str(workspace), (st.st_dev, st.st_ino), (".git", "hooks"), missing_from=0)
+    guard.watch_absent(
+        str(workspace), (st.st_dev, st.st_ino), (".git", "hooks"), missing_from=0
+    )
     os.symlink(str(outside), workspace / ".git")
     findings = guard.check("r1")
     assert [f.what for f in findings] == ["created during the run"]
@@ -200,7 +241,9 @@ def test_guard_never_follows_a_planted_link(workspace, outside):
 def test_guard_refuses_a_replaced_root(workspace, outside):
     st = os.stat(workspace)
     guard = _guard.Guard()
-    guard.watch_absent(str(workspace), (st.st_dev, st.st_ino), (".git",), missing_from=0)
+    guard.watch_absent(
+        str(workspace), (st.st_dev, st.st_ino), (".git",), missing_from=0
+    )
     moved = Path(str(workspace) + "-moved")
     os.rename(workspace, moved)
     os.symlink(str(outside), workspace)

@@ -16,7 +16,9 @@ from stockade import PolicyError
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_read_only_outside_the_workspace_is_readable_not_writable(fields, workspace, outside):
+def test_read_only_outside_the_workspace_is_readable_not_writable(
+    fields, workspace, outside
+):
     data = write(outside / "data.txt", "host data\n")
     (outside / "sub").mkdir()
     answers, result = probe(
@@ -47,7 +49,10 @@ def test_writable_outside_the_workspace_reaches_the_host(fields, workspace, outs
     answers, _ = probe(
         manager(fields, writable=[str(outside)]),
         workspace,
-        [["create", "create", str(outside / "made.txt")], ["mkdir", "mkdir", str(outside / "d")]],
+        [
+            ["create", "create", str(outside / "made.txt")],
+            ["mkdir", "mkdir", str(outside / "d")],
+        ],
     )
     assert answers == {"create": "ok", "mkdir": "ok"}
     assert (outside / "made.txt").read_text() == "new\n"
@@ -95,8 +100,16 @@ def test_hidden_file_and_directory_inside_the_workspace(fields, workspace):
     )
     assert answers["ok"] == "ok:fine"
     assert answers["visible"] == "ok:visible"
-    for label in ("read_file", "append_file", "unlink_file", "rename_file", "link_file",
-                  "read_dir_file", "write_dir", "rmdir"):
+    for label in (
+        "read_file",
+        "append_file",
+        "unlink_file",
+        "rename_file",
+        "link_file",
+        "read_dir_file",
+        "write_dir",
+        "rmdir",
+    ):
         assert not answers[label].startswith("ok"), (label, answers)
     if is_second(fields):
         # second tier: names inside a hidden directory stay listable (their
@@ -164,7 +177,11 @@ def test_most_specific_rule_wins(fields, workspace, outside):
             ["cache_create", "create", str(top / "cache" / "n.txt")],
             ["keys_read", "read", str(top / "cache" / "keys" / "k.txt")],
             ["public_read", "read", str(top / "cache" / "keys" / "public" / "p.txt")],
-            ["public_write", "append", str(top / "cache" / "keys" / "public" / "p.txt")],
+            [
+                "public_write",
+                "append",
+                str(top / "cache" / "keys" / "public" / "p.txt"),
+            ],
         ],
     )
     assert answers["top_read"] == "ok:a"
@@ -186,7 +203,10 @@ def test_equal_paths_the_more_restrictive_rule_wins(fields, workspace, outside):
     answers, _ = probe(
         manager(fields, writable=[str(outside)], read_only=[str(outside)]),
         workspace,
-        [["write", "append", str(outside / "f.txt")], ["read", "read", str(outside / "f.txt")]],
+        [
+            ["write", "append", str(outside / "f.txt")],
+            ["read", "read", str(outside / "f.txt")],
+        ],
     )
     assert answers["read"] == "ok:f"
     assert answers["write"] in ("EROFS", "EACCES")
@@ -228,7 +248,9 @@ def test_globs_match_what_exists_at_launch(fields, workspace):
         ],
     )
     assert answers == {"a": "EACCES", "b": "EACCES", "c": "ok:C"}
-    assert "2 hidden" in next(p.detail for p in result.protections if p.name == "path_rules")
+    assert "2 hidden" in next(
+        p.detail for p in result.protections if p.name == "path_rules"
+    )
 
 
 def test_missing_paths_per_field(workspace, outside):
@@ -238,7 +260,9 @@ def test_missing_paths_per_field(workspace, outside):
     with pytest.raises(PolicyError, match="could create it"):
         manager({}, hidden=["later.env"]).execute(["true"], cwd=workspace)
     # one in a place the run cannot see or write: nothing to hide
-    result = manager({}, hidden=[str(outside / "nope")]).execute(["true"], cwd=workspace)
+    result = manager({}, hidden=[str(outside / "nope")]).execute(
+        ["true"], cwd=workspace
+    )
     assert result.exit_code == 0
     assert any("nothing to hide" in note for note in result.notes)
 

@@ -33,16 +33,32 @@ def test_unprivileged_caller_hidden_read_only_and_protected(fields, workspace, o
     give_to_unprivileged(workspace)
     give_to_unprivileged(outside)
     script = (
-        "cat ok.txt; cat secrets/a.env || echo hidden-file; cat private/p.txt || echo hidden-dir; "
+        "cat ok.txt; cat secrets/a.env || echo hidden-file; "
+        "cat private/p.txt || echo hidden-dir; "
         "echo x > private/new || echo no-write; "
         f"cat {outside}/ro.txt; echo x >> {outside}/ro.txt || echo ro; "
         "echo x > .git/hooks/pre-commit || echo hooks-protected; "
         "ln .git/config sub-link 2>/dev/null || echo no-link"
     )
     proc = run_unprivileged(
-        ["-m", "stockade.cli", "run", "--no-log", "--json", *_tier_options(fields),
-         "--hide", "secrets/a.env", "--hide", "private", "--ro", str(outside), "--",
-         "sh", "-c", script],
+        [
+            "-m",
+            "stockade.cli",
+            "run",
+            "--no-log",
+            "--json",
+            *_tier_options(fields),
+            "--hide",
+            "secrets/a.env",
+            "--hide",
+            "private",
+            "--ro",
+            str(outside),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
         cwd=workspace,
     )
     assert proc.returncode == 0, proc.stderr.decode()
@@ -61,8 +77,25 @@ def test_unprivileged_caller_hidden_read_only_and_protected(fields, workspace, o
 def test_cli_path_options_extend_the_policy():
     parser = _parser()
     args = parser.parse_args(
-        ["run", "--ro", "a", "--ro", "b", "--rw", "~/c", "--hide", "d", "--preset", "git",
-         "--preset", "python", "--protect", "Makefile", "--", "true"]
+        [
+            "run",
+            "--ro",
+            "a",
+            "--ro",
+            "b",
+            "--rw",
+            "~/c",
+            "--hide",
+            "d",
+            "--preset",
+            "git",
+            "--preset",
+            "python",
+            "--protect",
+            "Makefile",
+            "--",
+            "true",
+        ]
     )
     config = SandboxConfig(read_only=("base",), presets=("node",))
     changes = _path_changes(args, config)

@@ -82,7 +82,7 @@ class Finding:
 
 @dataclass
 class Snapshot:
-    kind: str                      # "file", "dir" or "link"
+    kind: str  # "file", "dir" or "link"
     mode: int
     uid: int
     gid: int
@@ -96,8 +96,8 @@ class _Watch:
     root: str
     root_ident: tuple[int, int]
     parts: tuple[str, ...]
-    prefix: list[tuple[int, int]]        # identities of the parts that existed
-    snapshot: Snapshot | None = None     # None: absent at launch
+    prefix: list[tuple[int, int]]  # identities of the parts that existed
+    snapshot: Snapshot | None = None  # None: absent at launch
 
 
 class Guard:
@@ -110,7 +110,11 @@ class Guard:
         return bool(self.watches)
 
     def watch_absent(
-        self, root: str, root_ident: tuple[int, int], parts: tuple[str, ...], *,
+        self,
+        root: str,
+        root_ident: tuple[int, int],
+        parts: tuple[str, ...],
+        *,
         missing_from: int,
     ) -> None:
         """Watch ``root/parts``, whose part ``missing_from`` does not exist."""
@@ -128,7 +132,9 @@ class Guard:
         path = os.path.join(root, *parts)
         budget = [SNAPSHOT_MAX_BYTES, SNAPSHOT_MAX_ENTRIES]
         try:
-            parent = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            parent = os.open(
+                os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            )
             try:
                 snap = _snapshot(parent, parts[-1], budget)
             finally:
@@ -163,13 +169,21 @@ class Guard:
             try:
                 root_fd = _open_nofollow(watch.root)
             except OSError:
-                findings.append(Finding(watch.root, "writable root gone after the run", "not checked"))
+                findings.append(
+                    Finding(
+                        watch.root, "writable root gone after the run", "not checked"
+                    )
+                )
                 continue
             try:
                 st = os.fstat(root_fd)
                 if (st.st_dev, st.st_ino) != watch.root_ident:
                     findings.append(
-                        Finding(watch.root, "writable root replaced during the run", "not checked")
+                        Finding(
+                            watch.root,
+                            "writable root replaced during the run",
+                            "not checked",
+                        )
                     )
                     continue
                 _check_watch(root_fd, watch, run_id, findings)
@@ -181,7 +195,9 @@ class Guard:
 # -- after the run -------------------------------------------------------------------
 
 
-def _check_watch(root_fd: int, watch: _Watch, run_id: str, findings: list[Finding]) -> None:
+def _check_watch(
+    root_fd: int, watch: _Watch, run_id: str, findings: list[Finding]
+) -> None:
     fd = os.dup(root_fd)
     try:
         for index, name in enumerate(watch.parts):
@@ -193,28 +209,44 @@ def _check_watch(root_fd: int, watch: _Watch, run_id: str, findings: list[Findin
                 if watch.snapshot is not None:
                     if last:
                         _restore(fd, name, watch.snapshot)
-                        findings.append(Finding(path, "removed during the run", "restored"))
+                        findings.append(
+                            Finding(path, "removed during the run", "restored")
+                        )
                     else:
                         findings.append(
-                            Finding(path, "removed during the run", "not restored: its directory is gone")
+                            Finding(
+                                path,
+                                "removed during the run",
+                                "not restored: its directory is gone",
+                            )
                         )
                 return
             existed = index < len(watch.prefix)
             if existed and not last:
-                if (st.st_dev, st.st_ino) != watch.prefix[index] or not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) != watch.prefix[index] or not stat.S_ISDIR(
+                    st.st_mode
+                ):
                     moved = _quarantine(fd, name, run_id)
-                    findings.append(Finding(path, "replaced during the run", f"moved to {moved}"))
+                    findings.append(
+                        Finding(path, "replaced during the run", f"moved to {moved}")
+                    )
                     return
             elif not last and not stat.S_ISDIR(st.st_mode):
                 # created by the run where a directory would be: a `.git` file or
                 # link leads git to a directory the run chose
                 moved = _quarantine(fd, name, run_id)
-                findings.append(Finding(path, "created during the run", f"moved to {moved}"))
+                findings.append(
+                    Finding(path, "created during the run", f"moved to {moved}")
+                )
                 return
             if last:
                 _check_last(fd, name, path, st, watch, run_id, findings)
                 return
-            next_fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            next_fd = os.open(
+                name,
+                os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=fd,
+            )
             os.close(fd)
             fd = next_fd
     finally:
@@ -222,7 +254,12 @@ def _check_watch(root_fd: int, watch: _Watch, run_id: str, findings: list[Findin
 
 
 def _check_last(
-    fd: int, name: str, path: str, st: os.stat_result, watch: _Watch, run_id: str,
+    fd: int,
+    name: str,
+    path: str,
+    st: os.stat_result,
+    watch: _Watch,
+    run_id: str,
     findings: list[Finding],
 ) -> None:
     snap = watch.snapshot
@@ -236,7 +273,13 @@ def _check_last(
         return
     moved = _quarantine(fd, name, run_id)
     _restore(fd, name, snap)
-    findings.append(Finding(path, "changed during the run", f"restored; the run's version moved to {moved}"))
+    findings.append(
+        Finding(
+            path,
+            "changed during the run",
+            f"restored; the run's version moved to {moved}",
+        )
+    )
 
 
 def _inert(fd: int, name: str, st: os.stat_result, parts: tuple[str, ...]) -> bool:
@@ -249,8 +292,16 @@ def _inert(fd: int, name: str, st: os.stat_result, parts: tuple[str, ...]) -> bo
                 e.name.endswith(".sample") and e.is_file(follow_symlinks=False)
                 for e in entries
             )
-    is_git_config = len(parts) >= 2 and parts[-2] == ".git" and name in ("config", "config.worktree")
-    if not is_git_config or not stat.S_ISREG(st.st_mode) or st.st_size > _CONFIG_MAX_BYTES:
+    is_git_config = (
+        len(parts) >= 2
+        and parts[-2] == ".git"
+        and name in ("config", "config.worktree")
+    )
+    if (
+        not is_git_config
+        or not stat.S_ISREG(st.st_mode)
+        or st.st_size > _CONFIG_MAX_BYTES
+    ):
         return False
     data = _read(fd, name, _CONFIG_MAX_BYTES)
     return data is not None and git_config_is_plain(data)
@@ -278,7 +329,9 @@ def git_config_is_plain(data: bytes) -> bool:
             match = _SECTION.match(line)
             if match is None:
                 return False
-            section = match.group(1).lower() + (".*" if match.group(2) is not None else "")
+            section = match.group(1).lower() + (
+                ".*" if match.group(2) is not None else ""
+            )
             continue
         match = _KEY.match(line)
         if match is None or section is None:
@@ -327,7 +380,11 @@ def _snapshot(dir_fd: int, name: str, budget: list[int]) -> Snapshot:
         return Snapshot("file", data=data, **base)
     if stat.S_ISDIR(st.st_mode):
         snap = Snapshot("dir", **base)
-        sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        sub = os.open(
+            name,
+            os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            dir_fd=dir_fd,
+        )
         try:
             with _listing(sub, ".") as entries:
                 names = [e.name for e in entries]
@@ -349,14 +406,18 @@ def _same(dir_fd: int, name: str, snap: Snapshot) -> bool:
     if stat.S_IMODE(st.st_mode) != snap.mode:
         return False
     if snap.kind == "link":
-        return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == snap.target
+        return (
+            stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == snap.target
+        )
     if snap.kind == "file":
         if not stat.S_ISREG(st.st_mode) or st.st_size != len(snap.data):
             return False
         return _read(dir_fd, name, len(snap.data)) == snap.data
     if not stat.S_ISDIR(st.st_mode):
         return False
-    sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    sub = os.open(
+        name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+    )
     try:
         with _listing(sub, ".") as entries:
             names = sorted(e.name for e in entries)
@@ -386,7 +447,9 @@ def _restore(dir_fd: int, name: str, snap: Snapshot) -> None:
             os.close(fd)
         return
     os.mkdir(name, 0o700, dir_fd=dir_fd)
-    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    sub = os.open(
+        name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+    )
     try:
         for child, child_snap in snap.children.items():
             _restore(sub, child, child_snap)
@@ -408,7 +471,9 @@ def _open_nofollow(path: str) -> int:
             if not name:
                 continue
             next_fd = os.open(
-                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                name,
+                os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=fd,
             )
             os.close(fd)
             fd = next_fd
@@ -422,7 +487,11 @@ def _open_nofollow(path: str) -> int:
 
 def _read(dir_fd: int, name: str, limit: int) -> bytes | None:
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        fd = os.open(
+            name,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            dir_fd=dir_fd,
+        )
     except OSError:
         return None
     try:
@@ -446,7 +515,9 @@ class _listing:
 
     def __init__(self, dir_fd: int, name: str) -> None:
         self._fd = os.open(
-            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            name,
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            dir_fd=dir_fd,
         )
 
     def __enter__(self) -> list[os.DirEntry[str]]:

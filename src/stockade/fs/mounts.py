@@ -81,7 +81,9 @@ def plan_mounts(
                     r.access is not Access.HIDDEN and r.path.startswith(rule.path + "/")
                     for r in rules
                 )
-                mounts.append(Mount("tmpfs", rule.path, perms=0o111 if shows else 0o000))
+                mounts.append(
+                    Mount("tmpfs", rule.path, perms=0o111 if shows else 0o000)
+                )
                 remounts.append(Mount("remount-ro", rule.path))
             else:
                 source, ident = empty_file()
@@ -91,7 +93,11 @@ def plan_mounts(
         else:
             kind = "bind" if rule.access is Access.WRITABLE else "ro-bind"
             mounts.append(Mount(kind, rule.path, rule.path, rule.ident))
-        if cover is not None and cover.access is Access.WRITABLE and rule.access < cover.access:
+        if (
+            cover is not None
+            and cover.access is Access.WRITABLE
+            and rule.access < cover.access
+        ):
             _pin_between(cover.path, rule.path, plan, pins)
 
     mounts += [Mount("bind", path, path, ident) for path, ident in pins.items()]
@@ -99,7 +105,9 @@ def plan_mounts(
     return mounts + remounts
 
 
-def _pin_between(outer: str, inner: str, plan: FsPlan, pins: dict[str, tuple[int, int]]) -> None:
+def _pin_between(
+    outer: str, inner: str, plan: FsPlan, pins: dict[str, tuple[int, int]]
+) -> None:
     current = os.path.dirname(inner)
     while current != outer and current.startswith(outer.rstrip("/") + "/"):
         if current not in plan.rules and current not in pins:

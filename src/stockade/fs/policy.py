@@ -58,8 +58,16 @@ MAX_GLOB_MATCHES = 256
 
 # Directories the program may never write, whatever the policy says.
 _SYSTEM_TREES = (
-    "/usr", "/etc", "/boot", "/sys", "/bin", "/sbin",
-    "/lib", "/lib32", "/lib64", "/libx32",
+    "/usr",
+    "/etc",
+    "/boot",
+    "/sys",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
 )
 
 
@@ -166,8 +174,13 @@ class FsPlan:
             return
         st = os.stat(real)
         self.add(
-            PathRule(real, Access.READ_ONLY, "installation", stat.S_ISDIR(st.st_mode),
-                     (st.st_dev, st.st_ino))
+            PathRule(
+                real,
+                Access.READ_ONLY,
+                "installation",
+                stat.S_ISDIR(st.st_mode),
+                (st.st_dev, st.st_ino),
+            )
         )
 
     def writable_roots(self) -> list[PathRule]:
@@ -185,8 +198,11 @@ class FsPlan:
         for rule in self.rules.values():
             if rule.origin in ("workspace", "installation"):
                 continue
-            name = {Access.HIDDEN: "hidden", Access.READ_ONLY: "read-only",
-                    Access.WRITABLE: "writable"}[rule.access]
+            name = {
+                Access.HIDDEN: "hidden",
+                Access.READ_ONLY: "read-only",
+                Access.WRITABLE: "writable",
+            }[rule.access]
             counts[name] = counts.get(name, 0) + 1
         return ", ".join(f"{n} {name}" for name, n in counts.items()) or "none"
 
@@ -224,7 +240,9 @@ def resolve(
     for path in system:
         plan.system[path] = PathRule(path, Access.READ_ONLY, "system")
     st = os.stat(workspace)
-    plan.add(PathRule(workspace, Access.WRITABLE, "workspace", True, (st.st_dev, st.st_ino)))
+    plan.add(
+        PathRule(workspace, Access.WRITABLE, "workspace", True, (st.st_dev, st.st_ino))
+    )
 
     expansion = _presets.expand(config.presets, home=home, environ=environ)
     plan.env.update(expansion.env)
@@ -238,15 +256,17 @@ def resolve(
 
     missing_hidden: list[tuple[str, str]] = []
     for given, access, origin in wanted:
-        for path in _expand(given, origin, workspace=workspace, home=home, notes=plan.notes):
+        for path in _expand(
+            given, origin, workspace=workspace, home=home, notes=plan.notes
+        ):
             if not os.path.lexists(path):
                 if access is Access.HIDDEN:
                     missing_hidden.append((given, path))
                     continue
                 if access is Access.READ_ONLY:
                     raise PolicyError(
-                        f"read_only: {path} does not exist (given as {given!r}); create "
-                        f"it or drop the rule",
+                        f"read_only: {path} does not exist (given as {given!r}); "
+                        f"create it or drop the rule",
                         key="read_only",
                         value=given,
                     )
@@ -343,9 +363,13 @@ def _rule(path: str, access: Access, origin: str, given: str, home: str) -> Path
     why = _refused(real, access, home)
     if why:
         raise PolicyError(
-            f"{origin}: {real} (given as {given!r}): {why}", key=_key(origin), value=given
+            f"{origin}: {real} (given as {given!r}): {why}",
+            key=_key(origin),
+            value=given,
         )
-    return PathRule(real, access, origin, stat.S_ISDIR(st.st_mode), (st.st_dev, st.st_ino))
+    return PathRule(
+        real, access, origin, stat.S_ISDIR(st.st_mode), (st.st_dev, st.st_ino)
+    )
 
 
 def _under(path: str, root: str) -> bool:
@@ -428,7 +452,9 @@ def _protect_one(
             # Not there yet: the run may create it; checked after the run.
             if plan.access_of(current) is Access.WRITABLE:
                 assert root.ident is not None
-                plan.guard.watch_absent(root.path, root.ident, parts, missing_from=index)
+                plan.guard.watch_absent(
+                    root.path, root.ident, parts, missing_from=index
+                )
                 plan.guarded.append(os.path.join(root.path, *parts))
             return
         except OSError:
@@ -476,8 +502,13 @@ def _make_read_only(
         return
     st = os.stat(path)
     plan.add(
-        PathRule(path, Access.READ_ONLY, "protected", stat.S_ISDIR(st.st_mode),
-                 (st.st_dev, st.st_ino))
+        PathRule(
+            path,
+            Access.READ_ONLY,
+            "protected",
+            stat.S_ISDIR(st.st_mode),
+            (st.st_dev, st.st_ino),
+        )
     )
     plan.protected.append(path)
 
@@ -520,10 +551,12 @@ def _one_link(path: str, access: Access, origin: str) -> None:
         return
     if links <= 1:
         return
-    harm = "change it" if access is Access.READ_ONLY else "show its content"
+    read_only = access is Access.READ_ONLY
+    harm = "change it" if read_only else "show its content"
+    state = "read-only" if read_only else "hidden"
     raise PolicyError(
         f"{origin}: {path} has {links} hard links: another name for the same file "
-        f"could {harm} while this one is {'read-only' if access is Access.READ_ONLY else 'hidden'}. "
+        f"could {harm} while this one is {state}. "
         f"Give it a name of its own (cp -p {path} {path}.new && mv {path}.new {path}) "
         f"or drop the rule",
         key="protected" if origin == "protected" else origin,

@@ -88,7 +88,9 @@ class Expansion:
     notes: list[str] = field(default_factory=list)
 
 
-def expand(names: tuple[str, ...], *, home: str, environ: Mapping[str, str]) -> Expansion:
+def expand(
+    names: tuple[str, ...], *, home: str, environ: Mapping[str, str]
+) -> Expansion:
     """The rules and variables of the named presets, for this caller.
 
     Args:
@@ -113,13 +115,16 @@ def expand(names: tuple[str, ...], *, home: str, environ: Mapping[str, str]) -> 
                 out.env["VIRTUAL_ENV"] = venv
                 out.notes.append(f"preset python: virtual environment {venv} writable")
         if name == "git":
-            identity = git_identity(environ.get("HOME", home), environ.get("GIT_CONFIG_GLOBAL"))
+            identity = git_identity(
+                environ.get("HOME", home), environ.get("GIT_CONFIG_GLOBAL")
+            )
             if identity:
                 out.env.update(identity)
             else:
                 out.notes.append(
                     "preset git: no user.name/user.email in your global git config; "
-                    "commits in the sandbox need an identity (git config --global user.name ...)"
+                    "commits in the sandbox need an identity "
+                    "(git config --global user.name ...)"
                 )
     return out
 
@@ -154,6 +159,7 @@ def git_identity(home: str, config_global: str | None = None) -> dict[str, str]:
                 text=True,
                 env=env,
                 timeout=10,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired):
             return {}

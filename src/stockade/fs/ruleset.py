@@ -14,13 +14,17 @@ the covering rule's rights by a rule of its own:
 The cost is in what the spine directories themselves lose: no entry can be
 created, removed or renamed directly in them (``docs/filesystem.md``
 lists this as a difference between the tiers; the result notes each such
-directory). Only spine directories are listed, one level each: nothing
-walks a tree.
+directory).
 
-Rules made from a listing carry the entry's identity (device, inode); the
-launcher opens each without following links and skips nothing silently: an
-entry replaced since the listing stops the run (``landlock.apply``).
-Symbolic links get no rule: Landlock checks the file a link leads to.
+The entries of a spine directory are listed by the launcher child just
+before it applies the ruleset (``landlock.apply``), not here: the spec stays
+small whatever the directory holds, and the listing is as fresh as it can
+be. The child opens each entry without following links and skips, by
+identity (device, inode), every entry that has rules of its own, so a hidden
+directory renamed to another name, or a hidden file's second hard link in
+the same directory, gets no grant. Symbolic links get no rule: Landlock
+checks the file a link leads to. Nothing walks a tree: one listing per spine
+directory.
 """
 
 from __future__ import annotations
@@ -37,18 +41,35 @@ _WRITE = _READ | {"write", "create", "unix"}
 RIGHTS = {Access.HIDDEN: frozenset(), Access.READ_ONLY: _READ, Access.WRITABLE: _WRITE}
 _LIST = frozenset({"list"})
 
-# A listing-made ruleset stays below this size (each rule is a syscall in the
-# launcher child before the program starts).
-MAX_LANDLOCK_RULES = 20000
-
 
 @dataclass
 class Grant:
-    """One Landlock rule: rights on a path (and its tree)."""
+    """One Landlock rule: rights on a path (and its tree).
+
+    Attributes:
+        path: the path.
+        access: rights on it (fine names of ``linux/landlock.py``).
+        ident: (st_dev, st_ino) it must still have; None for system paths.
+        each: for a spine directory, the rights each of its entries gets
+            (None: not a spine directory).
+        skip: identities of entries that have rules of their own.
+    """
 
     path: str
     access: list[str]
     ident: tuple[int, int] | None = None
+    each: list[str] | None = None
+    skip: list[tuple[int, int]] = field(default_factory=list)
+
+    def spec(self) -> dict[str, object]:
+        """The rule as ``landlock.ruleset_spec`` carries it."""
+        out: dict[str, object] = {"path": self.path, "access": self.access}
+        if self.ident is not None:
+            out["id"] = list(self.ident)
+        if self.each is not None:
+            out["each"] = self.each
+            out["skip"] = [list(i) for i in self.skip]
+        return out
 
 
 @dataclass
@@ -78,8 +99,7 @@ def translate(plan: FsPlan) -> Translation:
     """Landlock grants for the plan's rules and the mode's system paths.
 
     Raises:
-        PolicyError: a spine directory cannot be listed, or the ruleset
-            would be larger than ``MAX_LANDLOCK_RULES``.
+        PolicyError: a spine directory cannot be examined.
     """
     rules = {**plan.system, **plan.rules}
     out = Translation()
@@ -87,14 +107,6 @@ def translate(plan: FsPlan) -> Translation:
     for root in sorted(roots, key=lambda r: r.path):
         beneath = [r for r in rules.values() if _strictly_under(r.path, root.path)]
         _grant(root.path, RIGHTS[root.access], root.is_dir, root.ident, beneath, out)
-    if len(out.grants) > MAX_LANDLOCK_RULES:
-        raise PolicyError(
-            f"the path rules need {len(out.grants)} Landlock rules on the second tier "
-            f"(at most {MAX_LANDLOCK_RULES}): a read-only or hidden path lies in a "
-            f"directory with very many entries; move it, or use the first tier",
-            key="hidden",
-            value=len(out.grants),
-        )
     return out
 
 
@@ -105,9 +117,23 @@ def _strictly_under(path: str, root: str) -> bool:
 def _top_level(rules: list[PathRule]) -> list[PathRule]:
     paths = {r.path for r in rules}
     return [
-        r for r in rules
+        r
+        for r in rules
         if not any(_strictly_under(r.path, p) for p in paths if p != r.path)
     ]
+
+
+def _identity(path: str) -> tuple[int, int]:
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise PolicyError(
+            f"cannot examine {path} to express the read-only or hidden paths "
+            f"beneath it as Landlock rules: {err.strerror}",
+            key="hidden",
+            value=path,
+        ) from err
+    return (st.st_dev, st.st_ino)
 
 
 def _grant(
@@ -130,39 +156,24 @@ def _grant(
     allowed = rights
     for rule in constraining:
         allowed = allowed & ancestor_rights(rule)
-    if allowed:
-        out.grants.append(Grant(path, sorted(allowed), ident))
     if "create" in rights and "create" not in allowed:
         out.fixed.append(path)
 
+    # entries of this directory that have rules of their own, or hold some
     by_child: dict[str, list[PathRule]] = {}
     prefix = path.rstrip("/") + "/"
     for rule in beneath:
-        by_child.setdefault(rule.path[len(prefix):].split("/", 1)[0], []).append(rule)
-    try:
-        entries = list(os.scandir(path))
-    except OSError as err:
-        raise PolicyError(
-            f"cannot list {path} to express its read-only or hidden entries as Landlock "
-            f"rules: {err.strerror}",
-            key="hidden",
-            value=path,
-        ) from err
-    for entry in entries:
-        child = os.path.join(path, entry.name)
-        rules_here = by_child.get(entry.name)
-        if rules_here is None:
-            if entry.is_symlink():
-                continue
-            st = entry.stat(follow_symlinks=False)
-            out.grants.append(Grant(child, sorted(rights), (st.st_dev, st.st_ino)))
-            if len(out.grants) > MAX_LANDLOCK_RULES:
-                return
-            continue
+        by_child.setdefault(rule.path[len(prefix) :].split("/", 1)[0], []).append(rule)
+    grant = Grant(path, sorted(allowed), ident or _identity(path), each=sorted(rights))
+    out.grants.append(grant)
+    for name, rules_here in sorted(by_child.items()):
+        child = prefix + name
         own = next((r for r in rules_here if r.path == child), None)
         below = [r for r in rules_here if r.path != child]
         if own is not None:
+            grant.skip.append(own.ident or _identity(child))
             _grant(child, RIGHTS[own.access], own.is_dir, own.ident, below, out)
         else:
-            st = entry.stat(follow_symlinks=False)
-            _grant(child, rights, True, (st.st_dev, st.st_ino), below, out)
+            child_ident = _identity(child)
+            grant.skip.append(child_ident)
+            _grant(child, rights, True, child_ident, below, out)

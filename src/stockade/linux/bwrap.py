@@ -116,7 +116,8 @@ class MountPlan:
 
     args: list[str] = field(default_factory=list)
     bind_paths: list[str] = field(default_factory=list)   # opened O_PATH by the launcher
-    bind_ids: list[list[int] | None] = field(default_factory=list)  # [dev, ino] to check
+    # [st_dev, st_ino] each bind source must still have when the launcher opens it
+    bind_ids: list[list[int] | None] = field(default_factory=list)
     visible_ro: list[str] = field(default_factory=list)
     writable: list[str] = field(default_factory=list)
 

@@ -128,8 +128,8 @@ def second_tier_rules(
     read_only: list[str],
     workspace: str | None,
     run_dir: str,
-    paths: list[tuple[str, list[str], tuple[int, int] | None]] | None = None,
-) -> list[tuple[str, list[str]] | tuple[str, list[str], tuple[int, int] | None]]:
+    paths: list[dict[str, Any]] | None = None,
+) -> list[Any]:
     """The second tier's file-system rules: the first tier's mount view as
     a ruleset.
 
@@ -139,11 +139,11 @@ def second_tier_rules(
         read_only: installations the command needs (``resolve.py``).
         workspace: the writable workspace (None: it is in ``paths``).
         run_dir: the run's own directory (HOME and TMPDIR live in it).
-        paths: the path rules as grants (``fs/ruleset.py``): (path, access
-            names, identity or None), added as they are.
+        paths: the path rules as spec items (``fs/ruleset.py``), added as
+            they are.
 
     Returns:
-        (path, access names[, identity]) tuples for ``ruleset_spec``.
+        (path, access names) pairs and spec items for ``ruleset_spec``.
 
     ``/proc`` is readable: without a pid namespace it is the host's, but a
     process's own entries are needed (``/proc/self``); other processes'
@@ -152,8 +152,7 @@ def second_tier_rules(
     host's and writable in moderate and permissive, where POSIX semaphores
     (Python's multiprocessing) need it.
     """
-    rules: list[tuple[str, list[str]] | tuple[str, list[str], tuple[int, int] | None]]
-    rules = [(path, READ_EXEC) for path in system]
+    rules: list[Any] = [(path, READ_EXEC) for path in system]
     rules += [(path, READ_EXEC) for path in read_only]
     rules += list(paths or [])
     rules.append(("/proc", READ_ONLY))
@@ -177,26 +176,29 @@ def ruleset_spec(
 
     Args:
         abi: the Landlock ABI the decision was made for (from the probe).
-        rules: (path, access names) pairs, or (path, access names,
-            identity) triples; a directory covers its subtree. A rule with
-            an identity (st_dev, st_ino) is opened without following a
-            final symbolic link and must still be that file.
+        rules: (path, access names) pairs, or items ``{"path", "access",
+            "id", "each", "skip"}``; a directory covers its subtree. A rule
+            with an identity ``id`` (st_dev, st_ino) is opened without
+            following a final symbolic link and must still be that file. A
+            rule with ``each`` also grants each entry of the directory those
+            rights, except symbolic links and the entries whose identity is
+            in ``skip`` (the path rules' spine directories, fs/ruleset.py).
         deny_network: handle TCP (ABI 4+) and UDP (ABI 10+) with no port
             granted.
 
     Returns:
-        ``{"abi", "rules": [{"path", "access"[, "id"]}], "deny_network",
-        "scope"}``.
+        ``{"abi", "rules": [...], "deny_network", "scope"}``.
     """
     out = []
     for rule in rules:
-        path, access = rule[0], rule[1]
-        unknown = [name for name in access if name not in ACCESS_NAMES]
-        if unknown:
-            raise ValueError(f"unknown Landlock access names {unknown}")
-        item: dict[str, Any] = {"path": path, "access": list(access)}
-        if len(rule) > 2 and rule[2] is not None:
-            item["id"] = list(rule[2])
+        if isinstance(rule, dict):
+            item = dict(rule)
+        else:
+            item = {"path": rule[0], "access": list(rule[1])}
+        for names in (item["access"], item.get("each") or []):
+            unknown = [name for name in names if name not in ACCESS_NAMES]
+            if unknown:
+                raise ValueError(f"unknown Landlock access names {unknown}")
         out.append(item)
     return {
         "abi": abi,
@@ -246,6 +248,9 @@ def apply(spec: dict[str, Any]) -> None:
         for rule in spec.get("rules") or []:
             access = _access_flags(rule["access"]) & handled_fs
             try:
+                if "each" in rule:
+                    _allow_entries(ruleset, rule, access, handled_fs, file_rights)
+                    continue
                 if "id" in rule:
                     _allow_identified(ruleset, rule, access, file_rights)
                     continue
@@ -264,7 +269,9 @@ def apply(spec: dict[str, Any]) -> None:
         ruleset.restrict(no_new_privs=True)
 
 
-def _allow_identified(ruleset: Any, rule: dict[str, Any], access: Any, file_rights: Any) -> None:
+def _allow_identified(
+    ruleset: Any, rule: dict[str, Any], access: Any, file_rights: Any
+) -> None:
     """Add a rule on the file the path names now, if it is still the one the
     policy was resolved against (``rule["id"]``)."""
     assert _ll is not None
@@ -279,12 +286,54 @@ def _allow_identified(ruleset: Any, rule: dict[str, Any], access: Any, file_righ
             )
         if not stat.S_ISDIR(st.st_mode):
             access &= file_rights
-        if not access:
-            return
-        attr = _ll_syscall.PathBeneathAttr(allowed_access=int(access), parent_fd=fd)
-        _ll_syscall.add_path_beneath(ruleset.fileno(), attr)
+        _add_fd(ruleset, fd, access)
     finally:
         os.close(fd)
+
+
+def _allow_entries(
+    ruleset: Any, rule: dict[str, Any], access: Any, handled_fs: Any, file_rights: Any
+) -> None:
+    """A spine directory: its own (reduced) rights, and a rule for each of
+    its entries, listed now, except links and the entries in ``skip``."""
+    assert _ll is not None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(rule["path"], flags)
+    try:
+        st = os.fstat(dir_fd)
+        if "id" in rule and [st.st_dev, st.st_ino] != list(rule["id"]):
+            raise OSError(
+                errno.ESTALE,
+                f"{rule['path']!r} was replaced between policy resolution and the "
+                f"ruleset; run again",
+            )
+        if access:
+            _add_fd(ruleset, dir_fd, access)
+        each = _access_flags(rule["each"]) & handled_fs
+        skip = {tuple(ident) for ident in rule.get("skip") or []}
+        for name in os.listdir(dir_fd):
+            try:
+                fd = os.open(
+                    name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                continue
+            try:
+                entry = os.fstat(fd)
+                if stat.S_ISLNK(entry.st_mode) or (entry.st_dev, entry.st_ino) in skip:
+                    continue
+                is_dir = stat.S_ISDIR(entry.st_mode)
+                _add_fd(ruleset, fd, each if is_dir else each & file_rights)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _add_fd(ruleset: Any, fd: int, access: Any) -> None:
+    if access:
+        attr = _ll_syscall.PathBeneathAttr(allowed_access=int(access), parent_fd=fd)
+        _ll_syscall.add_path_beneath(ruleset.fileno(), attr)
 
 
 def _file_rights() -> Any:
@@ -302,8 +351,12 @@ def _access_flags(names: list[str]) -> Any:
     return flags
 
 
-# Combinations fs/ruleset.py makes for spine directories.
-_SPINE = (["list"], ["exec", "list", "read_file"])
+# Combinations fs/ruleset.py makes for spine directories and their entries.
+_SPINE = (
+    ["list"],
+    ["exec", "list", "read_file"],
+    ["create", "exec", "list", "read_file", "unix", "write"],
+)
 
 
 def _warm_flag_cache() -> None:
@@ -322,7 +375,8 @@ def _warm_flag_cache() -> None:
         _ll.net_for_abi(abi)
         _ll.scope_for_abi(abi)
         _ll.restrict_for_abi(abi)
-        for names in (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY, *_SPINE):
+        shorthands = (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY)
+        for names in (*shorthands, *_SPINE):
             access = _access_flags(names) & handled
             access & file_rights & handled  # noqa: B018 - creates the pseudo-member
 

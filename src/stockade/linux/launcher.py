@@ -190,7 +190,9 @@ def _child_setup(
             want = bind_ids[index] if index < len(bind_ids) else None
             st = os.fstat(bind_fds[-1])
             if want is not None and [st.st_dev, st.st_ino] != want:
-                raise OSError(errno.ESTALE, f"{path!r} was replaced after the policy was resolved")
+                raise OSError(
+                    errno.ESTALE, f"{path!r} was replaced after the policy was resolved"
+                )
 
         step = "join cgroup"
         for procs in spec.get("cgroup_procs") or []:
