@@ -166,7 +166,10 @@ def _unavailable(
     for backend in candidates:
         lacking = [c for c in sorted(required) if c not in backend.parents]
         missing.update(lacking)
-        why = "; ".join(f"{c}: {backend.problems.get(c, 'not available')}" for c in lacking)
+        by_problem: dict[str, list[str]] = {}
+        for c in lacking:
+            by_problem.setdefault(backend.problems.get(c, "not available"), []).append(c)
+        why = "; ".join(f"{', '.join(cs)}: {text}" for text, cs in by_problem.items())
         reasons.append(f"cgroup v{backend.version}: {why}")
     if not candidates:
         reasons.append(
