@@ -395,7 +395,7 @@ def _read(path: str) -> str:
 
 
 def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     except OSError as err:
@@ -799,29 +799,33 @@ class RunCgroups:
         backend = self._backend(version)
         if version == 2 and not self.enabled_v2:
             self._enable_v2(backend)
-        name = f"{NAME_PREFIX}{self.ns}-{self.pid}-{self.seq}"
-        self.seq += 1
-        dirs: dict[str, str] = {}
-        made: dict[str, str] = {}
-        try:
-            for controller, parent in backend.parents.items():
-                path = made.get(parent)
-                if path is None:
-                    path = os.path.join(parent, name)
+        for _attempt in range(100):
+            name = f"{NAME_PREFIX}{self.ns}-{self.pid}-{self.seq}"
+            self.seq += 1
+            dirs: dict[str, str] = {}
+            made: dict[str, str] = {}
+            try:
+                for controller, parent in backend.parents.items():
+                    path = made.get(parent)
+                    if path is None:
+                        path = os.path.join(parent, name)
+                        try:
+                            os.mkdir(path)
+                        except OSError as err:
+                            raise OSError(err.errno, f"mkdir {path}: {err.strerror}") from None
+                        made[parent] = path
+                    dirs[controller] = path
+            except OSError as err:
+                for path in made.values():
                     try:
-                        os.mkdir(path)
-                    except OSError as err:
-                        raise OSError(err.errno, f"mkdir {path}: {err.strerror}") from None
-                    made[parent] = path
-                dirs[controller] = path
-        except OSError:
-            for path in made.values():
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
-            raise
-        return RunCgroup(name, version, dirs)
+                        os.rmdir(path)
+                    except OSError:
+                        pass
+                if isinstance(err, FileExistsError):
+                    continue  # a name of this pid still in use: take the next
+                raise
+            return RunCgroup(name, version, dirs)
+        raise OSError(17, f"no free cgroup name for {NAME_PREFIX}{self.ns}-{self.pid}-*")
 
     def _enable_v2(self, backend: Backend) -> None:
         parent = backend.parents[CPUACCT]
