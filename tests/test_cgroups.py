@@ -291,8 +291,10 @@ def test_v1_without_swap_accounting_sets_swappiness_zero(tmp_path):
     cg = _fake_v1(tmp_path, memsw=False)
     cg.apply({"memory_bytes": 64 * MIB})
     assert (Path(cg.dirs[MEMORY]) / "memory.swappiness").read_text() == "0"
-    # no CPU quota asked: the cpu hierarchy is not joined
-    assert os.path.join(cg.dirs[CPU], "tasks") not in cg.join_paths
+    # no CPU quota asked: the cpu hierarchy is joined all the same (one
+    # scheduling group for the run) and its quota left alone
+    assert os.path.join(cg.dirs[CPU], "tasks") in cg.join_paths
+    assert (Path(cg.dirs[CPU]) / "cpu.cfs_quota_us").read_text() == "-1\n"
 
 
 def test_v1_counters(tmp_path):

@@ -454,9 +454,10 @@ class RunCgroup:
         memory = limits.get("memory_bytes")
         pids = limits.get("pids_max")
         cores = limits.get("cpu_cores")
-        used = [c for c in (MEMORY, PIDS, CPUACCT) if c in self.dirs]
-        if cores:
-            used.append(CPU)
+        # cpu even without a quota: the run is then one scheduling group, so
+        # the launcher (and the rest of the host) competes with the run as a
+        # whole, not with each of its busy processes, and polls on time
+        used = [c for c in (MEMORY, PIDS, CPUACCT, CPU) if c in self.dirs]
         if self.version == 2:
             self._apply_v2(memory, pids, cores)
             self.join_paths = [os.path.join(self.dirs[CPUACCT], "cgroup.procs")]
