@@ -104,8 +104,8 @@ def test_eight_children_each_under_the_limit_together_over_it(workspace):
         cwd=workspace,
     )
     assert result.termination is Termination.MEMORY_LIMIT, result.summary()
+    # ended at the OOM kill: the surviving children never finished their sleep
     assert b"all children done" not in result.stdout
-    assert result.wall_time_sec < 5  # ended at the OOM kill, not after the sleeps
     _host_is_fine(workspace)
 
 
@@ -152,7 +152,6 @@ def test_fork_bomb_ends_with_pids_limit(workspace):
         cwd=workspace,
     )
     assert result.termination is Termination.PIDS_LIMIT, result.summary()
-    assert result.wall_time_sec < 20
     assert result.usage.peak_processes is not None
     assert result.usage.peak_processes <= 32
     _host_is_fine(workspace)
