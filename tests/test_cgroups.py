@@ -84,7 +84,7 @@ def test_probe_v1_reports_a_hierarchy_it_cannot_see(tmp_path):
         found.choose({MEMORY})
     assert info.value.missing == [MEMORY]
     assert "not visible" in info.value.reason
-    assert "allow_rlimit_fallback" in info.value.fix
+    assert "allow_degraded" in info.value.fix
 
 
 def test_probe_v2_root_cgroup_offers_its_controllers(tmp_path):

@@ -238,7 +238,7 @@ def test_cpu_time_is_a_budget_for_the_whole_tree(workspace):
     assert result.termination is Termination.CPU_LIMIT, result.summary()
     assert b"workers finished" not in result.stdout
     assert 1.0 <= result.usage.cpu_total_sec <= 1.5, result.usage
-    cpu = {p.name: p for p in result.protections}["cpu_time"]
+    cpu = {p.name: p for p in result.protections}["cpu"]
     assert cpu.status == "enforced" and "whole tree" in cpu.detail
 
 
@@ -365,11 +365,33 @@ def test_disabled_mode_kills_what_escaped_the_process_group(workspace):
 
 
 def test_no_rlimit_data_when_the_cgroup_limits_memory():
-    plan = limits_mod.plan(SandboxConfig(memory_mb=100), uses_bwrap=True, workspace=None)
+    config = SandboxConfig(memory_mb=100)
+    plan = limits_mod.plan(config, workspace=None)
     names = [r[0] for r in plan.rlimits]
     assert "RLIMIT_DATA" not in names and "RLIMIT_NPROC" not in names
     assert plan.cgroup["memory_bytes"] == 100 * MIB
+    spec = {"args_data": ["--"], "cgroup": plan.cgroup, "rlimits": plan.rlimits}
+    assert limits_mod.finalize(spec, config) == limits_mod.BWRAP_TASKS
     assert plan.cgroup["pids_max"] == 512 + limits_mod.BWRAP_TASKS
+
+
+def test_without_cgroups_a_tree_limit_is_refused_or_degraded(monkeypatch):
+    from stockade.errors import SandboxUnavailableError
+
+    nothing = cgroups.Probe(None, cgroups.Backend(2, {}, {c: "not delegated" for c in cgroups.CONTROLLERS}, False))
+    monkeypatch.setattr(cgroups, "probe", lambda refresh=False: nothing)
+    with pytest.raises(SandboxUnavailableError) as info:
+        limits_mod.plan(SandboxConfig(memory_mb=64, max_processes=None, cpu_time_sec=None), workspace=None)
+    assert info.value.protection.startswith("memory")
+    assert "allow_degraded = ['memory']" in info.value.fix
+    config = SandboxConfig(memory_mb=64, max_processes=8, cpu_time_sec=5, allow_degraded=["memory", "pids", "cpu"])
+    plan = limits_mod.plan(config, workspace=None)
+    assert plan.cgroup is None
+    rl = {r[0]: r[1:] for r in plan.rlimits}
+    assert rl["RLIMIT_DATA"] == [64 * MIB, 64 * MIB]
+    assert rl["RLIMIT_NPROC"] == [8, 8]
+    assert rl["RLIMIT_CPU"] == [5, 6]
+    assert {p.name: p.status for p in plan.protections}["memory"] == "degraded"
 
 
 def test_cgroup_v2_end_to_end_on_the_hosts_unified_hierarchy(workspace, monkeypatch):
@@ -392,7 +414,7 @@ def test_cgroup_v2_end_to_end_on_the_hosts_unified_hierarchy(workspace, monkeypa
     assert result.termination is Termination.CPU_LIMIT, result.summary()
     assert result.usage.source.startswith("cgroup v2 (cpu)")
     assert 0.5 <= result.usage.cpu_total_sec <= 0.9
-    cpu = {p.name: p for p in result.protections}["cpu_time"]
+    cpu = {p.name: p for p in result.protections}["cpu"]
     assert "cgroup v2" in cpu.detail
     unified = found.v2.parents[cgroups.CPUACCT]
     prefix = f"stockade-{cgroups.pid_namespace_id()}-{shared_launcher().pid()}-"

@@ -53,9 +53,9 @@ def test_tree_limits_fail_closed_without_a_usable_cgroup(workspace):
     """)
     data = run_code_as_nobody(code, cwd=workspace)
     assert "ran" not in data, "a policy with tree limits ran without a cgroup"
-    assert "memory" in data["protection"] and "cgroup" in data["protection"]
+    assert data["protection"].startswith("memory, pids, cpu (limits of the whole tree)")
     assert "not writable by uid 65534" in data["reason"]
-    assert "allow_rlimit_fallback" in data["fix"]
+    assert "allow_degraded = ['memory', 'pids', 'cpu']" in data["fix"]
 
 
 @skip_if_delegated
@@ -63,7 +63,7 @@ def test_cli_fails_closed_with_exit_125(workspace):
     give_to_unprivileged(workspace)
     proc = run_unprivileged(["-m", "stockade.cli", "run", "--no-log", "--", "true"], cwd=workspace)
     assert proc.returncode == 125, proc.stderr.decode()
-    assert b"cannot enforce cgroup" in proc.stderr
+    assert b"limits of the whole tree" in proc.stderr and b"--allow-degraded" in proc.stderr
 
 
 @skip_if_delegated
@@ -72,7 +72,7 @@ def test_fallback_to_rlimits_when_the_policy_allows_it(workspace):
     code = textwrap.dedent("""
         import json
         from stockade import SandboxConfig, SandboxManager
-        config = SandboxConfig(execution_log=False, allow_rlimit_fallback=True, memory_mb=64,
+        config = SandboxConfig(execution_log=False, allow_degraded=("memory", "pids", "cpu"), memory_mb=64,
                                cpu_cores=0.5)
         r = SandboxManager(config).execute(["python3", "-c",
             "import resource\\n"
@@ -87,9 +87,9 @@ def test_fallback_to_rlimits_when_the_policy_allows_it(workspace):
     assert data["out"].split() == ["64", "MemoryError"], data
     prot = data["prot"]
     assert prot["memory"][0] == "degraded" and "RLIMIT_DATA" in prot["memory"][1]
-    assert prot["processes"][0] == "degraded" and "RLIMIT_NPROC" in prot["processes"][1]
-    assert prot["cpu_time"][0] == "degraded"
-    assert prot["cpu_quota"][0] == "off"
+    assert prot["pids"][0] == "degraded" and "RLIMIT_NPROC" in prot["pids"][1]
+    assert prot["cpu"][0] == "degraded" and "RLIMIT_CPU" in prot["cpu"][1]
+    assert "CPU quota not enforced" in prot["cpu"][1]
     assert data["usage"].startswith("rusage")
 
 
@@ -103,8 +103,8 @@ def test_a_policy_without_tree_limits_runs_without_a_cgroup(workspace):
                                cpu_time_sec=None)
         r = SandboxManager(config).execute(["sh", "-c", "echo ok"])
         print(json.dumps({"out": r.stdout_text, "term": r.termination.value,
-                          "names": [p.name for p in r.protections]}))
+                          "prot": {p.name: p.status for p in r.protections}}))
     """)
     data = run_code_as_nobody(code, cwd=workspace)
     assert data["out"] == "ok\n" and data["term"] == "exited"
-    assert "memory" not in data["names"]
+    assert data["prot"]["memory"] == "off" and data["prot"]["pids"] == "off"

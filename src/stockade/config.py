@@ -13,7 +13,7 @@ import enum
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,20 @@ from .errors import PolicyError
 from .network.policy import NetworkPolicy
 
 MIB = 1024 * 1024
+
+# Protections a policy may accept as degraded or missing (``allow_degraded``);
+# ``stockade doctor`` shows one row for each.
+DEGRADABLE_PROTECTIONS = (
+    "namespaces",
+    "mount_view",
+    "syscall_filter",
+    "network",
+    "process_isolation",
+    "tree_kill",
+    "memory",
+    "pids",
+    "cpu",
+)
 
 
 class SandboxMode(str, enum.Enum):
@@ -68,7 +82,9 @@ class SandboxConfig(BaseModel):
         description=(
             "CPU seconds of the whole process tree (all processes and threads "
             "together), read from the run's cgroup; the tree is killed at it "
-            "(termination 'cpu_limit'). RLIMIT_CPU per process is a backstop."
+            "(termination 'cpu_limit'). RLIMIT_CPU per process is a backstop, "
+            "and what stands in when allow_degraded names 'cpu' and no usable "
+            "cgroup exists."
         ),
     )
     memory_mb: int | None = Field(
@@ -78,7 +94,9 @@ class SandboxConfig(BaseModel):
             "Memory of the whole process tree (cgroup memory limit, swap "
             "disabled for the run): anonymous memory, page cache, tmpfs files "
             "and kernel memory the tree uses. When the kernel's OOM killer acts "
-            "the run ends with termination 'memory_limit'."
+            "the run ends with termination 'memory_limit'. Without a usable "
+            "cgroup the run is refused unless allow_degraded names 'memory' "
+            "(then RLIMIT_DATA per process)."
         ),
     )
     max_processes: int | None = Field(
@@ -87,7 +105,9 @@ class SandboxConfig(BaseModel):
         description=(
             "Processes and threads of the whole tree at once (cgroup pids "
             "limit; bubblewrap's own two processes are not counted). A refused "
-            "fork or thread ends the run with termination 'pids_limit'."
+            "fork or thread ends the run with termination 'pids_limit'. Without "
+            "a usable cgroup the run is refused unless allow_degraded names "
+            "'pids' (then RLIMIT_NPROC, which counts the uid's processes)."
         ),
     )
     cpu_cores: float | None = Field(
@@ -107,16 +127,6 @@ class SandboxConfig(BaseModel):
             "(RLIMIT_FSIZE, unless max_file_size_mb says otherwise), and how "
             "much the run may add to the workspace (measured; past it the run "
             "ends with termination 'disk_limit'). See docs/limits.md."
-        ),
-    )
-    allow_rlimit_fallback: bool = Field(
-        default=False,
-        description=(
-            "Where no usable cgroup exists (an unprivileged caller on a cgroup "
-            "v1 host, no delegation), apply memory_mb, max_processes and "
-            "cpu_time_sec per process with rlimits (RLIMIT_DATA, RLIMIT_NPROC, "
-            "RLIMIT_CPU) instead of refusing the run; cpu_cores is then not "
-            "enforced. The result's protections say which was used."
         ),
     )
     max_file_size_mb: int | None = Field(
@@ -176,6 +186,26 @@ class SandboxConfig(BaseModel):
     bwrap_path: Path | None = Field(
         default=None, description="bubblewrap binary; None: found on PATH."
     )
+    tier: Literal["auto", "namespaces", "landlock"] = Field(
+        default="auto",
+        description=(
+            "How the sandbox is built. 'namespaces': bubblewrap (user, pid, "
+            "net... namespaces and a mount view), refused where the host cannot "
+            "create them. 'landlock': the second tier for hosts without user "
+            "namespaces (Landlock ruleset, per-run monitor), chosen explicitly. "
+            "'auto': namespaces, or the second tier when the host cannot create "
+            "namespaces and allow_degraded names 'namespaces'."
+        ),
+    )
+    allow_degraded: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Protections the caller accepts weaker than in full or missing, by "
+            "name (see DEGRADABLE_PROTECTIONS). Empty: every protection the "
+            "policy needs must be enforced or the run is refused before it "
+            "starts. 'namespaces' accepts the second tier."
+        ),
+    )
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -186,6 +216,18 @@ class SandboxConfig(BaseModel):
             except ValueError:
                 choices = ", ".join(m.value for m in SandboxMode)
                 raise ValueError(f"unknown mode {value!r}; choose one of {choices}")
+        return value
+
+    @field_validator("allow_degraded", mode="before")
+    @classmethod
+    def _degradable(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            unknown = [name for name in value if name not in DEGRADABLE_PROTECTIONS]
+            if unknown:
+                choices = ", ".join(DEGRADABLE_PROTECTIONS)
+                raise ValueError(f"unknown protection(s) {unknown}; choose from {choices}")
         return value
 
     @field_validator("env")

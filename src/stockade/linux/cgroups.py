@@ -183,8 +183,8 @@ def _unavailable(
         "run the caller as root (the program still runs as an unprivileged uid), "
         "or on a cgroup v2 host run it inside a cgroup delegated to its user "
         "(systemd: Delegate=yes with DelegateSubgroup=, which keeps the delegated "
-        "cgroup free of processes), or drop the limits that need cgroups, or set "
-        "allow_rlimit_fallback to accept per-process rlimits"
+        "cgroup free of processes), or drop the limits that need cgroups, or "
+        "accept per-process rlimits in the policy (allow_degraded)"
     )
     return CgroupUnavailable(sorted(missing), reason, fix)
 

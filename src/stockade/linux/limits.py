@@ -34,95 +34,137 @@ class LimitPlan:
     rlimits: list[list[Any]]
     protections: list[Protection]
     disk_budget: dict[str, Any] | None = None
-    overhead_tasks: int = 0
-    notes: list[str] = field(default_factory=list)
+    tree: dict[str, bool] = field(default_factory=dict)
 
 
-def required_controllers(config: SandboxConfig) -> set[str]:
-    """The cgroup controllers the policy's tree limits need."""
-    required = set()
+# protection name (as in config.DEGRADABLE_PROTECTIONS) -> the controllers
+# it needs for the whole tree
+_NEEDS = {
+    "memory": (cgroups.MEMORY,),
+    "pids": (cgroups.PIDS,),
+    "cpu": (cgroups.CPU, cgroups.CPUACCT),
+}
+
+
+def required_controllers(config: SandboxConfig) -> dict[str, set[str]]:
+    """protection name -> the cgroup controllers its tree limits need."""
+    required: dict[str, set[str]] = {}
     if config.memory_mb is not None:
-        required.add(cgroups.MEMORY)
+        required["memory"] = {cgroups.MEMORY}
     if config.max_processes is not None:
-        required.add(cgroups.PIDS)
+        required["pids"] = {cgroups.PIDS}
+    cpu = set()
     if config.cpu_cores is not None:
-        required.add(cgroups.CPU)
+        cpu.add(cgroups.CPU)
     if config.cpu_time_sec is not None:
-        required.add(cgroups.CPUACCT)
+        cpu.add(cgroups.CPUACCT)
+    if cpu:
+        required["cpu"] = cpu
     return required
+
+
+def _choose(
+    config: SandboxConfig, version: int | None, found: cgroups.Probe | None = None
+) -> tuple[cgroups.Backend | None, dict[str, str], cgroups.CgroupUnavailable | None]:
+    """The backend, the limits it cannot enforce (name -> reason), the error."""
+    required = required_controllers(config)
+    found = found or cgroups.probe()
+    everything = set().union(*required.values()) if required else set()
+    try:
+        return found.choose(everything, version), {}, None
+    except cgroups.CgroupUnavailable as err:
+        first = err
+    # the most that one backend gives; the rest fall back or fail
+    best: cgroups.Backend | None = None
+    for candidate in (found.v2, found.v1):
+        if candidate is None or (version is not None and candidate.version != version):
+            continue
+        if best is None or len(candidate.parents) > len(best.parents):
+            best = candidate
+    if best is not None and not best.parents:
+        best = None
+    missing = {
+        name: "; ".join(
+            f"{c}: {(best.problems if best else {}).get(c, first.reason)}"
+            for c in sorted(needs)
+            if best is None or c not in best.parents
+        )
+        for name, needs in required.items()
+        if best is None or not best.covers(needs)
+    }
+    return best, missing, first
 
 
 def plan(
     config: SandboxConfig,
     *,
-    uses_bwrap: bool,
     workspace: str | None,
     version: int | None = None,
 ) -> LimitPlan:
     """Turn the policy's limits into a cgroup request, rlimits and protections.
 
+    A tree limit whose controller is not usable fails the run, unless the
+    policy names it in ``allow_degraded`` ("memory", "pids", "cpu"): then a
+    per-process rlimit stands in (RLIMIT_DATA, RLIMIT_NPROC, RLIMIT_CPU; a
+    CPU quota has none) and its protection says ``degraded``.
+
     Args:
         config: the policy.
-        uses_bwrap: the run goes through bubblewrap (two extra tasks).
         workspace: the writable workspace (for the disk budget), or None.
         version: insist on cgroup v1 or v2 (None: the best the host has).
 
     Raises:
-        SandboxUnavailableError: a tree limit needs a cgroup the host does
-            not give this caller, and ``allow_rlimit_fallback`` is off.
+        SandboxUnavailableError: a tree limit has no usable cgroup and the
+            policy does not accept it degraded.
     """
-    required = required_controllers(config)
-    found = cgroups.probe()
-    backend: cgroups.Backend | None
-    try:
-        backend = found.choose(required, version)
-    except cgroups.CgroupUnavailable as err:
-        if required and not config.allow_rlimit_fallback:
-            what = "cgroup " + ", ".join(err.missing) + " (tree limits)"
-            raise SandboxUnavailableError(what, err.reason, err.fix) from None
-        backend = None
-        if required:
-            log.warning(
-                "no usable cgroup (%s): per-process rlimits instead, as "
-                "allow_rlimit_fallback permits",
-                err.reason,
-            )
-        else:
-            try:
-                backend = found.choose(set(), version)
-            except cgroups.CgroupUnavailable:
-                backend = None
+    backend, missing, err = _choose(config, version)
+    refused = [name for name in missing if name not in config.allow_degraded]
+    if refused and err is not None:
+        names = ", ".join(refused)
+        fix = err.fix.replace(
+            "in the policy (allow_degraded)",
+            f"in the policy: allow_degraded = {refused!r} (CLI: --allow-degraded "
+            f"{','.join(refused)})",
+        )
+        raise SandboxUnavailableError(f"{names} (limits of the whole tree)", err.reason, fix)
+    if missing:
+        log.warning(
+            "no usable cgroup for %s: per-process rlimits instead, as allow_degraded permits",
+            ", ".join(missing),
+        )
+    tree = {name: name not in missing for name in required_controllers(config)}
 
-    overhead = BWRAP_TASKS if uses_bwrap else 0
     request: dict[str, Any] | None = None
     if backend is not None:
         request = {
             "version": backend.version,
-            "required": bool(required),
-            "memory_bytes": config.memory_mb * MIB if config.memory_mb else None,
-            "pids_max": config.max_processes + overhead if config.max_processes else None,
-            "cpu_cores": config.cpu_cores,
-            "cpu_time_ns": int(config.cpu_time_sec * 1e9) if config.cpu_time_sec else None,
+            "required": any(tree.values()),
+            "memory_bytes": config.memory_mb * MIB if tree.get("memory") else None,
+            "pids_max": config.max_processes if tree.get("pids") else None,
+            "cpu_cores": config.cpu_cores if tree.get("cpu") else None,
+            "cpu_time_ns": (
+                int(config.cpu_time_sec * 1e9)
+                if tree.get("cpu") and config.cpu_time_sec
+                else None
+            ),
         }
-    tree = backend is not None and backend.covers(required)
 
     rlimits: list[list[Any]] = [["RLIMIT_CORE", 0, 0]]
     if config.cpu_time_sec is not None:
         seconds = math.ceil(config.cpu_time_sec)
         # with the tree limit, the per-process backstop sits a second later so
         # that the precise tree limit acts first; SIGKILL a second after SIGXCPU
-        soft = seconds + 1 if tree else seconds
+        soft = seconds + 1 if tree.get("cpu") else seconds
         rlimits.append(["RLIMIT_CPU", soft, soft + 1])
     if config.file_size_mb is not None:
         size = config.file_size_mb * MIB
         rlimits.append(["RLIMIT_FSIZE", size, size])
     rlimits.append(["RLIMIT_NOFILE", config.max_open_files, config.max_open_files])
-    if not tree and config.memory_mb is not None:
+    if config.memory_mb is not None and not tree.get("memory"):
         size = config.memory_mb * MIB
         rlimits.append(["RLIMIT_DATA", size, size])
-    if not tree and config.max_processes is not None:
-        count = config.max_processes + overhead
-        rlimits.append(["RLIMIT_NPROC", count, count])
+    if config.max_processes is not None and not tree.get("pids"):
+        rlimits.append(["RLIMIT_NPROC", config.max_processes, config.max_processes])
 
     disk_budget = None
     if config.disk_mb is not None and workspace:
@@ -131,109 +173,129 @@ def plan(
     return LimitPlan(
         cgroup=request,
         rlimits=rlimits,
-        protections=_protections(config, backend if tree else None, uses_bwrap),
+        protections=[
+            Protection(name, status, detail, required)
+            for name, status, detail, _fix, required in limit_rows(config, _planned=(backend, missing))
+        ],
         disk_budget=disk_budget,
-        overhead_tasks=overhead,
+        tree=tree,
     )
 
 
-def _protections(
-    config: SandboxConfig, backend: cgroups.Backend | None, uses_bwrap: bool
-) -> list[Protection]:
-    out = [
-        Protection(
-            "timeout", "enforced" if config.timeout_sec else "off", "kills the whole tree"
-        )
-    ]
+def task_overhead(spec: Mapping[str, Any]) -> int:
+    """Tasks of ours in the run's cgroup: bubblewrap's monitor and pid 1, or
+    the second tier's monitor."""
+    if spec.get("args_data"):
+        return BWRAP_TASKS
+    if spec.get("monitor"):
+        return 1
+    return 0
+
+
+def finalize(spec: dict[str, Any], config: SandboxConfig) -> int:
+    """Count our own tasks into the process limit, once the run's shape is
+    known; returns that count (subtracted again from the reported peak)."""
+    overhead = task_overhead(spec)
+    if config.max_processes is None:
+        return overhead
+    count = config.max_processes + overhead
+    if spec.get("cgroup") and spec["cgroup"].get("pids_max") is not None:
+        spec["cgroup"]["pids_max"] = count
+    for item in spec.get("rlimits") or []:
+        if item[0] == "RLIMIT_NPROC":
+            item[1] = item[2] = count
+    return overhead
+
+
+def limit_rows(
+    config: SandboxConfig,
+    version: int | None = None,
+    *,
+    found: cgroups.Probe | None = None,
+    _planned: tuple[cgroups.Backend | None, dict[str, str]] | None = None,
+) -> list[tuple[str, str, str, str, bool]]:
+    """(name, status, detail, fix, required) of each limit for a policy here.
+
+    Status is ``enforced``, ``degraded`` (a per-process rlimit stands in,
+    accepted by ``allow_degraded``), ``unavailable`` (refused: no usable
+    cgroup) or ``off`` (not in the policy). Used for the result and for
+    ``stockade doctor``.
+    """
+    if _planned is None:
+        backend, missing, _err = _choose(config, version, found)
+    else:
+        backend, missing = _planned
     where = backend.describe() if backend else ""
-    if config.memory_mb:
-        if backend:
-            swap = (
-                "swap disabled for the run"
-                if backend.swap_accounting
-                else "no swap accounting on this host: swap not limited "
-                "(v1: memory.swappiness 0 for the run)"
-            )
-            out.append(
-                Protection(
-                    "memory",
-                    "enforced",
-                    f"{config.memory_mb} MiB for the whole tree, {where}; {swap}",
-                )
-            )
+    fix = (
+        "run the caller as root, or in a cgroup v2 subtree delegated to its user "
+        "(systemd Delegate=yes with DelegateSubgroup=), or accept per-process "
+        "rlimits with allow_degraded"
+    )
+    rows: list[tuple[str, str, str, str, bool]] = [
+        ("timeout", "enforced" if config.timeout_sec else "off", "kills the whole tree", "", False)
+    ]
+
+    def row(name: str, limited: bool, enforced: str, degraded: str) -> None:
+        if not limited:
+            rows.append((name, "off", f"no {name} limit in the policy", "", False))
+        elif name not in missing:
+            rows.append((name, "enforced", f"{enforced}, {where}", "", True))
+        elif name in config.allow_degraded:
+            rows.append((name, "degraded", f"{degraded} (no usable cgroup: {missing[name]})", fix, True))
         else:
-            out.append(
-                Protection(
-                    "memory",
-                    "degraded",
-                    f"RLIMIT_DATA {config.memory_mb} MiB per process (no usable cgroup; "
-                    f"allow_rlimit_fallback): not a budget for the tree",
-                )
-            )
-    if config.max_processes:
-        if backend:
-            out.append(
-                Protection(
-                    "processes",
-                    "enforced",
-                    f"{config.max_processes} processes and threads for the whole tree, {where}",
-                )
-            )
-        else:
-            out.append(
-                Protection(
-                    "processes",
-                    "degraded",
-                    f"RLIMIT_NPROC {config.max_processes}: counts every process of the "
-                    f"sandbox's uid on the host (no usable cgroup; allow_rlimit_fallback)",
-                )
-            )
-    if config.cpu_cores:
-        if backend:
-            out.append(
-                Protection("cpu_quota", "enforced", f"{config.cpu_cores} cores, {where}")
-            )
-        else:
-            out.append(
-                Protection(
-                    "cpu_quota",
-                    "off",
-                    "no usable cgroup cpu controller (allow_rlimit_fallback)",
-                )
-            )
-    if config.cpu_time_sec:
-        if backend:
-            out.append(
-                Protection(
-                    "cpu_time",
-                    "enforced",
-                    f"{config.cpu_time_sec} CPU-s for the whole tree, {where}; "
-                    f"RLIMIT_CPU per process as a backstop",
-                )
-            )
-        else:
-            out.append(
-                Protection(
-                    "cpu_time",
-                    "degraded",
-                    f"RLIMIT_CPU {math.ceil(config.cpu_time_sec)} s per process (no usable "
-                    f"cgroup; allow_rlimit_fallback)",
-                )
-            )
+            rows.append((name, "unavailable", f"no usable cgroup: {missing[name]}", fix, True))
+
+    swap = ""
+    if backend is not None and config.memory_mb:
+        swap = (
+            "; swap disabled for the run"
+            if backend.swap_accounting
+            else "; no swap accounting on this host: swap not limited"
+        )
+    row(
+        "memory",
+        config.memory_mb is not None,
+        f"{config.memory_mb} MiB for the whole tree{swap}",
+        f"RLIMIT_DATA {config.memory_mb} MiB per process, not a budget for the tree",
+    )
+    row(
+        "pids",
+        config.max_processes is not None,
+        f"{config.max_processes} processes and threads for the whole tree",
+        f"RLIMIT_NPROC {config.max_processes}: every process of the sandbox's uid on the host",
+    )
+    cpu_parts = []
+    if config.cpu_time_sec is not None:
+        cpu_parts.append(f"{config.cpu_time_sec} CPU-s for the whole tree (RLIMIT_CPU per process as a backstop)")
+    if config.cpu_cores is not None:
+        cpu_parts.append(f"quota {config.cpu_cores} cores")
+    degraded_cpu = (
+        f"RLIMIT_CPU {math.ceil(config.cpu_time_sec)} s per process"
+        if config.cpu_time_sec is not None
+        else "nothing"
+    ) + ("; CPU quota not enforced" if config.cpu_cores is not None else "")
+    row("cpu", bool(cpu_parts), "; ".join(cpu_parts), degraded_cpu)
     if config.disk_mb:
-        tmpfs = "private tmpfs areas capped at that size each; " if uses_bwrap else ""
-        out.append(
-            Protection(
+        rows.append(
+            (
                 "disk",
                 "enforced",
-                f"{config.disk_mb} MiB: {tmpfs}workspace growth measured, run ended past it",
+                f"{config.disk_mb} MiB: each private tmpfs area capped at that size; "
+                f"workspace growth measured, run ended past it",
+                "",
+                True,
             )
         )
     if config.file_size_mb:
-        out.append(
-            Protection("file_size", "enforced", f"RLIMIT_FSIZE {config.file_size_mb} MiB")
-        )
-    return out
+        rows.append(("file_size", "enforced", f"RLIMIT_FSIZE {config.file_size_mb} MiB", "", True))
+    return rows
+
+
+def merge_protections(existing: list[Protection], ours: list[Protection]) -> list[Protection]:
+    """Our limit rows replace rows of the same name, the others are appended."""
+    by_name = {p.name: p for p in ours}
+    merged = [by_name.pop(p.name, p) for p in existing]
+    return merged + [p for p in ours if p.name in by_name]
 
 
 # -- event -> result ----------------------------------------------------------------
