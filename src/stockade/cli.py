@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
     _tier_options(run)
     run.add_argument("--json", action="store_true", help="capture output and print the result as JSON")
+    run.add_argument("--max-output", type=int, metavar="MIB", help="captured bytes kept per stream (with --json)")
+    run.add_argument(
+        "--truncate-output",
+        action="store_true",
+        help="past --max-output keep the program running and drop the rest (the result "
+        "flags the stream truncated) instead of ending the run with output_limit",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no summary line")
     run.add_argument("--no-log", action="store_true", help="do not append to the execution log")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
@@ -195,6 +202,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.no_log:
             changes["execution_log"] = False
         changes.update(_tier_changes(args, config))
+        if (args.max_output is not None or args.truncate_output) and not args.json:
+            parser.error("run: --max-output and --truncate-output apply to captured output (--json)")
+        if args.max_output is not None:
+            changes["max_output_bytes"] = args.max_output * 1024 * 1024
+        if args.truncate_output:
+            changes["output_limit_action"] = "truncate"
         if changes:
             config = config.with_changes(**changes)
         manager = SandboxManager(config)

@@ -143,6 +143,14 @@ class SandboxConfig(BaseModel):
             "termination 'output_limit'."
         ),
     )
+    output_limit_action: Literal["kill", "truncate"] = Field(
+        default="kill",
+        description=(
+            "What passing max_output_bytes does. 'kill': the run ends with "
+            "termination 'output_limit'. 'truncate': the program runs on, the rest "
+            "of the stream is read and dropped, and the result flags it truncated."
+        ),
+    )
 
     workspace: Path | None = Field(
         default=None,

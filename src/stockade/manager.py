@@ -604,6 +604,7 @@ class SandboxManager:
             stdin_data=stdin_data,
             cap=self.config.max_output_bytes,
             on_message=on_message,
+            kill_at_cap=self.config.output_limit_action == "kill",
         )
 
     def _bridge_handler(self, run_id: str) -> Any:

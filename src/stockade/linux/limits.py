@@ -128,7 +128,8 @@ def plan(
         )
         raise SandboxUnavailableError(f"{names} (limits of the whole tree)", err.reason, fix)
     if missing:
-        log.warning(
+        # accepted by the policy and reported in the result: not a warning
+        log.info(
             "no usable cgroup for %s: per-process rlimits instead, as allow_degraded permits",
             ", ".join(missing),
         )
