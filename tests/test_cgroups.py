@@ -309,8 +309,11 @@ def test_v1_counters(tmp_path):
     (Path(cg.dirs[CPUACCT]) / "cpuacct.usage_user").write_text("1500000000\n")
     (Path(cg.dirs[CPUACCT]) / "cpuacct.usage_sys").write_text("250000000\n")
     (Path(cg.dirs[MEMORY]) / "memory.max_usage_in_bytes").write_text(f"{5 * MIB}\n")
+    (Path(cg.dirs[CPUACCT]) / "cpuacct.usage").write_text("3500000000\n")
     usage = cg.usage()
-    assert (usage["cpu_user_sec"], usage["cpu_system_sec"]) == (1.5, 0.25)
+    # the sampled split is scaled to the exact total (3.5 s)
+    assert usage["cpu_user_sec"] == pytest.approx(3.0)
+    assert usage["cpu_system_sec"] == pytest.approx(0.5)
     assert usage["memory_peak_bytes"] == 5 * MIB
     assert usage["oom_kills"] == 2
     cg.close_counters()

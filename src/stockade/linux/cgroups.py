@@ -628,6 +628,12 @@ class RunCgroup:
                 out["cpu_total_sec"] = int(total) / 1e9 if total.isdigit() else None
             mem = _read(os.path.join(self.dirs[MEMORY], "memory.max_usage_in_bytes")).strip() if MEMORY in self.dirs else ""
             pids = _read(os.path.join(self.dirs[PIDS], "pids.peak")).strip() if PIDS in self.dirs else ""
+        user, system, total = out.get("cpu_user_sec"), out.get("cpu_system_sec"), out.get("cpu_total_sec")
+        if user is not None and system is not None and total and user + system > 0:
+            # the user/system split is sampled (ticks), the total is exact:
+            # scale the split so that it adds up to the total
+            scale = total / (user + system)
+            out["cpu_user_sec"], out["cpu_system_sec"] = user * scale, system * scale
         out["memory_peak_bytes"] = int(mem) if mem.isdigit() else None
         if pids.isdigit():
             out["pids_peak"] = int(pids)
