@@ -45,9 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
     run.add_argument("--timeout", type=float, metavar="SEC", help="wall-clock limit in seconds")
-    run.add_argument("--cpu-time", type=int, metavar="SEC", help="CPU seconds per process")
-    run.add_argument("--memory", type=int, metavar="MIB", help="memory cap in MiB")
-    run.add_argument("--disk", type=int, metavar="MIB", help="size of the private tmpfs areas and largest file, MiB")
+    run.add_argument("--cpu-time", type=float, metavar="SEC", help="CPU seconds of the whole process tree")
+    run.add_argument("--memory", type=int, metavar="MIB", help="memory of the whole process tree, MiB")
+    run.add_argument(
+        "--pids",
+        "--max-processes",
+        dest="max_processes",
+        type=int,
+        metavar="N",
+        help="processes and threads of the whole tree at once",
+    )
+    run.add_argument("--cpus", type=float, metavar="CORES", help="CPU quota in cores, e.g. 0.5")
+    run.add_argument(
+        "--disk",
+        type=int,
+        metavar="MIB",
+        help="disk budget, MiB: each private tmpfs, the largest file, workspace growth",
+    )
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
     run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
@@ -226,6 +240,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             ("timeout", "timeout_sec"),
             ("cpu_time", "cpu_time_sec"),
             ("memory", "memory_mb"),
+            ("max_processes", "max_processes"),
+            ("cpus", "cpu_cores"),
             ("disk", "disk_mb"),
             ("workspace", "workspace"),
         ):

@@ -41,6 +41,9 @@ KNOWN_RUN_OPTIONS = frozenset(
         "--cpu-time",
         "--memory",
         "--disk",
+        "--pids",
+        "--max-processes",
+        "--cpus",
         "--workspace",
         "--cwd",
         "--env",
@@ -335,10 +338,8 @@ MAPPING: dict[str, Entry] = {
             "personality succeed",
         ),
     ),
-    # "Processes/threads: at most 64 for the whole sandbox; wall 30 s".
-    # Issue 4: a pids cgroup (max_processes); --pids is the option this entry
-    # expects. Never run unsandboxed; the CLI refuses the option today, so the
-    # payload does not run at all.
+    # "Processes/threads: at most 64 for the whole sandbox; wall 30 s":
+    # --pids 64, the run's pids cgroup (issue 4). Never run unsandboxed.
     "020": Entry(
         plain(
             "--pids",
@@ -347,12 +348,9 @@ MAPPING: dict[str, Entry] = {
             "30",
             checks=(contained_or_killed_for("pids_limit", fork_count_at_most(72)),),
         ),
-        todo=Todo(4, "no process limit for the tree yet: stockade run has no --pids"),
     ),
-    # "Memory 256 MiB for the whole sandbox; wall 60 s": --memory 256. Today
-    # that is RLIMIT_DATA per process (issue 4 makes it a cgroup limit for the
-    # tree); for this single-process payload it already ends in MemoryError
-    # below the limit, which the check accepts.
+    # "Memory 256 MiB for the whole sandbox; wall 60 s": --memory 256, the
+    # run's memory cgroup (issue 4): the OOM killer ends it as memory_limit.
     "021": Entry(
         plain(
             "--memory",
@@ -365,7 +363,7 @@ MAPPING: dict[str, Entry] = {
     # "Disk: at most 100 MiB in the workspace and in the private /tmp (sized
     # mounts, quota or file-size limit); wall 60 s": --disk 100 sizes the
     # private tmpfs areas and sets RLIMIT_FSIZE to 100 MiB (EFBIG in the
-    # workspace). Issue 4 adds a budget for the workspace as a whole.
+    # workspace), and is the measured budget of the workspace as a whole.
     "023": Entry(
         plain(
             "--disk",
@@ -375,9 +373,8 @@ MAPPING: dict[str, Entry] = {
             checks=(verdict_is("CONTAINED"), disk_unchanged(50)),
         )
     ),
-    # "CPU time 2 s for the whole sandbox; wall 20 s": --cpu-time 2 is RLIMIT_CPU
-    # per process today, so four workers take 2-3 s each; issue 4 counts the
-    # tree's CPU time through its cgroup.
+    # "CPU time 2 s for the whole sandbox; wall 20 s": --cpu-time 2, the tree's
+    # CPU time read from its cgroup (issue 4); the tree is killed at it.
     "024": Entry(
         plain(
             "--cpu-time",
@@ -385,9 +382,6 @@ MAPPING: dict[str, Entry] = {
             "--timeout",
             "20",
             checks=(contained_or_killed_for("cpu_limit"),),
-        ),
-        todo=Todo(
-            4, "RLIMIT_CPU is per process: 4 workers use about 10 CPU-s together"
         ),
         slow=True,
     ),

@@ -8,6 +8,7 @@ launch modes and host checks are in ``corpus_harness.py``. Without the corpus
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -80,10 +81,54 @@ def test_case(case_dir: Path, label: str, caller_name: str) -> None:
     plan = entry.runs[label]
     base = _unpriv.caller_dir(caller, prefix=f"stockade-corpus-{case.id}-")
     try:
+        if not _caller_has_cgroups(caller, base):
+            if case.id in TREE_LIMIT_CASES:
+                _assert_refused_without_cgroups(case, plan, caller, base)
+                return
+            # the default policy's tree limits are incidental to this case
+            plan = dataclasses.replace(plan, options=(*plan.options, *ACCEPT_RLIMITS))
         outcome = execute(CORPUS, case, plan, caller, base)
         judge(case, plan, outcome)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# Cases whose policy is a limit of the whole tree (issue #4): a caller without
+# a usable cgroup (uid 65534 on a cgroup v1 host) must be refused, not run
+# with per-process rlimits it did not accept.
+TREE_LIMIT_CASES = {"020", "021", "024"}
+ACCEPT_RLIMITS = ("--allow-degraded", "memory,pids,cpu")
+
+
+def _caller_has_cgroups(caller: object, base: Path) -> bool:
+    """Whether the default policy's tree limits can be enforced for this
+    caller (one `stockade run -- true`, cached per caller)."""
+    key = getattr(caller, "name", "")
+    if key in _CGROUPS:
+        return _CGROUPS[key]
+    proc = subprocess.run(
+        caller.stockade("run", "--no-log", "--workspace", str(base), "--", "true"),  # type: ignore[attr-defined]
+        env=caller.env,  # type: ignore[attr-defined]
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    refused = proc.returncode == 125 and "limits of the whole tree" in proc.stderr
+    _CGROUPS[key] = not refused
+    return _CGROUPS[key]
+
+
+_CGROUPS: dict[str, bool] = {}
+
+
+def _assert_refused_without_cgroups(case: Case, plan: object, caller: object, base: Path) -> None:
+    cli = caller.stockade(  # type: ignore[attr-defined]
+        "run", "--no-log", "--workspace", str(base), *plan.options, "--", "true"  # type: ignore[attr-defined]
+    )
+    proc = subprocess.run(cli, env=caller.env, cwd=base, capture_output=True, text=True, timeout=120)  # type: ignore[attr-defined]
+    assert proc.returncode == 125, (case.id, proc.returncode, proc.stderr)
+    assert "limits of the whole tree" in proc.stderr and "--allow-degraded" in proc.stderr
 
 
 def test_mapping_names_only_existing_cases() -> None:

@@ -17,7 +17,8 @@ from stockade.config import SandboxConfig
 
 
 def _tier_options(fields: dict) -> list[str]:
-    out = ["--tier", fields["tier"]]
+    # uid 65534 has no usable cgroup on a cgroup v1 host: rlimits stand in (#4)
+    out = ["--tier", fields["tier"], "--allow-degraded", "memory,pids,cpu"]
     for name in fields.get("allow_degraded", []):
         out += ["--allow-degraded", name]
     return out

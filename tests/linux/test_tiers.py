@@ -21,6 +21,10 @@ from stockade.linux.probe import HostProbe, probe_host
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
 
 
+# the tree limits of the default policy, refused on hosts without a usable
+# cgroup unless the policy accepts per-process rlimits (issue #4)
+NO_CGROUP = ["memory", "pids", "cpu"]
+
 def load(name: str) -> HostProbe:
     return HostProbe.from_dict(json.loads((FIXTURES / f"{name}.json").read_text()))
 
@@ -87,15 +91,16 @@ def test_ubuntu_accepting_the_second_tier_still_needs_consent_for_abi4_gaps():
     decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
     assert decision.tier == "landlock"
     assert decision.landlock_abi == 4
-    # ABI 4: TCP is denied, but nothing scopes signals or abstract sockets
-    assert blocking(decision) == ["network", "process_isolation"]
+    # ABI 4: TCP is denied, but nothing scopes signals or abstract sockets;
+    # and no cgroup for the tree limits (issue #4)
+    assert blocking(decision) == ["network", "process_isolation", *NO_CGROUP]
     assert (
         "signals reach every host process" in decision.row("process_isolation").detail
     )
     assert "abstract unix sockets" in decision.row("network").detail
     assert "TCP bind/connect denied" in decision.row("network").detail
     ok = tiers.decide(
-        probe, policy(allow_degraded=["namespaces", "network", "process_isolation"])
+        probe, policy(allow_degraded=["namespaces", "network", "process_isolation", *NO_CGROUP])
     )
     assert ok.ok and ok.tier == "landlock"
     assert statuses(ok)["landlock"] == "enforced"
@@ -110,9 +115,15 @@ def test_ubuntu_forced_first_tier_offers_no_second_tier_hint():
 
 def test_ubuntu_ssh_session_cannot_make_cgroups_and_says_how():
     decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy())
+    # no cgroup to limit the tree with: refused unless accepted (issue #4)
     memory = decision.row("memory")
-    assert memory.status == "degraded" and not memory.required
+    assert memory.status == "unavailable" and memory.required
     assert "Delegate=yes" in memory.fix
+    accepted = tiers.decide(
+        load("ubuntu-24.04-apparmor"), policy(allow_degraded=["memory", "pids", "cpu"])
+    ).row("memory")
+    assert accepted.status == "degraded" and accepted.accepted
+    assert "RLIMIT_DATA" in accepted.detail
 
 
 # -- a container whose seccomp profile forbids user namespaces -----------------
@@ -131,8 +142,8 @@ def test_container_second_tier_on_abi3_has_no_network_protection():
     decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
     assert decision.tier == "landlock"
     assert statuses(decision)["network"] == "unavailable"
-    assert blocking(decision) == ["network", "process_isolation"]
-    everything = ["namespaces", "network", "process_isolation"]
+    assert blocking(decision) == ["network", "process_isolation", *NO_CGROUP]
+    everything = ["namespaces", "network", "process_isolation", *NO_CGROUP]
     assert tiers.decide(probe, policy(allow_degraded=everything)).ok
 
 
@@ -144,7 +155,7 @@ def test_second_tier_below_abi3_needs_consent_for_the_file_system():
     decision = tiers.decide(
         old, policy(tier="landlock", allow_degraded=["network", "process_isolation"])
     )
-    assert blocking(decision) == ["mount_view"]
+    assert blocking(decision) == ["mount_view", *NO_CGROUP]
     assert "truncate()" in decision.row("mount_view").detail
 
 
@@ -175,7 +186,8 @@ def test_fedora_delegated_v2_runs_in_the_first_tier():
     ):
         assert statuses(decision)[name] == "enforced"
     memory = decision.row("memory")
-    assert "cgroup v2 memory controller, writable" in memory.detail
+    assert memory.status == "enforced"
+    assert "whole tree" in memory.detail and "cgroup v2" in memory.detail
     assert memory.fix == ""
 
 
@@ -192,7 +204,9 @@ def test_fedora_forced_second_tier_abi5_lacks_signal_scoping():
 def test_this_vm_as_root_runs_the_first_tier():
     decision = tiers.decide(load("debian12-vm-root"), policy())
     assert decision.ok and decision.tier == "namespaces"
-    assert "cgroup v1 memory hierarchy, writable" in decision.row("memory").detail
+    memory = decision.row("memory")
+    assert memory.status == "enforced"
+    assert "whole tree" in memory.detail and "cgroup v1" in memory.detail
 
 
 def test_this_vm_second_tier_blocks_only_on_the_network_until_the_filter_lands():
@@ -210,8 +224,11 @@ def test_this_vm_second_tier_blocks_only_on_the_network_until_the_filter_lands()
 
 def test_this_vm_as_nobody_cannot_write_cgroups():
     decision = tiers.decide(load("debian12-vm-nobody"), policy())
-    assert decision.ok and decision.tier == "namespaces"
-    assert "no writable memory cgroup" in decision.row("memory").detail
+    assert decision.tier == "namespaces"
+    assert blocking(decision) == ["memory", "pids", "cpu"]
+    assert "no usable cgroup" in decision.row("memory").detail
+    degraded = tiers.decide(load("debian12-vm-nobody"), policy(allow_degraded=["memory", "pids", "cpu"]))
+    assert degraded.ok
 
 
 def test_live_probe_decides_like_its_recording(monkeypatch):
@@ -236,9 +253,14 @@ def test_live_probe_decides_like_its_recording(monkeypatch):
 # -- policy semantics -------------------------------------------------------------
 
 
-def test_disabled_mode_uses_no_tier_and_blocks_nothing():
+def test_disabled_mode_uses_no_tier_and_blocks_only_on_limits():
     decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy(mode="disabled"))
-    assert decision.tier == "none" and decision.ok
+    # mode disabled still limits the tree (issue #4): no cgroup, no run
+    assert decision.tier == "none" and blocking(decision) == NO_CGROUP
+    accepted = tiers.decide(
+        load("ubuntu-24.04-apparmor"), policy(mode="disabled", allow_degraded=NO_CGROUP)
+    )
+    assert accepted.ok
 
 
 def test_unknown_protection_name_is_a_policy_error():
