@@ -25,9 +25,8 @@ from . import _io
 from .audit import ExecutionLog, resolve_log_path
 from .config import SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
-from .fs import mounts as _fs_mounts
 from .fs import policy as _fs
-from .fs import ruleset as _fs_ruleset
+from .fs import run as _fsrun
 from .linux import bwrap as _bwrap
 from .linux import landlock as _landlock
 from .linux import limits as _limits
@@ -246,7 +245,7 @@ class SandboxManager:
             spec["creds"] = {"uid": config.run_as_uid, "gid": config.run_as_gid}
 
         if config.mode is SandboxMode.DISABLED:
-            _fs_disabled(config, run_env)
+            _fsrun.check_disabled(config, run_env)
             self._prepare_disabled(prepared, argv, run_env, caller_is_root)
         else:
             # The same decision `stockade doctor` prints; it refuses the run
@@ -254,13 +253,23 @@ class SandboxManager:
             decision = self.decide()
             decision.raise_if_blocked()
             prepared.tier = decision.tier
-            prepared.fs = self._fs_plan(prepared, workspace, run_env, decision)
-            if decision.tier == _tiers.TIER_LANDLOCK:
+            second = decision.tier == _tiers.TIER_LANDLOCK
+            prepared.fs = _fsrun.plan_run(
+                config,
+                workspace=workspace,
+                cwd=run_cwd,
+                system=_bwrap.base_plan(config.mode, workspace).visible_ro,
+                env=run_env,
+                second_tier=second,
+            )
+            if second:
                 self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
             else:
                 self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+            prepared.notes.extend(prepared.fs.notes)
+            prepared.timings["fs_policy_ms"] = prepared.fs.elapsed_ms
             prepared.protections = self._protections(decision, caller_is_root)
-            prepared.protections += _fs_protections(prepared.fs, decision.tier)
+            prepared.protections += _fsrun.protection_rows(prepared.fs, second_tier=second)
         prepared.protections = _limits.merge_protections(prepared.protections, limit_plan.protections)
         prepared.overhead_tasks = _limits.finalize(prepared.spec, config)
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
@@ -272,37 +281,6 @@ class SandboxManager:
         Probes the host once per process (see ``linux/probe.py``).
         """
         return _tiers.decide(_tiers.probe_for(self.config), self.config)
-
-    def _fs_plan(
-        self,
-        prepared: _Prepared,
-        workspace: str,
-        env: dict[str, str],
-        decision: _tiers.Decision,
-    ) -> _fs.FsPlan:
-        """The path rules of this run (``fs/policy.py``), resolved once."""
-        config = self.config
-        second_tier = decision.tier == _tiers.TIER_LANDLOCK
-        guard_protected = second_tier and "protected_paths" in config.allow_degraded
-        plan = _fs.resolve(
-            config,
-            workspace=workspace,
-            system=_bwrap.base_plan(config.mode, workspace).visible_ro,
-            home=os.path.expanduser("~"),
-            environ=os.environ,
-            guard_protected=guard_protected,
-        )
-        if not plan.visible(prepared.cwd):
-            raise PolicyError(
-                f"cwd {prepared.cwd!r} is hidden by the path rules",
-                key="hidden",
-                value=prepared.cwd,
-            )
-        for key, value in plan.env.items():
-            env.setdefault(key, value)
-        prepared.notes.extend(plan.notes)
-        prepared.timings["fs_policy_ms"] = plan.elapsed_ms
-        return plan
 
     def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
         config = self.config
@@ -368,11 +346,7 @@ class SandboxManager:
         fs = prepared.fs
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
-        t0 = time.monotonic()
-        for path in extra_ro:
-            fs.add_installation(path)
-        mounts = _fs_mounts.plan_mounts(fs, empty_file=_empty_file_maker(prepared))
-        prepared.timings["fs_policy_ms"] += (time.monotonic() - t0) * 1000
+        mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup)
 
         args = _bwrap.build_args(
             config,
@@ -433,17 +407,7 @@ class SandboxManager:
         fs = prepared.fs
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
-        t0 = time.monotonic()
-        for path in extra_ro:
-            fs.add_installation(path)
-        translation = _fs_ruleset.translate(fs)
-        prepared.timings["fs_policy_ms"] += (time.monotonic() - t0) * 1000
-        for path in translation.fixed:
-            prepared.notes.append(
-                f"tier landlock: {path} accepts no new entries: it holds a read-only "
-                "or hidden path, and Landlock rights cover whole trees "
-                "(docs/filesystem.md)"
-            )
+        grants = _fsrun.grants_for(fs, extra_ro)
 
         run_dir = tempfile.mkdtemp(prefix="stockade-run-")
         home, tmp = os.path.join(run_dir, "home"), os.path.join(run_dir, "tmp")
@@ -465,7 +429,7 @@ class SandboxManager:
             read_only=[],
             workspace=None,
             run_dir=run_dir,
-            paths=[g.spec() for g in translation.grants],
+            paths=grants,
         )
         spec = prepared.spec
         spec.update(
@@ -556,13 +520,12 @@ class SandboxManager:
                 f"workspace owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}; "
                 f"files it writes belong to uid {st.st_uid}",
             )
-        # writable paths of the policy, the outermost of each tree
-        writable = [r.path for r in fs.writable_roots() if r.is_dir]
-        for path in writable:
+        # the policy's other writable directories, the outermost of each tree
+        for rule in fs.writable_roots():
+            path = rule.path
             cover = fs.rule_for(path, strict=True)
-            if path == workspace:
-                continue
-            if cover is not None and cover.access is _fs.Access.WRITABLE:
+            inside = cover is not None and cover.access is rule.access
+            if path == workspace or not rule.is_dir or inside:
                 continue
             st = os.stat(path)
             if (st.st_uid, st.st_gid) != (uid, gid):
@@ -743,15 +706,11 @@ class SandboxManager:
                     f"network: {traffic.dropped_records} more connections than the "
                     f"{len(traffic.connections)} listed (denials still counted in violations)"
                 )
-        guard = prepared.fs.guard if prepared.fs is not None else None
-        if guard:
-            t0 = time.monotonic()
-            for found in guard.check(prepared.run_id):
-                what = f"{found.path}: {found.what}"
-                violations.append(Violation("filesystem", what, found.action))
-                note = f"protected: {found.path} {found.what}; {found.action}"
-                prepared.notes.append(note)
-            prepared.timings["fs_guard_ms"] = (time.monotonic() - t0) * 1000
+        if prepared.fs is not None and prepared.fs.guard:
+            found, notes, guard_ms = _fsrun.after_run(prepared.fs, prepared.run_id)
+            violations += found
+            prepared.notes += notes
+            prepared.timings["fs_guard_ms"] = guard_ms
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
         for key, value in prepared.timings.items():
@@ -784,81 +743,6 @@ class SandboxManager:
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
-
-
-def _fs_protections(fs: _fs.FsPlan | None, tier: str) -> list[Protection]:
-    """Result rows for the path rules and the protected paths."""
-    if fs is None:
-        return []
-    how = "Landlock rules" if tier == _tiers.TIER_LANDLOCK else "mounts"
-    rows = [Protection("path_rules", "enforced", f"{fs.summary()} ({how})")]
-
-    def short(path: str) -> str:
-        inside = path.startswith(fs.workspace + "/")
-        return os.path.relpath(path, fs.workspace) if inside else path
-
-    names = [short(p) for p in fs.protected]
-    guarded = [short(p) for p in fs.guarded]
-    if not names and not guarded:
-        rows.append(Protection("protected_paths", "off", "none configured or present"))
-        return rows
-    parts = []
-    if names:
-        parts.append(f"read-only: {', '.join(names)}")
-    if guarded:
-        parts.append(f"checked after the run: {', '.join(guarded)}")
-    # paths that exist but are only checked after the run (a symbolic link;
-    # the second tier when the policy accepts it) are writable during it
-    degraded = any(w.snapshot is not None for w in fs.guard.watches)
-    status = "degraded" if degraded else "enforced"
-    detail = "; ".join(parts)
-    if degraded:
-        detail += " (existing ones writable during the run, restored after it)"
-    rows.append(Protection("protected_paths", status, detail))
-    return rows
-
-
-def _fs_disabled(config: SandboxConfig, env: dict[str, str]) -> None:
-    """Mode disabled enforces no path rule: refuse explicit ones."""
-    for key in ("read_only", "writable", "hidden"):
-        if getattr(config, key):
-            raise PolicyError(
-                f"{key}: mode 'disabled' enforces no path rules; use another mode or "
-                f"drop the rule",
-                key=key,
-                value=list(getattr(config, key)),
-            )
-    from .fs import presets as _presets
-
-    expansion = _presets.expand(
-        config.presets, home=os.path.expanduser("~"), environ=os.environ
-    )
-    for key, value in expansion.env.items():
-        env.setdefault(key, value)
-
-
-def _empty_file_maker(prepared: _Prepared) -> Any:
-    """The empty, mode 000 file bound over hidden files (one per run, made on
-    first use, removed with the run)."""
-    made: list[tuple[str, tuple[int, int]]] = []
-
-    def make() -> tuple[str, tuple[int, int]]:
-        if not made:
-            directory = tempfile.mkdtemp(prefix="stockade-fs-")
-            prepared.cleanup.append(directory)
-            # bubblewrap, running as the sandbox uid, resolves the source path
-            os.chmod(directory, 0o711)
-            path = os.path.join(directory, "hidden")
-            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
-            fd = os.open(path, flags, 0o000)
-            try:
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            made.append((path, (st.st_dev, st.st_ino)))
-        return made[0]
-
-    return make
 
 
 def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:

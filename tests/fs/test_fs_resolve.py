@@ -259,6 +259,7 @@ def test_guard_snapshot_restores_files_links_and_directories(workspace):
     hooks = workspace / ".git" / "hooks"
     write(hooks / "pre-commit", "#!/bin/sh\n", 0o755)
     os.symlink("pre-commit", hooks / "alias")
+    os.utime(hooks / "pre-commit", ns=(1_000_000_000, 2_000_000_000))
     st = os.stat(workspace)
     guard = _guard.Guard()
     guard.watch_snapshot(str(workspace), (st.st_dev, st.st_ino), (".git", "hooks"))
@@ -269,6 +270,7 @@ def test_guard_snapshot_restores_files_links_and_directories(workspace):
     assert [f.what for f in findings] == ["changed during the run"]
     assert (hooks / "pre-commit").read_text() == "#!/bin/sh\n"
     assert os.stat(hooks / "pre-commit").st_mode & 0o777 == 0o755
+    assert os.stat(hooks / "pre-commit").st_mtime_ns == 2_000_000_000
     assert os.readlink(hooks / "alias") == "pre-commit"
     assert sorted(os.listdir(hooks)) == ["alias", "pre-commit"]
     assert guard.check("r4") == []

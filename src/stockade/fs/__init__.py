@@ -6,7 +6,8 @@
 * ``ruleset.py`` turns it into Landlock rules (second tier);
 * ``guard.py`` checks, after a run, protected paths that could not be made
   read-only before it (they did not exist yet);
-* ``presets.py`` holds the ready includes for python, node and git.
+* ``presets.py`` holds the ready includes for python, node and git;
+* ``run.py`` is what the manager calls, once per run.
 
 See docs/filesystem.md for the rules as users see them.
 """

@@ -86,6 +86,7 @@ class Snapshot:
     mode: int
     uid: int
     gid: int
+    times: tuple[int, int] = (0, 0)  # atime, mtime in ns, restored too
     data: bytes = b""
     target: str = ""
     children: dict[str, Snapshot] = field(default_factory=dict)
@@ -371,7 +372,12 @@ def _identities(root: str, parts: tuple[str, ...]) -> list[tuple[int, int]]:
 def _snapshot(dir_fd: int, name: str, budget: list[int]) -> Snapshot:
     st = os.lstat(name, dir_fd=dir_fd)
     budget[1] -= 1
-    base = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+    base = {
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "times": (st.st_atime_ns, st.st_mtime_ns),
+    }
     if stat.S_ISLNK(st.st_mode):
         return Snapshot("link", target=os.readlink(name, dir_fd=dir_fd), **base)
     if stat.S_ISREG(st.st_mode):
@@ -434,6 +440,7 @@ def _restore(dir_fd: int, name: str, snap: Snapshot) -> None:
         os.symlink(snap.target, name, dir_fd=dir_fd)
         if owner:
             os.chown(name, snap.uid, snap.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(name, ns=snap.times, dir_fd=dir_fd, follow_symlinks=False)
         return
     if snap.kind == "file":
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -443,6 +450,7 @@ def _restore(dir_fd: int, name: str, snap: Snapshot) -> None:
             if owner:
                 os.fchown(fd, snap.uid, snap.gid)
             os.fchmod(fd, snap.mode)
+            os.utime(fd, ns=snap.times)
         finally:
             os.close(fd)
         return
@@ -456,6 +464,7 @@ def _restore(dir_fd: int, name: str, snap: Snapshot) -> None:
         if owner:
             os.fchown(sub, snap.uid, snap.gid)
         os.fchmod(sub, snap.mode)
+        os.utime(sub, ns=snap.times)
     finally:
         os.close(sub)
 

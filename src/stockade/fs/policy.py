@@ -196,8 +196,8 @@ class FsPlan:
     def summary(self) -> str:
         counts: dict[str, int] = {}
         for rule in self.rules.values():
-            if rule.origin in ("workspace", "installation"):
-                continue
+            if rule.origin in ("workspace", "installation", "protected"):
+                continue  # the workspace is implied; protected paths have a row
             name = {
                 Access.HIDDEN: "hidden",
                 Access.READ_ONLY: "read-only",

@@ -143,7 +143,8 @@ def _child_setup(
     Steps, in this order because each needs the one before:
       1. new session (modes without bubblewrap, so the group can be killed)
       2. idmapped mounts for a root-owned workspace (needs root)
-      3. O_PATH descriptors for bind sources (needs the caller's rights)
+      3. O_PATH descriptors for bind sources (needs the caller's rights),
+         each checked against the identity the policy was resolved with
       4. join the run's cgroups (needs write access to cgroup.procs)
       4b. second tier: fork the run's monitor (``reaper.py``), which stays
          here with the launcher's credentials; the child goes on
