@@ -158,6 +158,9 @@ class SandboxManager:
         try:
             io = self._submit(prepared, stdin, capture_output)
             _io.drive_sync(io)
+        except BaseException:
+            _fsrun.warn_unchecked(prepared.fs)
+            raise
         finally:
             self._cleanup(prepared)
             if prepared.uses_proxy and self._proxy is not None:
@@ -181,6 +184,9 @@ class SandboxManager:
         try:
             io = self._submit(prepared, stdin, capture_output)
             await _io.drive_async(io)
+        except BaseException:
+            _fsrun.warn_unchecked(prepared.fs)
+            raise
         finally:
             self._cleanup(prepared)
             if prepared.uses_proxy and self._proxy is not None:

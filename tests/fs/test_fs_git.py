@@ -313,3 +313,20 @@ def test_cli_protects_the_policy_file_in_the_workspace(workspace):
     )
     assert code != 0
     assert policy.read_text() == "mode: moderate\n"
+
+
+async def test_a_cancelled_run_warns_that_it_was_not_checked(workspace, caplog):
+    import asyncio
+    import logging
+
+    mgr = manager({"tier": "namespaces"})
+    task = asyncio.create_task(mgr.execute_async(["sleep", "30"], cwd=workspace))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with caplog.at_level(logging.WARNING, logger="stockade"):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert any(
+        ".git/hooks" in r.getMessage() and "not checked" in r.getMessage()
+        for r in caplog.records
+    )

@@ -8,6 +8,7 @@ tree is gone (the guard); ``check_disabled`` for mode ``disabled``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -23,6 +24,8 @@ from .ruleset import translate
 
 if TYPE_CHECKING:
     from ..config import SandboxConfig
+
+log = logging.getLogger(__name__)
 
 
 def plan_run(
@@ -161,6 +164,24 @@ def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
         Protection("protected_paths", "degraded" if degraded else "enforced", detail)
     )
     return rows
+
+
+def warn_unchecked(plan: FsPlan | None) -> None:
+    """A run that ended by an exception in the caller (cancelled, interrupted)
+    is not checked: its exit is not awaited, and checking while its processes
+    may still write would prove nothing.
+
+    TODO(#6): check such runs once the launcher reports their exit; meanwhile
+    this warning names the protected paths left unchecked.
+    """
+    if plan is None or not plan.guard:
+        return
+    paths = ", ".join(os.path.join(w.root, *w.parts) for w in plan.guard.watches)
+    log.warning(
+        "the run was interrupted before it ended; protected paths it "
+        "could have created or changed were not checked: %s",
+        paths,
+    )
 
 
 def after_run(
