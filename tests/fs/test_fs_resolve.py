@@ -281,3 +281,18 @@ def test_guard_snapshot_is_bounded(workspace):
     st = os.stat(workspace)
     with pytest.raises(PolicyError, match="too large"):
         _guard.Guard().watch_snapshot(str(workspace), (st.st_dev, st.st_ino), ("big",))
+
+
+def test_wildcards_only_in_the_entry_itself(outside):
+    odd = outside / "proj[1]"
+    write(odd / "a.env", "a\n")
+    write(odd / "b.env", "b\n")
+    plan = plan_for(odd, hidden=["a.env", "*.env"], protected=[])
+    hidden = sorted(p for p, r in plan.rules.items() if r.access is Access.HIDDEN)
+    assert hidden == [str(odd / "a.env"), str(odd / "b.env")]
+
+
+def test_refused_writable_path_is_not_created(workspace):
+    with pytest.raises(PolicyError, match="never writable"):
+        plan_for(workspace, writable=["/usr/lib/stockade-test-never"])
+    assert not os.path.exists("/usr/lib/stockade-test-never")

@@ -270,6 +270,13 @@ def resolve(
                         key="read_only",
                         value=given,
                     )
+                why = _refused(os.path.realpath(path), access, home)
+                if why:
+                    raise PolicyError(
+                        f"{origin}: {path} (given as {given!r}): {why}",
+                        key=_key(origin),
+                        value=given,
+                    )
                 _create_dir(path, given, origin)
                 plan.notes.append(f"{origin}: created {path}")
             plan.add(_rule(path, access, origin, given, home))
@@ -304,25 +311,36 @@ def resolve(
 def _expand(
     given: str, origin: str, *, workspace: str, home: str, notes: list[str]
 ) -> list[str]:
-    """Absolute, normalized paths for one entry (several for a glob)."""
-    path = given
-    if path == "~" or path.startswith("~/"):
-        path = home + path[1:]
-    elif path.startswith("~"):
-        path = os.path.expanduser(path)
-    if not os.path.isabs(path):
-        path = os.path.join(workspace, path)
-    path = os.path.normpath(path)
-    if not glob.has_magic(path):
+    """Absolute, normalized paths for one entry (several for a glob).
+
+    Only the entry as written may hold wildcards: the workspace's and the
+    home's own names are taken literally.
+    """
+    pattern = given
+    base = ""
+    if pattern == "~" or pattern.startswith("~/"):
+        base, pattern = home, pattern[2:]
+    elif pattern.startswith("~"):
+        expanded = os.path.expanduser(pattern)
+        if expanded != pattern:
+            base, pattern = expanded, ""
+    elif not os.path.isabs(pattern):
+        base = workspace
+    path = os.path.normpath(os.path.join(base, pattern) if base else pattern)
+    if not glob.has_magic(pattern):
         return [path]
-    if "**" in path:
+    if "**" in pattern:
         raise PolicyError(
             f"{origin}: {given!r}: '**' would walk whole trees on every run; name "
             f"the directories, or use '*' within one",
             key=_key(origin),
             value=given,
         )
-    matches = sorted(glob.glob(path))
+    literal = glob.escape(base) if base else ""
+    matches = sorted(
+        os.path.normpath(m)
+        for m in glob.glob(os.path.join(literal, pattern) if literal else pattern)
+    )
     if len(matches) > MAX_GLOB_MATCHES:
         raise PolicyError(
             f"{origin}: {given!r} matches {len(matches)} paths, more than "
