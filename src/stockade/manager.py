@@ -25,6 +25,7 @@ from .audit import ExecutionLog, resolve_log_path
 from .config import MIB, SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError
 from .linux import bwrap as _bwrap
+from .linux import seccomp as _seccomp
 from .linux.client import shared_launcher
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
 from .linux.resolve import resolve_command
@@ -324,6 +325,11 @@ class SandboxManager:
             cwd="/",
             env=env,
         )
+        syscall_filter = _seccomp.filter_for_config(config)
+        if syscall_filter is not None:
+            spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=True)
+            spec["no_new_privs"] = True
+            prepared.notes.extend(syscall_filter.warnings)
         if caller_is_root:
             idmap = self._workspace_idmap(workspace)
             if idmap:
@@ -333,7 +339,7 @@ class SandboxManager:
                     f"{config.run_as_uid}; files it writes belong to uid {idmap['owner']}"
                 )
         log.debug("bwrap %s", shlex.join(args))
-        prepared.protections = self._protections(info, caller_is_root)
+        prepared.protections = self._protections(info, caller_is_root, syscall_filter)
 
     def _workspace_idmap(self, workspace: str) -> dict[str, Any] | None:
         st = os.stat(workspace)
@@ -378,7 +384,12 @@ class SandboxManager:
             *self._limit_protections(),
         ]
 
-    def _protections(self, info: _bwrap.BwrapInfo, caller_is_root: bool) -> list[Protection]:
+    def _protections(
+        self,
+        info: _bwrap.BwrapInfo,
+        caller_is_root: bool,
+        syscall_filter: _seccomp.SyscallFilter | None,
+    ) -> list[Protection]:
         uid = self.config.run_as_uid if caller_is_root else os.getuid()
         userns = "user, pid, ipc, uts, net, cgroup"
         if info.has_disable_userns:
@@ -386,8 +397,11 @@ class SandboxManager:
         return [
             Protection("namespaces", "enforced", f"bubblewrap {info.version}: {userns}"),
             Protection("mount_view", "enforced", "system read-only, workspace writable, private /tmp and HOME"),
-            # TODO(#3): no seccomp filter yet; the run says so instead of pretending.
-            Protection("syscall_filter", "off", "not implemented yet (issue #3)"),
+            Protection(
+                "syscall_filter",
+                "enforced" if syscall_filter else "off",
+                syscall_filter.protection_detail() if syscall_filter else "no filter for this mode",
+            ),
             Protection("network", "enforced", "none: empty network namespace"),
             Protection("environment", "enforced", "scrubbed to an allowlist"),
             Protection("never_root", "enforced", f"runs as host uid {uid}"),
@@ -489,7 +503,7 @@ class SandboxManager:
                 termination = Termination.CPU_LIMIT
 
         violations = [
-            Violation(v["mechanism"], v["what"], v["action"], int(v["count"]))
+            Violation(v["mechanism"], v["what"], v["action"], int(v["count"]), v.get("detail", ""))
             for v in event.get("violations") or []
         ]
         times = event.get("times") or {}

@@ -27,6 +27,7 @@ Stdlib only; imported by a fresh interpreter on every launcher start.
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
@@ -222,9 +223,9 @@ def _child_setup(
         seccomp = spec.get("seccomp")
         if seccomp:
             step = "seccomp"
-            import base64
-
-            bpf = base64.b64decode(seccomp["bpf"])
+            # decoded by the launcher before the fork: nothing may be
+            # imported here, the stdlib may be unreadable after the drop
+            bpf = seccomp["bpf_bytes"]
             flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
             listener = _sys.seccomp_set_filter(bpf, flags)
             if seccomp.get("listener"):
@@ -291,6 +292,9 @@ class Run:
     # -- start ---------------------------------------------------------------
 
     def start(self) -> None:
+        seccomp = self.spec.get("seccomp")
+        if seccomp:
+            seccomp["bpf_bytes"] = base64.b64decode(seccomp["bpf"])
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         json_w = None
         if self.spec.get("json_status"):
