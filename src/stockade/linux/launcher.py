@@ -524,6 +524,7 @@ class Run:
             "json_exit_code": self.json_exit_code,
             "exec_done": self.exec_done,
             "program_started": self.supervisor.program_started if self.supervisor else None,
+            "setup_calls": dict(self.supervisor.setup_calls) if self.supervisor else None,
             "setup_error": self.setup_error,
             "killed": self.killed,
             "violations": violations,

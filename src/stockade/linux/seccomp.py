@@ -566,8 +566,10 @@ def filter_for(
 def network_policy(config: SandboxConfig) -> str:
     """The network policy of a config, as the filter names it.
 
-    ``SandboxConfig`` has no network field yet (another branch adds it):
-    until then every sandbox has an empty network namespace, i.e. "none".
+    TODO(#7): ``SandboxConfig`` has no network field yet; until the network
+    policy lands every sandbox has an empty network namespace, which is
+    "none" here (inet sockets refused). Its values must be keys of
+    ``NETWORK_POLICIES``; any other is refused (fail closed).
     """
     value = getattr(config, "network", None)
     if value is None:
