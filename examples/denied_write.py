@@ -1,14 +1,15 @@
 """Tries to write outside its workspace; the sandbox refuses.
 
-    stockade run --workspace /tmp/stockade-demo -- python3 - /etc/hostname ~/.bashrc < examples/denied_write.py
+    stockade run --workspace /tmp/stockade-demo -- python3 - /etc/hostname "$HOME/.bashrc" < examples/denied_write.py
 
-Each target path is tried for writing; the script reports what happened and
-exits 0 when every attempt was refused (the host files are untouched).
+Each path given is opened for appending. System files are read-only (or not
+writable by the sandbox's uid), and the caller's home does not exist inside
+the sandbox at all. Exits 0 when every attempt was refused, 1 otherwise.
 """
 
 import sys
 
-targets = sys.argv[1:] or ["/etc/hostname", "/tmp/outside-the-sandbox.txt"]
+targets = sys.argv[1:] or ["/etc/hostname"]
 refused = 0
 for path in targets:
     try:

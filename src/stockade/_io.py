@@ -17,6 +17,7 @@ import os
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 # After the exit event, how long to keep reading pipes that are still open.
@@ -63,8 +64,12 @@ class RunIO:
         stdin_fd: int | None,
         stdin_data: bytes | None,
         cap: int,
+        on_message: Callable[[dict[str, Any], list[int]], None] | None = None,
     ) -> None:
         self.report = report
+        # Messages before the exit event (the network bridge's listener);
+        # the callback owns the descriptors.
+        self.on_message = on_message
         self.out = OutputBuffer(cap)
         self.err = OutputBuffer(cap)
         self.readers: dict[int, OutputBuffer] = {}
@@ -84,13 +89,23 @@ class RunIO:
 
     def on_report(self) -> None:
         try:
-            msg = self.report.recv(1 << 20)
+            msg, fds, _flags, _addr = socket.recv_fds(self.report, 1 << 20, 4)
         except BlockingIOError:
             return
         except OSError:
-            msg = b""
+            msg, fds = b"", []
         if msg:
-            self.event = json.loads(msg)
+            data = json.loads(msg)
+            if data.get("event") != "exit":
+                if self.on_message is not None:
+                    self.on_message(data, fds)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                return
+            for fd in fds:
+                os.close(fd)
+            self.event = data
         else:
             self.event = {"event": "lost"}
         self.event_time = time.monotonic()

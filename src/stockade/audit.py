@@ -2,8 +2,8 @@
 
 Default location: ``$XDG_STATE_HOME/stockade/runs.jsonl`` (``XDG_STATE_HOME``
 defaults to ``~/.local/state``). Each line holds the run id, time, command,
-cwd, mode, limits, termination, exit status, usage, duration and the
-violations; never the program's output or its environment values.
+cwd, mode, limits, termination, exit status, usage, duration, the
+violations and the network connections (host, port, decision, bytes); never the program's output or its environment values.
 """
 
 from __future__ import annotations
@@ -67,6 +67,17 @@ class ExecutionLog:
                 for v in result.violations
             ],
             "protections": {p.name: p.status for p in result.protections},
+            "connections": [
+                {
+                    "host": c.host,
+                    "port": c.port,
+                    "decision": c.decision,
+                    "rule": c.rule,
+                    "bytes_sent": c.bytes_sent,
+                    "bytes_received": c.bytes_received,
+                }
+                for c in result.connections
+            ],
             "error": result.error,
         }
         line = json.dumps(entry) + "\n"

@@ -47,6 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
     run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
+    run.add_argument(
+        "--network",
+        choices=["none", "loopback"],
+        help="no network (default) or the sandbox's own loopback only",
+    )
+    run.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="allow a destination through the proxy: name, *.suffix or address (repeatable)",
+    )
+    run.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="NAME=ADDR",
+        help="pin a name to an address for the proxy, without DNS (repeatable; needs --allow)",
+    )
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
     run.add_argument("--json", action="store_true", help="capture output and print the result as JSON")
     run.add_argument("--quiet", "-q", action="store_true", help="no summary line")
@@ -118,6 +137,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             env[name] = value
         if env:
             changes["env"] = {**config.env, **env}
+        network = _network_changes(args, config, parser)
+        if network is not None:
+            changes["network"] = network
         if args.no_log:
             changes["execution_log"] = False
         if changes:
@@ -179,6 +201,26 @@ def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         sys.stdout.write(seccomp_doc.render_overview())
     return 0
+
+
+def _network_changes(
+    args: argparse.Namespace, config: Any, parser: argparse.ArgumentParser
+) -> Any:
+    """The network policy the options ask for, or None to keep the config's."""
+    if args.network and (args.allow or args.resolve):
+        parser.error(f"--network {args.network} cannot be combined with --allow/--resolve")
+    if args.network:
+        return args.network
+    if not args.allow and not args.resolve:
+        return None
+    current = config.network
+    hosts = {name: list(addresses) for name, addresses in current.hosts.items()}
+    for item in args.resolve:
+        name, sep, address = item.partition("=")
+        if not sep or not name or not address:
+            parser.error(f"--resolve {item!r}: expected NAME=ADDRESS")
+        hosts.setdefault(name, []).append(address)
+    return {"allow": [*current.allow, *args.allow], "hosts": hosts}
 
 
 def exit_status(result: Any) -> int:

@@ -1,7 +1,7 @@
 """The policy: SandboxConfig, SandboxMode, and loading it from files.
 
 A policy is everything one run is allowed: the mode, the limits, the
-workspace and the environment. ``SandboxConfig`` is its public name (kept
+workspace, the environment and the network. ``SandboxConfig`` is its public name (kept
 from the original request). It is immutable and validated: unknown keys,
 wrong types, zero or negative limits and unknown modes raise ``PolicyError``
 naming the key and the value, before anything runs.
@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .errors import PolicyError
+from .network.policy import NetworkPolicy
 
 MIB = 1024 * 1024
 
@@ -139,6 +140,13 @@ class SandboxConfig(BaseModel):
         description=(
             "Where each run appends one JSON line. True: "
             "$XDG_STATE_HOME/stockade/runs.jsonl; False or None: no log."
+        ),
+    )
+    network: NetworkPolicy = Field(
+        default_factory=NetworkPolicy,
+        description=(
+            "'none' (default), 'loopback', or an allowlist {allow = [...], hosts = "
+            "{...}} enforced by the host-side proxy; see docs/network.md."
         ),
     )
     bwrap_path: Path | None = Field(

@@ -14,6 +14,7 @@ import shutil
 import signal as _signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,12 +24,14 @@ from typing import IO, Any
 from . import _io
 from .audit import ExecutionLog, resolve_log_path
 from .config import MIB, SandboxConfig, SandboxMode
-from .errors import CommandError, PolicyError
+from .errors import CommandError, PolicyError, SandboxUnavailableError
 from .linux import bwrap as _bwrap
 from .linux import seccomp as _seccomp
 from .linux.client import shared_launcher
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
 from .linux.resolve import resolve_command
+from .network import policy as _netpolicy
+from .network.proxy import NetworkProxy, RunTraffic
 from .result import Protection, SandboxResult, Termination, Usage, Violation
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class _Prepared:
     cleanup: list[str] = field(default_factory=list)
     t0: float = 0.0
     prepare_ms: float = 0.0
+    uses_proxy: bool = False
+    traffic: RunTraffic | None = None
 
 
 class SandboxManager:
@@ -77,6 +82,11 @@ class SandboxManager:
         log_path = resolve_log_path(config.execution_log)
         self._log = ExecutionLog(log_path) if log_path else None
         self._launcher = shared_launcher()
+        self._proxy: NetworkProxy | None = None
+        self._proxy_lock = threading.Lock()
+        self._allowlist = (
+            config.network.allowlist() if config.network.mode is _netpolicy.NetworkMode.ALLOW else None
+        )
         if config.mode is SandboxMode.DISABLED:
             log.warning(
                 "stockade mode 'disabled': commands run WITHOUT namespaces or a syscall "
@@ -90,7 +100,11 @@ class SandboxManager:
         self._launcher.ensure_started()
 
     def close(self) -> None:
-        """Nothing to release per manager today; kept for symmetry and ``with``."""
+        """Stop the manager's network proxy, if one was started. Idempotent."""
+        with self._proxy_lock:
+            proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            proxy.close()
 
     def __enter__(self) -> SandboxManager:
         return self
@@ -138,6 +152,8 @@ class SandboxManager:
             _io.drive_sync(io)
         finally:
             self._cleanup(prepared)
+            if prepared.uses_proxy and self._proxy is not None:
+                prepared.traffic = self._proxy.end_run(prepared.run_id)
         return self._finish(prepared, io)
 
     async def execute_async(
@@ -159,6 +175,8 @@ class SandboxManager:
             await _io.drive_async(io)
         finally:
             self._cleanup(prepared)
+            if prepared.uses_proxy and self._proxy is not None:
+                prepared.traffic = await self._proxy.end_run_async(prepared.run_id)
         return self._finish(prepared, io)
 
     # -- policy -> spec --------------------------------------------------------
@@ -316,6 +334,15 @@ class SandboxManager:
             fd_json_status=FD_JSON_STATUS,
         )
         spec = prepared.spec
+        if self._allowlist is not None:
+            # the proxy's listener: made by the launcher inside the sandbox's
+            # namespace; bubblewrap holds the program until it exists
+            self._network_proxy()
+            block_slot = FD_FIRST_BIND + len(plan.bind_paths)
+            args += ["--block-fd", str(block_slot)]
+            spec["net_bridge"] = {"port": _netpolicy.PROXY_PORT, "block_slot": block_slot}
+            env.update(_netpolicy.proxy_environment())
+            prepared.uses_proxy = True
         spec.update(
             path=info.path,
             argv=["bwrap", "--args", "3", "--", resolution.path, *argv[1:]],
@@ -331,27 +358,73 @@ class SandboxManager:
             spec["no_new_privs"] = True
             prepared.notes.extend(syscall_filter.warnings)
         if caller_is_root:
-            idmap = self._workspace_idmap(workspace)
-            if idmap:
-                spec["idmaps"] = [idmap]
-                prepared.notes.append(
-                    f"workspace owned by uid {idmap['owner']}: idmapped to the sandbox uid "
-                    f"{config.run_as_uid}; files it writes belong to uid {idmap['owner']}"
-                )
+            idmaps = self._root_idmaps(workspace, extra_ro)
+            if idmaps:
+                spec["idmaps"] = idmaps
+                prepared.notes.extend(m["why"] for m in idmaps)
         log.debug("bwrap %s", shlex.join(args))
         prepared.protections = self._protections(info, caller_is_root, syscall_filter)
 
-    def _workspace_idmap(self, workspace: str) -> dict[str, Any] | None:
-        st = os.stat(workspace)
+    def _network_proxy(self) -> NetworkProxy:
+        """The manager's proxy, started on first use.
+
+        Raises:
+            SandboxUnavailableError: it cannot start; the run does not start.
+        """
+        with self._proxy_lock:
+            if self._proxy is None or not self._proxy.running:
+                proxy = NetworkProxy()
+                try:
+                    proxy.start()
+                except OSError as err:
+                    raise SandboxUnavailableError(
+                        "network",
+                        f"the allowlist proxy cannot start ({err})",
+                        "check the process's thread and descriptor limits, or use network "
+                        "'none' or 'loopback'",
+                    ) from err
+                self._proxy = proxy
+            return self._proxy
+
+    def _root_idmaps(self, workspace: str, read_only: Sequence[str]) -> list[dict[str, Any]]:
+        """Idmapped mounts a root caller needs, deepest path first.
+
+        The program runs as ``run_as_uid``, not as the workspace's owner, so
+        a workspace it does not own is idmapped: its owner's files appear as
+        the sandbox uid's, and what the sandbox writes belongs to the owner.
+        Directories on the way to a bind source that the sandbox uid may not
+        traverse (``/root`` is 0700) are idmapped the same way in the
+        launcher's private mount namespace, only so that bubblewrap, already
+        running as the sandbox uid, can reach the source; only the sources
+        themselves are mounted into the sandbox.
+        """
         uid, gid = self.config.run_as_uid, self.config.run_as_gid
-        if st.st_uid == uid and st.st_gid == gid:
-            return None
-        return {
-            "path": workspace,
-            "owner": st.st_uid,
-            "uid_map": f"{st.st_uid} {uid} 1\n",
-            "gid_map": f"{st.st_gid} {gid} 1\n",
-        }
+        maps: dict[str, dict[str, Any]] = {}
+
+        def idmap(path: str, why: str) -> None:
+            st = os.stat(path)
+            maps.setdefault(path, {
+                "path": path,
+                "owner": st.st_uid,
+                "uid_map": f"{st.st_uid} {uid} 1\n",
+                "gid_map": f"{st.st_gid} {gid} 1\n",
+                "why": why,
+            })
+
+        st = os.stat(workspace)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            idmap(
+                workspace,
+                f"workspace owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}; "
+                f"files it writes belong to uid {st.st_uid}",
+            )
+        for path in (workspace, *read_only):
+            parent = os.path.dirname(path)
+            while parent not in ("/", ""):
+                if not _may_traverse(os.stat(parent), uid, gid):
+                    idmap(parent, f"{parent} idmapped in the launcher only, so that uid {uid} reaches {path}")
+                parent = os.path.dirname(parent)
+        return sorted(maps.values(), key=lambda m: m["path"].count("/"), reverse=True)
 
     def _prepare_disabled(
         self,
@@ -402,7 +475,7 @@ class SandboxManager:
                 "enforced" if syscall_filter else "off",
                 syscall_filter.protection_detail() if syscall_filter else "no filter for this mode",
             ),
-            Protection("network", "enforced", "none: empty network namespace"),
+            Protection("network", "enforced", _netpolicy.describe(self.config.network)),
             Protection("environment", "enforced", "scrubbed to an allowlist"),
             Protection("never_root", "enforced", f"runs as host uid {uid}"),
             Protection("capabilities", "enforced", "all dropped"),
@@ -452,6 +525,9 @@ class SandboxManager:
                 out_w = _fileno(sys.stdout, 1)
                 err_w = _fileno(sys.stderr, 2)
             report = self._launcher.submit(prepared.spec, stdin_child, out_w, err_w)
+            on_message = None
+            if prepared.uses_proxy:
+                on_message = self._bridge_handler(prepared.run_id)
         except BaseException:
             for fd in ours.values():
                 if fd is not None:
@@ -467,7 +543,21 @@ class SandboxManager:
             stdin_fd=ours["stdin"],
             stdin_data=stdin_data,
             cap=self.config.max_output_bytes,
+            on_message=on_message,
         )
+
+    def _bridge_handler(self, run_id: str) -> Any:
+        """Hands the run's listener (from the launcher) to the proxy."""
+
+        def on_message(data: dict[str, Any], fds: list[int]) -> None:
+            if data.get("event") == "net_listener" and fds and self._proxy is not None:
+                assert self._allowlist is not None
+                self._proxy.attach(run_id, self._allowlist, fds[0])
+                fds = fds[1:]
+            for fd in fds:
+                os.close(fd)
+
+        return on_message
 
     @staticmethod
     def _stdin_fd(stdin: StdinArg, opened: list[int], ours: dict[str, int | None]) -> int:
@@ -499,13 +589,22 @@ class SandboxManager:
         exit_code, sig, termination, error = _outcome(event, prepared, stderr)
         usage = _usage(event)
         if termination is Termination.SIGNALED and sig in (_signal.SIGKILL, _signal.SIGXCPU):
-            if config.cpu_time_sec and usage.cpu_total_sec >= config.cpu_time_sec * 0.95:
+            if config.cpu_time_sec and usage.cpu_total_sec >= config.cpu_time_sec * 0.8:
                 termination = Termination.CPU_LIMIT
 
         violations = [
             Violation(v["mechanism"], v["what"], v["action"], int(v["count"]), v.get("detail", ""))
             for v in event.get("violations") or []
         ]
+        traffic = prepared.traffic
+        if traffic is not None:
+            for target, count in sorted(traffic.denied.items()):
+                violations.append(Violation("network", target, "denied", count))
+            if traffic.dropped_records:
+                prepared.notes.append(
+                    f"network: {traffic.dropped_records} more connections than the "
+                    f"{len(traffic.connections)} listed (denials still counted in violations)"
+                )
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
         for key, value in times.items():
@@ -530,10 +629,19 @@ class SandboxManager:
             error=error,
             notes=prepared.notes,
             timings_ms=timings,
+            connections=list(traffic.connections) if traffic is not None else [],
         )
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
+
+
+def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
 
 
 def _fileno(stream: Any, default: int) -> int:
@@ -578,7 +686,13 @@ def _outcome(
         return None, None, Termination.SANDBOX_ERROR, "the launcher exited before the run ended"
     setup_error = event.get("setup_error")
     if setup_error:
-        return None, None, Termination.SANDBOX_ERROR, f"sandbox set-up failed: {setup_error.get('error')}"
+        message = f"sandbox set-up failed: {setup_error.get('error')}"
+        if setup_error.get("step") == "idmap":
+            message += (
+                " (idmapped mounts need Linux 5.12+ and a file system that supports "
+                "them; or give the workspace to run_as_uid, or set run_as_uid to its owner)"
+            )
+        return None, None, Termination.SANDBOX_ERROR, message
 
     killed = event.get("killed")
     status = event.get("status")

@@ -61,6 +61,34 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class Connection:
+    """One destination the program asked the network proxy for (mode allow).
+
+    ``decision`` is "allowed" or "denied" by the policy; ``rule`` is the
+    allow entry that matched, or the rule that refused ("default-deny",
+    "non-public-address", ...) with ``reason`` saying why. ``error`` is set
+    when an allowed connection still failed (name not resolved, refused).
+    Bytes are counted from the program's side: ``bytes_sent`` went to the
+    destination, ``bytes_received`` came back (HTTP heads included).
+    """
+
+    host: str
+    port: int
+    protocol: str           # "http" (forwarded request), "connect", "socks5"
+    decision: str           # "allowed" or "denied"
+    rule: str
+    reason: str = ""
+    address: str | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    error: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allowed"
+
+
+@dataclass(frozen=True)
 class Protection:
     """One protection of the policy and whether it was in force for the run."""
 
@@ -96,6 +124,7 @@ class SandboxResult:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    connections: list[Connection] = field(default_factory=list)
 
     @property
     def success(self) -> bool:
@@ -156,6 +185,11 @@ class SandboxResult:
             f"peak mem {self.usage.peak_memory_mb:.0f} MiB",
             f"mode {self.mode}",
         ]
+        if self.connections:
+            refused = sum(1 for c in self.connections if not c.allowed)
+            count = len(self.connections)
+            noun = "connection" if count == 1 else "connections"
+            parts.append(f"network {count} {noun}, {refused} denied")
         if self.violations:
             denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")

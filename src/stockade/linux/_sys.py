@@ -126,7 +126,7 @@ class _MountAttr(ctypes.Structure):
 def mount_setattr_idmap(tree_fd: int, userns_fd: int, extra: int = 0) -> None:
     attr = _MountAttr(MOUNT_ATTR_IDMAP | extra, 0, 0, userns_fd)
     _check(
-        _libc.syscall(NR_MOUNT_SETATTR, tree_fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+        _libc.syscall(NR_MOUNT_SETATTR, tree_fd, b"", AT_EMPTY_PATH,
                       ctypes.byref(attr), ctypes.sizeof(attr)),
         "mount_setattr(MOUNT_ATTR_IDMAP)",
     )

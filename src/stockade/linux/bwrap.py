@@ -146,10 +146,10 @@ def _read(path: str) -> str | None:
 
 def forbidden_workspace(path: str, home: str | None) -> str | None:
     """Why a directory may not be the writable workspace, or None."""
-    if path in _FORBIDDEN_WORKSPACES:
-        return f"{path} is a system directory"
     if home and os.path.normpath(home) == path:
         return f"{path} is your home directory"
+    if path in _FORBIDDEN_WORKSPACES:
+        return f"{path} is a system directory"
     if home and os.path.normpath(home).startswith(path.rstrip("/") + "/"):
         return f"{path} contains your home directory"
     return None

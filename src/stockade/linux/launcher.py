@@ -12,7 +12,9 @@ bubblewrap (or, in the modes without bubblewrap, the program itself).
 Protocol. The caller sends each run on the control socket (SOCK_SEQPACKET) as
 one message: a JSON spec plus four descriptors (stdin, stdout, stderr, and
 the run's report socket). The launcher answers on the report socket with one
-JSON ``exit`` event when the run is over. The caller may send ``{"op":
+JSON ``exit`` event when the run is over; in network allowlist mode it first
+sends ``{"event": "net_listener"}`` carrying the proxy's listener, made
+inside the sandbox's network namespace (see ``netbridge.py``). The caller may send ``{"op":
 "kill", "reason": ...}`` on the report socket; closing it also kills the run.
 When the control socket closes (the caller died) every run is killed and the
 launcher exits.
@@ -38,9 +40,10 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from typing import Any
 
-from . import _sys
+from . import _sys, netbridge
 from .supervise import Supervisor
 
 MAX_MESSAGE = 1 << 20
@@ -122,6 +125,7 @@ def _child_setup(
     errsock: socket.socket,
     json_w: int | None,
     userns: _UsernsCache,
+    extra_fds: list[int],
 ) -> None:
     """Runs in the forked child: prepare, then exec. Never returns normally.
 
@@ -131,7 +135,9 @@ def _child_setup(
       3. O_PATH descriptors for bind sources (needs the caller's rights)
       4. join the run's cgroups (needs write access to cgroup.procs)
       5. drop from root to the sandbox uid
-      6. cwd, descriptors into their fixed slots, all others closed
+      6. cwd, descriptors into their fixed slots (``extra_fds``, such as
+         bubblewrap's --block-fd pipe, after the bind sources), all others
+         closed
       7. rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
       8. no_new_privs, Landlock ruleset, seccomp filter (its listener is
          sent to the launcher before exec)
@@ -140,6 +146,13 @@ def _child_setup(
     step = "start"
     report_fd = errsock.fileno()
     try:
+        # The launcher ignores SIGPIPE and SIGINT, and Python ignores SIGXFSZ;
+        # ignored signals stay ignored across exec. The program gets defaults.
+        step = "reset signals"
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
         if spec.get("new_session"):
             step = "setsid"
             os.setsid()
@@ -149,6 +162,9 @@ def _child_setup(
         if idmaps:
             _sys.unshare(_sys.CLONE_NEWNS)
             _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_SLAVE)
+            # Deepest paths first: an idmapped mount cannot be idmapped again,
+            # so an ancestor's idmap covers only its own mount (submounts,
+            # cloned along, keep theirs).
             for item in idmaps:
                 ns_fd = userns.get(item["uid_map"], item["gid_map"])
                 tree = _sys.open_tree(
@@ -194,6 +210,11 @@ def _child_setup(
             os.lseek(args_fd, 0, os.SEEK_SET)
             assert json_w is not None
             slots += [args_fd, json_w, *bind_fds]
+            bridge = spec.get("net_bridge")
+            if bridge and bridge.get("block_slot") != len(slots):
+                # bubblewrap would read another descriptor and not wait
+                raise OSError(errno.EINVAL, f"--block-fd slot {bridge.get('block_slot')} != {len(slots)}")
+            slots += extra_fds
         # Lift every source above the slots first, so that a dup2 into a slot
         # never clobbers a source still needed.
         high = 64 + len(slots)
@@ -276,6 +297,9 @@ class Run:
         self.json_exit_code: int | None = None
         self.json_buf = b""
         self.json_r: int | None = None
+        # network bridge: bubblewrap's --block-fd pipe; the program starts
+        # when the launcher writes to it (after the proxy's listener exists)
+        self.block_w: int | None = None
         self.errsock: socket.socket | None = None
         self.setup_error: dict[str, Any] | None = None
         self.exec_done = False
@@ -300,14 +324,28 @@ class Run:
         if self.spec.get("json_status"):
             self.json_r, json_w = os.pipe2(os.O_CLOEXEC)
             os.set_blocking(self.json_r, False)
-        pid = os.fork()
+        extra_fds = []
+        if self.spec.get("net_bridge"):
+            block_r, self.block_w = os.pipe2(os.O_CLOEXEC)
+            extra_fds.append(block_r)
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (*extra_fds, json_w):
+                if fd is not None:
+                    os.close(fd)
+            parent_sock.close()
+            child_sock.close()
+            raise
         if pid == 0:  # pragma: no cover - child
             parent_sock.close()
-            _child_setup(self.spec, self.stdio, child_sock, json_w, self.launcher.userns)
+            _child_setup(self.spec, self.stdio, child_sock, json_w, self.launcher.userns, extra_fds)
         self.pid = pid
         child_sock.close()
         if json_w is not None:
             os.close(json_w)
+        for fd in extra_fds:
+            os.close(fd)
         for fd in self.stdio:
             os.close(fd)
         self.stdio = []
@@ -367,7 +405,8 @@ class Run:
             self.supervisor.close()
 
     def on_json(self, _arg: Any) -> None:
-        assert self.json_r is not None
+        if self.json_r is None:
+            return
         try:
             chunk = os.read(self.json_r, 65536)
         except BlockingIOError:
@@ -397,8 +436,43 @@ class Run:
                 self.launcher.by_pid[self.init_pid] = self
                 if self.killed:
                     self.kill(self.killed)
+                elif self.spec.get("net_bridge"):
+                    self.open_bridge()
             if "exit-code" in data:
                 self.json_exit_code = int(data["exit-code"])
+
+    def open_bridge(self) -> None:
+        """Create the proxy's listener in the sandbox, hand it over, start the program.
+
+        On failure the block pipe stays shut and the run is killed: the
+        program never starts without its only way out being in place.
+        """
+        bridge = self.spec["net_bridge"]
+        assert self.init_pid is not None and self.block_w is not None
+        if bridge.get("_test_delay_sec"):
+            # test hook: a slow bridge must delay the program, not race it
+            time.sleep(min(float(bridge["_test_delay_sec"]), 2.0))
+        try:
+            fd = netbridge.open_listener(self.init_pid, self.init_pidfd, int(bridge["port"]))
+        except (OSError, ValueError, OverflowError) as err:
+            self.setup_error = {
+                "error": f"network bridge: {err}",
+                "step": "network bridge",
+                "errno": getattr(err, "errno", None) or None,
+            }
+            self.kill("sandbox_error")
+            return
+        try:
+            message = json.dumps({"event": "net_listener", "port": bridge["port"]}).encode()
+            socket.send_fds(self.report, [message], [fd])
+        except OSError:
+            self.kill("cancelled")  # the caller is gone: nobody would serve it
+            return
+        finally:
+            os.close(fd)
+        os.write(self.block_w, b"1")
+        os.close(self.block_w)
+        self.block_w = None
 
     def on_report(self, _arg: Any) -> None:
         try:
@@ -565,6 +639,9 @@ class Run:
         if self.init_pidfd is not None:
             os.close(self.init_pidfd)
             self.init_pidfd = None
+        if self.block_w is not None:
+            os.close(self.block_w)
+            self.block_w = None
         self.launcher.by_pid.pop(self.pid, None)
         if self.init_pid is not None:
             self.launcher.by_pid.pop(self.init_pid, None)
@@ -592,8 +669,17 @@ class Launcher:
         while not (self.stopping and not self.runs):
             timeout = self._next_timeout()
             for key, _mask in self.sel.select(timeout):
+                # An earlier callback of this batch may have unregistered this
+                # descriptor (a run finished), and its number may already be
+                # reused: dispatch only keys that are still current.
+                current = self.sel.get_map().get(key.fileobj)
+                if current is not key:
+                    continue
                 callback, arg = key.data
-                callback(arg)
+                try:
+                    callback(arg)
+                except Exception:  # noqa: BLE001 - one run's bug must not end the others
+                    traceback.print_exc()
             self._tick()
         os._exit(0)
 

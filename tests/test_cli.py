@@ -1,0 +1,94 @@
+"""The CLI's exit statuses and output, through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args: str, cwd, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "stockade.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_exit_status_is_the_programs(workspace):
+    proc = cli("run", "--no-log", "--", "sh", "-c", "echo out; exit 7", cwd=workspace)
+    assert proc.returncode == 7
+    assert proc.stdout == b"out\n"
+    assert b"stockade: exited 7" in proc.stderr
+
+
+def test_signal_gives_128_plus_n(workspace):
+    proc = cli("run", "--no-log", "--", "sh", "-c", "kill -TERM $$", cwd=workspace)
+    assert proc.returncode == 128 + 15
+
+
+def test_timeout_gives_124(workspace):
+    proc = cli("run", "--no-log", "--timeout", "0.5", "--", "sleep", "30", cwd=workspace)
+    assert proc.returncode == 124
+    assert b"timeout" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--no-log", "--", "no-such-command-anywhere"],
+        ["run", "--no-log", "--memory", "0", "--", "true"],
+        ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
+    ],
+)
+def test_sandbox_errors_give_125(workspace, args):
+    proc = cli(*args, cwd=workspace)
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stderr.startswith(b"stockade: ")
+
+
+def test_not_executable_gives_126(workspace):
+    (workspace / "script.sh").write_text("echo hi\n")
+    proc = cli("run", "--no-log", "--", "./script.sh", cwd=workspace)
+    assert proc.returncode == 126
+    assert b"not executable" in proc.stderr
+
+
+def test_json_result(workspace):
+    proc = cli("run", "--no-log", "--json", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3", cwd=workspace)
+    assert proc.returncode == 3
+    data = json.loads(proc.stdout)
+    assert data["exit_code"] == 3 and data["stdout"] == "hi\n" and data["stderr"] == "oops\n"
+    assert data["termination"] == "exited"
+
+
+def test_stdin_passes_through(workspace):
+    proc = cli("run", "--no-log", "--", "wc", "-c", cwd=workspace, stdin=b"12345")
+    assert proc.stdout.strip() == b"5"
+
+
+def test_env_option(workspace):
+    proc = cli("run", "--no-log", "--env", "GREETING=hello", "--", "sh", "-c", "echo $GREETING", cwd=workspace)
+    assert proc.stdout == b"hello\n"
+
+
+def test_version():
+    proc = subprocess.run([sys.executable, "-m", "stockade.cli", "--version"], capture_output=True)
+    assert proc.returncode == 0 and proc.stdout.startswith(b"stockade ")
+
+
+def test_execution_log_records_runs(workspace, tmp_path):
+    log = tmp_path / "runs.jsonl"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"execution_log: {log}\n")
+    cli("run", "--config", str(policy), "--", "sh", "-c", "exit 4", cwd=workspace)
+    cli("run", "--config", str(policy), "--", "true", cwd=workspace)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [entry["exit_code"] for entry in lines] == [4, 0]
+    first = lines[0]
+    assert first["command"] == ["sh", "-c", "exit 4"] and first["mode"] == "moderate"
+    assert first["termination"] == "exited" and "usage" in first and first["cwd"] == str(workspace)

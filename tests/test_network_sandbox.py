@@ -1,0 +1,532 @@
+"""Network modes through the real sandbox.
+
+Every server is started by the test on the host's loopback; the sandbox
+reaches them only through the proxy, by names pinned in the policy (``hosts``)
+to 127.0.0.1 or ::1, which the policy then names explicitly. Nothing here
+sends a packet to any other address: the only non-loopback destination used
+is a UDP ``connect()``, which sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from _unpriv import give_to_unprivileged, run_code_as_nobody
+from netservers import (
+    WHEEL_NAME,
+    LoopbackHTTPServer,
+    SimpleIndex,
+    TCPWitness,
+    ipv6_loopback_works,
+)
+
+from stockade import SandboxConfig, SandboxManager, SandboxUnavailableError, Termination
+from stockade.network import policy as netpolicy
+from stockade.network.proxy import NetworkProxy
+
+CURL = shutil.which("curl")
+needs_curl = pytest.mark.skipif(
+    CURL is None, reason="curl is not installed (apt-get install curl)"
+)
+
+
+def _system_pip() -> bool:
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-m", "pip", "--version"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+needs_pip = pytest.mark.skipif(
+    not _system_pip(),
+    reason="/usr/bin/python3 has no pip (apt-get install python3-pip)",
+)
+needs_ipv6 = pytest.mark.skipif(
+    not ipv6_loopback_works(), reason="no IPv6 loopback on this host"
+)
+
+
+@pytest.fixture
+def server():
+    srv = LoopbackHTTPServer()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def allow_manager(server):
+    """A manager allowing pypi.test (pinned to 127.0.0.1, named at the server's port)."""
+    config = SandboxConfig(
+        execution_log=False,
+        timeout_sec=60,
+        network={
+            "allow": ["pypi.test", "rebind.test", f"127.0.0.1:{server.port}"],
+            "hosts": {"pypi.test": "127.0.0.1", "rebind.test": "127.0.0.1"},
+        },
+    )
+    manager = SandboxManager(config)
+    yield manager
+    manager.close()
+
+
+def _py(code: str) -> list[str]:
+    return ["python3", "-c", textwrap.dedent(code)]
+
+
+# -- allow mode ------------------------------------------------------------------
+
+
+@needs_curl
+def test_curl_allowed_and_refused(allow_manager, server, workspace):
+    port = server.port
+    script = f"""
+        set -u
+        curl -sS --max-time 20 http://pypi.test:{port}/plain; echo
+        curl -sS --max-time 20 -p http://pypi.test:{port}/tunnel; echo
+        curl -sS --max-time 20 -x socks5h://127.0.0.1:3128 http://pypi.test:{port}/socks; echo
+        curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' -D headers http://evil.test:{port}/; echo
+        cat headers
+        curl -sS --max-time 20 -x socks5h://127.0.0.1:3128 http://evil.test/ 2>&1; echo "socks rc=$?"
+    """
+    result = allow_manager.execute(["sh", "-c", script], cwd=workspace)
+    out = result.stdout_text
+    assert result.success, (out, result.stderr_text)
+    assert "hello /plain" in out and "hello /tunnel" in out and "hello /socks" in out
+    assert "\n403\n" in out
+    assert "X-Stockade-Denied: default-deny; no allow entry matches evil.test" in out
+    assert "socks rc=97" in out
+    assert server.paths == ["/plain", "/tunnel", "/socks"]
+    kinds = [(c.host, c.protocol, c.decision) for c in result.connections]
+    assert kinds == [
+        ("pypi.test", "http", "allowed"),
+        ("pypi.test", "connect", "allowed"),
+        ("pypi.test", "socks5", "allowed"),
+        ("evil.test", "http", "denied"),
+        ("evil.test", "socks5", "denied"),
+    ]
+    assert all(c.bytes_received > 0 for c in result.connections if c.allowed)
+    denied = {v.what: v.count for v in result.violations if v.mechanism == "network"}
+    assert denied == {f"evil.test:{port}": 1, "evil.test:80": 1}
+    assert "network 5 connections, 2 denied" in result.summary()
+    protection = {p.name: p for p in result.protections}["network"]
+    assert protection.status == "enforced" and protection.detail.startswith("allow:")
+
+
+def test_python_urllib_allowed_and_refused(allow_manager, server, workspace):
+    code = f"""
+        import urllib.request, urllib.error
+        print(urllib.request.urlopen("http://pypi.test:{server.port}/urllib", timeout=20).read().decode())
+        try:
+            urllib.request.urlopen("http://evil.test:{server.port}/", timeout=20)
+        except urllib.error.HTTPError as err:
+            print(err.code, err.headers["X-Stockade-Denied"])
+            print(err.read().decode())
+    """
+    result = allow_manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    lines = result.stdout_text.splitlines()
+    assert lines[0] == "hello /urllib"
+    assert lines[1].startswith("403 default-deny;")
+    assert "stockade network policy refused evil.test" in lines[2]
+
+
+@needs_pip
+def test_pip_download_from_a_local_index(tmp_path, workspace):
+    index = SimpleIndex(tmp_path)
+    config = SandboxConfig(
+        execution_log=False,
+        timeout_sec=120,
+        network={
+            "allow": ["pypi.test", f"127.0.0.1:{index.port}"],
+            "hosts": {"pypi.test": "127.0.0.1", "evil.test": "127.0.0.1"},
+        },
+    )
+    pip = [
+        "python3",
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--retries",
+        "0",
+        "--timeout",
+        "20",
+        "-d",
+        "dl",
+    ]
+    env = {"PIP_CONFIG_FILE": "/dev/null"}
+    try:
+        with SandboxManager(config) as manager:
+            ok = manager.execute(
+                [
+                    *pip,
+                    "--index-url",
+                    f"http://pypi.test:{index.port}/simple",
+                    "--trusted-host",
+                    "pypi.test",
+                    WHEEL_NAME,
+                ],
+                cwd=workspace,
+                env=env,
+            )
+            # pip reports an index page's HTTP status only with -vv
+            refused = manager.execute(
+                [
+                    *pip,
+                    "-vv",
+                    "--index-url",
+                    f"http://evil.test:{index.port}/simple",
+                    "--trusted-host",
+                    "evil.test",
+                    WHEEL_NAME,
+                ],
+                cwd=workspace,
+                env=env,
+            )
+    finally:
+        index.stop()
+    assert ok.success, ok.stdout_text + ok.stderr_text
+    assert (workspace / "dl" / index.wheel_name).is_file()
+    assert not refused.success
+    assert "403 Client Error: Forbidden" in refused.stdout_text + refused.stderr_text
+    assert {c.host for c in refused.connections} == {"evil.test"}
+    assert all(c.decision == "denied" for c in refused.connections)
+    assert index.paths.count(f"/simple/{WHEEL_NAME}/") == 1
+
+
+def test_direct_connections_bypassing_the_proxy_fail(allow_manager, workspace):
+    witness = TCPWitness("127.0.0.1")
+    code = f"""
+        import errno, socket
+        try:
+            socket.create_connection(("127.0.0.1", {witness.port}), timeout=5)
+            print("tcp: connected")
+        except OSError as err:
+            print("tcp:", errno.errorcode.get(err.errno))
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.connect(("192.0.2.1", 9))  # UDP connect sends nothing
+            print("udp: routed")
+        except OSError as err:
+            print("udp:", errno.errorcode.get(err.errno))
+        print("routes:", len(open("/proc/net/route").read().splitlines()) - 1)
+    """
+    try:
+        result = allow_manager.execute(_py(code), cwd=workspace)
+    finally:
+        witness.stop()
+    assert result.success, result.stderr_text
+    assert result.stdout_text.splitlines() == [
+        "tcp: ECONNREFUSED",
+        "udp: ENETUNREACH",
+        "routes: 0",
+    ]
+    assert witness.count == 0
+    assert result.connections == []
+
+
+def test_name_rebinding_to_loopback_is_refused(allow_manager, server, workspace):
+    other = TCPWitness("127.0.0.1")  # 127.0.0.1 is named only with server.port
+    code = f"""
+        import urllib.request, urllib.error
+        try:
+            urllib.request.urlopen("http://rebind.test:{other.port}/", timeout=20)
+        except urllib.error.HTTPError as err:
+            print(err.code, err.headers["X-Stockade-Denied"])
+    """
+    try:
+        result = allow_manager.execute(_py(code), cwd=workspace)
+    finally:
+        other.stop()
+    assert result.success, result.stderr_text
+    assert result.stdout_text.startswith(
+        "403 non-public-address; rebind.test resolved to 127.0.0.1"
+    )
+    (record,) = result.connections
+    assert record.rule == "non-public-address" and record.decision == "denied"
+    assert other.count == 0
+
+
+@needs_curl
+@needs_ipv6
+def test_ipv6_literals_through_the_proxy(workspace):
+    server = LoopbackHTTPServer("::1")
+    witness = TCPWitness("::1")
+    config = SandboxConfig(
+        execution_log=False,
+        network={
+            "allow": [f"[::1]:{server.port}", "v6.test"],
+            "hosts": {"v6.test": "::1"},
+        },
+    )
+    script = f"""
+        # NO_PROXY keeps ::1 inside the sandbox; --noproxy '' sends it to the proxy
+        curl -sS --max-time 20 --noproxy '' 'http://[::1]:{server.port}/lit'; echo
+        curl -sS --max-time 20 --noproxy '' -x socks5h://127.0.0.1:3128 'http://[::1]:{server.port}/socks'; echo
+        curl -sS --max-time 20 http://v6.test:{server.port}/name; echo
+        curl -sS --max-time 20 --noproxy '' -o /dev/null -w '%{{http_code}}' 'http://[::1]:{witness.port}/'; echo
+        curl -sS --max-time 5 --noproxy '*' 'http://[::1]:{witness.port}/' 2>/dev/null; echo "direct rc=$?"
+    """
+    try:
+        with SandboxManager(config) as manager:
+            result = manager.execute(["sh", "-c", script], cwd=workspace)
+    finally:
+        server.stop()
+        witness.stop()
+    out = result.stdout_text.splitlines()
+    assert out[:4] == ["hello /lit", "hello /socks", "hello /name", "403"], (
+        result.stdout_text
+    )
+    assert out[4] == "direct rc=7"  # the sandbox's own ::1: nothing listens
+    assert witness.count == 0
+    assert [(c.host, c.decision) for c in result.connections] == [
+        ("::1", "allowed"),
+        ("::1", "allowed"),
+        ("v6.test", "allowed"),
+        ("::1", "denied"),
+    ]
+
+
+def test_runs_share_one_lazily_started_proxy(server, workspace):
+    config = SandboxConfig(
+        execution_log=False,
+        network={
+            "allow": ["a.test", "b.test", "127.0.0.1"],
+            "hosts": {"a.test": "127.0.0.1", "b.test": "127.0.0.1"},
+        },
+    )
+    manager = SandboxManager(config)
+    assert manager._proxy is None
+    fetch = "import urllib.request as u, sys; print(u.urlopen(sys.argv[1], timeout=20).read().decode())"
+
+    async def both():
+        return await asyncio.gather(
+            manager.execute_async(
+                ["python3", "-c", fetch, f"http://a.test:{server.port}/a"],
+                cwd=workspace,
+            ),
+            manager.execute_async(
+                ["python3", "-c", fetch, f"http://b.test:{server.port}/b"],
+                cwd=workspace,
+            ),
+        )
+
+    first, second = asyncio.run(both())
+    proxy = manager._proxy
+    assert proxy is not None and proxy.running
+    third = manager.execute(
+        ["python3", "-c", fetch, f"http://a.test:{server.port}/c"], cwd=workspace
+    )
+    assert manager._proxy is proxy
+    manager.close()
+    assert manager._proxy is None and not proxy.running
+    for result, host, text in (
+        (first, "a.test", "hello /a"),
+        (second, "b.test", "hello /b"),
+        (third, "a.test", "hello /c"),
+    ):
+        assert result.success, result.stderr_text
+        assert result.stdout_text.strip() == text
+        assert [c.host for c in result.connections] == [host]
+
+
+def test_no_proxy_for_modes_without_allow(workspace):
+    for network in ("none", "loopback"):
+        with SandboxManager(
+            SandboxConfig(execution_log=False, network=network)
+        ) as manager:
+            result = manager.execute(
+                ["sh", "-c", "env | grep -ci proxy || true"], cwd=workspace
+            )
+            assert manager._proxy is None
+        assert result.stdout_text.strip() == "0"
+        assert result.connections == []
+
+
+def test_a_proxy_that_cannot_start_stops_the_run_before_it_starts(
+    workspace, monkeypatch
+):
+    def broken(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(NetworkProxy, "start", broken)
+    manager = SandboxManager(
+        SandboxConfig(execution_log=False, network={"allow": ["pypi.test"]})
+    )
+    with pytest.raises(SandboxUnavailableError) as info:
+        manager.execute(["touch", "ran"], cwd=workspace)
+    assert info.value.protection == "network"
+    assert not (workspace / "ran").exists()
+
+
+def test_a_bridge_that_cannot_be_made_fails_the_run_before_the_program(
+    workspace, monkeypatch
+):
+    # a port no socket can bind: the launcher's listener fails inside the namespace
+    monkeypatch.setattr(netpolicy, "PROXY_PORT", 70000)
+    with SandboxManager(
+        SandboxConfig(execution_log=False, network={"allow": ["pypi.test"]})
+    ) as manager:
+        result = manager.execute(["touch", "ran"], cwd=workspace)
+    assert result.termination is Termination.SANDBOX_ERROR
+    assert "network bridge" in (result.error or "")
+    assert not (workspace / "ran").exists()
+
+
+def test_listener_is_not_inherited_by_the_program(allow_manager, workspace):
+    code = """
+        import os
+        print(sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
+    """
+    result = allow_manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    assert json.loads(result.stdout_text)[:3] == [0, 1, 2]
+    assert len(json.loads(result.stdout_text)) == 4  # 0-2 and listdir's own fd
+
+
+# -- loopback and none -------------------------------------------------------------
+
+
+LOOPBACK_CHECK = """
+    import socket, threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    def serve():
+        conn, _ = srv.accept()
+        conn.sendall(conn.recv(100).upper())
+        conn.close()
+    threading.Thread(target=serve).start()
+    client = socket.create_connection(("127.0.0.1", srv.getsockname()[1]), timeout=5)
+    client.sendall(b"inside")
+    print(client.recv(100).decode())
+    for host, port in (("127.0.0.1", {v4}), ("::1", {v6})):
+        if not port:
+            continue
+        try:
+            socket.create_connection((host, port), timeout=5)
+            print("reached host", host)
+        except OSError as err:
+            print("host unreachable", host, err.errno)
+"""
+
+
+@pytest.mark.parametrize("network", ["loopback", "none"])
+def test_own_loopback_works_host_loopback_does_not(network, workspace):
+    v4 = TCPWitness("127.0.0.1")
+    v6 = TCPWitness("::1") if ipv6_loopback_works() else None
+    code = LOOPBACK_CHECK.format(v4=v4.port, v6=v6.port if v6 else 0)
+    try:
+        with SandboxManager(
+            SandboxConfig(execution_log=False, network=network)
+        ) as manager:
+            result = manager.execute(_py(code), cwd=workspace)
+    finally:
+        v4.stop()
+        if v6:
+            v6.stop()
+    assert result.success, result.stderr_text
+    lines = result.stdout_text.splitlines()
+    assert lines[0] == "INSIDE"
+    assert all(line.startswith("host unreachable") for line in lines[1:])
+    assert v4.count == 0 and (v6 is None or v6.count == 0)
+    detail = {p.name: p.detail for p in result.protections}["network"]
+    assert detail.startswith(network)
+
+
+# -- CLI and unprivileged callers --------------------------------------------------
+
+
+@needs_curl
+def test_cli_summary_counts_connections(server, workspace):
+    stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
+    proc = subprocess.run(
+        [
+            stockade,
+            "run",
+            "--no-log",
+            "--allow",
+            "pypi.test",
+            "--allow",
+            f"127.0.0.1:{server.port}",
+            "--resolve",
+            "pypi.test=127.0.0.1",
+            "--",
+            "sh",
+            "-c",
+            f"curl -sS http://pypi.test:{server.port}/cli; curl -sS http://evil.test/ >/dev/null",
+        ],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "hello /cli"
+    assert "network 2 connections, 1 denied; denied: evil.test:80 x1" in proc.stderr
+    bad = subprocess.run(
+        [stockade, "run", "--no-log", "--allow", "*foo", "--", "true"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 125 and "'*foo'" in bad.stderr
+
+
+@needs_curl
+def test_unprivileged_caller_allowlist_and_loopback(server, workspace):
+    code = textwrap.dedent(f"""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, network={{
+            "allow": ["pypi.test", "127.0.0.1:{server.port}"], "hosts": {{"pypi.test": "127.0.0.1"}}}})
+        with SandboxManager(config) as manager:
+            allowed = manager.execute(["sh", "-c",
+                "curl -sS http://pypi.test:{server.port}/nobody; curl -sS -o /dev/null -w ' %{{http_code}}' http://evil.test/"])
+        with SandboxManager(SandboxConfig(execution_log=False, network="loopback")) as manager:
+            own = manager.execute(["python3", "-c",
+                "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+                "c=socket.create_connection(s.getsockname()); print('own loopback ok')"])
+        print(json.dumps({{
+            "out": allowed.stdout_text, "err": allowed.stderr_text,
+            "hosts": [[c.host, c.decision] for c in allowed.connections],
+            "own": own.stdout_text, "own_err": own.stderr_text,
+        }}))
+    """)
+    give_to_unprivileged(workspace)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert data["out"] == "hello /nobody 403", data["err"]
+    assert data["hosts"] == [["pypi.test", "allowed"], ["evil.test", "denied"]]
+    assert data["own"].strip() == "own loopback ok", data["own_err"]
+
+
+@needs_curl
+def test_the_listener_exists_before_the_program_starts(
+    allow_manager, server, workspace, monkeypatch
+):
+    # The launcher is made to take 0.3 s longer to create the listener; curl
+    # is the program itself (no shell first), connects right after exec and
+    # does not retry. Without bubblewrap's --block-fd it gets ECONNREFUSED.
+    original = SandboxManager._prepare_bwrap
+
+    def slow_bridge(self, prepared, *args, **kwargs):
+        original(self, prepared, *args, **kwargs)
+        prepared.spec["net_bridge"]["_test_delay_sec"] = 0.3
+
+    monkeypatch.setattr(SandboxManager, "_prepare_bwrap", slow_bridge)
+    for index in range(3):
+        result = allow_manager.execute(
+            [CURL, "-sS", f"http://pypi.test:{server.port}/{index}"], cwd=workspace
+        )
+        assert result.success, result.stderr_text
+        assert result.stdout_text == f"hello /{index}"
