@@ -3,8 +3,7 @@
 010: "network denied" must not reach the host's loopback services (TCP v4,
 TCP v6, UDP): run under ``--network none`` and ``--network loopback``.
 031: under a tight policy the sandbox's *own* loopback still works: that is
-mode ``loopback`` (mode ``none`` refuses inet sockets once the syscall
-filter of issue #3 is in place).
+mode ``loopback`` (mode ``none`` refuses inet sockets: the syscall filter).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PolicyError, SandboxUnavailableError
+from ..network.policy import allowed_socket_families
 from . import syscall_groups as data
 
 if TYPE_CHECKING:
@@ -123,8 +124,10 @@ class SyscallFilter:
 
     Args:
         mode: ``"strict"``, ``"moderate"`` or ``"permissive"``.
-        network: the network policy, one of ``NETWORK_POLICIES``: ``"none"``
-            refuses AF_INET/AF_INET6 sockets too; the others allow them.
+        network: the network mode (``stockade.network.policy.NetworkMode``):
+            ``"none"`` refuses AF_INET/AF_INET6 sockets too; ``"loopback"``
+            and ``"allow"`` (whose proxy is reached over the sandbox's
+            loopback) allow them.
         allow: extra call names to allow on top of the mode's groups.
         deny: call names to deny (EPERM) although the mode allows them.
         machine: the architecture (``platform.machine()`` when None).
@@ -154,10 +157,10 @@ class SyscallFilter:
                 key="mode",
                 value=self.mode,
             )
-        if self.network not in data.NETWORK_POLICIES:
+        if self.network not in data.NETWORK_MODES:
             raise PolicyError(
                 f"network policy {self.network!r} unknown to the syscall filter; "
-                f"choose one of {', '.join(data.NETWORK_POLICIES)}",
+                f"choose one of {', '.join(data.NETWORK_MODES)}",
                 key="network",
                 value=self.network,
             )
@@ -301,13 +304,13 @@ class SyscallFilter:
             for mask, value in exclusion_patterns(data.IOCTL_DENIED.values())
         ]
 
-        families: list[tuple[tuple[int, int, int], ...]] = [((0, low32, data.AF_UNIX),)]
-        if self.mode == data.PERMISSIVE:
-            families.append(((0, low32, data.AF_NETLINK),))
-        else:
-            families.append(((0, low32, data.AF_NETLINK), (2, low32, data.NETLINK_ROUTE)))
-        if data.NETWORK_POLICIES[self.network]:
-            families += [((0, low32, data.AF_INET),), ((0, low32, data.AF_INET6),)]
+        families: list[tuple[tuple[int, int, int], ...]] = []
+        for family in sorted(allowed_socket_families(self.network)):
+            if family == data.AF_NETLINK and self.mode != data.PERMISSIVE:
+                route = (2, low32, data.NETLINK_ROUTE)
+                families.append(((0, low32, family), route))
+            else:
+                families.append(((0, low32, family),))
         rules["socket"] = families
         rules["socketpair"] = [((0, low32, data.AF_UNIX),)]
 
@@ -564,21 +567,8 @@ def filter_for(
 
 
 def network_policy(config: SandboxConfig) -> str:
-    """The network policy of a config, as the filter names it.
-
-    TODO(#7): ``SandboxConfig`` has no network field yet; until the network
-    policy lands every sandbox has an empty network namespace, which is
-    "none" here (inet sockets refused). Its values must be keys of
-    ``NETWORK_POLICIES``; any other is refused (fail closed).
-    """
-    value = getattr(config, "network", None)
-    if value is None:
-        return "none"
-    value = getattr(value, "value", value)
-    if isinstance(value, str):
-        return value
-    mode = getattr(value, "mode", None)
-    return str(getattr(mode, "value", mode) or "none")
+    """The network mode of a policy (``none``, ``loopback``, ``allow``)."""
+    return config.network.mode.value
 
 
 def filter_for_config(config: SandboxConfig) -> SyscallFilter | None:

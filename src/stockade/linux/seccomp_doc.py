@@ -7,6 +7,7 @@ docs/filters.md (a test fails when the committed page is stale).
 
 from __future__ import annotations
 
+from ..network.policy import allowed_socket_families
 from . import syscall_groups as data
 from .seccomp import SyscallFilter
 
@@ -22,6 +23,11 @@ def _cell(group: data.Group, mode: str) -> str:
 
 def _args_cell(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def _family_names(network: str) -> list[str]:
+    names = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK"}
+    return [names.get(f, str(f)) for f in sorted(allowed_socket_families(network))]
 
 
 def render_markdown() -> str:
@@ -77,10 +83,10 @@ def render_markdown() -> str:
         "| any call the tables do not know | ENOSYS | newer than this filter: "
         "programs fall back as on an older kernel |",
         "",
-        "Network policies and sockets: "
+        "Network policies and sockets (moderate and permissive; strict "
+        "creates no sockets): "
         + ", ".join(
-            f"`{name}` ({'AF_INET/AF_INET6 allowed' if inet else 'no AF_INET/AF_INET6'})"
-            for name, inet in data.NETWORK_POLICIES.items()
+            f"`{name}`: {', '.join(_family_names(name))}" for name in data.NETWORK_MODES
         )
         + ".",
         "",

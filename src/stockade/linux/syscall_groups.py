@@ -210,7 +210,7 @@ GROUPS: tuple[Group, ...] = (
         "sockets",
         "create sockets; address families follow the network policy",
         _calls("socket socketpair"),
-        _MOD, "EPERM",
+        _MOD, "EAFNOSUPPORT",
         "strict creates no sockets at all",
     ),
     Group(
@@ -494,17 +494,10 @@ AF_INET6 = 10
 AF_NETLINK = 16
 NETLINK_ROUTE = 0
 
-# Network policies and whether they give the sandbox internet sockets. With
-# "none" the sandbox has an empty network namespace: AF_INET and AF_INET6
-# are refused by the filter too. The other policies give the namespace a
-# loopback (or a proxy reached over it), so the sockets must work.
-NETWORK_POLICIES = {
-    "none": False,
-    "loopback": True,
-    "allowlist": True,
-    "proxy": True,
-    "host": True,
-}
+# The network policies (``stockade.network.policy.NetworkMode``) decide the
+# socket families: ``allowed_socket_families()`` there is the one list; the
+# filter narrows AF_NETLINK to NETLINK_ROUTE outside permissive.
+NETWORK_MODES = ("none", "loopback", "allow")
 
 # What each argument rule allows, per mode, for the documentation; the rules
 # themselves are built in seccomp.py from the constants above.
@@ -521,9 +514,9 @@ ARGUMENT_RULES: dict[str, dict[str, str]] = {
     "socket, socketpair": {
         STRICT: "never",
         MODERATE: "AF_UNIX; AF_NETLINK with NETLINK_ROUTE; AF_INET and "
-        "AF_INET6 unless the network policy is none",
+        "AF_INET6 unless the network policy is none (socketpair: AF_UNIX)",
         PERMISSIVE: "AF_UNIX; AF_NETLINK; AF_INET and AF_INET6 unless the "
-        "network policy is none",
+        "network policy is none (socketpair: AF_UNIX)",
     },
     "personality": {
         mode: "queries only (0xffffffff) and PER_LINUX" for mode in MODES
@@ -541,8 +534,8 @@ ARGUMENT_RULE_WHY = {
     "clone": ("EPERM", "new namespaces, and in strict new processes"),
     "ioctl": ("EPERM", "TIOCSTI pushes input into the caller's terminal "
               "(CVE-2017-5226); TIOCLINUX can do the same"),
-    "socket, socketpair": ("EPERM", "families outside the network policy; "
-                           "AF_PACKET, AF_VSOCK, AF_BLUETOOTH... always"),
+    "socket, socketpair": ("EAFNOSUPPORT", "families outside the network "
+                           "policy; AF_PACKET, AF_VSOCK, AF_BLUETOOTH... always"),
     "personality": ("EPERM", "personality flags such as READ_IMPLIES_EXEC "
                     "weaken the process's own protections"),
     "chmod, fchmod, fchmodat, fchmodat2, creat, mkdir, mkdirat, mknod, "
