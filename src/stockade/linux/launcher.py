@@ -64,6 +64,11 @@ _RLIMITS = {
     "RLIMIT_NPROC": resource.RLIMIT_NPROC,
 }
 
+# Marks seccomp notification callbacks in the event loop (see serve), and
+# how long housekeeping may wait while only notifications arrive.
+_NOTIFY = "notify"
+TICK_AFTER_NOTIFY_SEC = 0.005
+
 # How long to wait for the sandbox's pid 1 to be reparented and reaped after
 # bubblewrap's monitor exited, before reporting without its usage.
 INIT_REAP_GRACE_SEC = 2.0
@@ -383,7 +388,7 @@ class Run:
                 monitor_pid=self.pid if seccomp.get("trust_monitor") else None,
                 on_kill=self.kill,
             )
-            self.launcher.sel.register(fds[0], selectors.EVENT_READ, (self.on_notify, None))
+            self.launcher.sel.register(fds[0], selectors.EVENT_READ, (self.on_notify, _NOTIFY))
             for extra in fds[1:]:
                 os.close(extra)
         elif "error" in data:
@@ -651,7 +656,12 @@ class Run:
 class Launcher:
     def __init__(self, control: socket.socket):
         self.control = control
-        self.sel = selectors.DefaultSelector()
+        # poll(2), not epoll: a seccomp notification wakes a poll() waiter
+        # directly on the notifying task's CPU (SYNC_WAKE_UP, see
+        # supervise.py); through epoll the wake-up takes a detour via its
+        # callback and another CPU. A launcher watches few descriptors.
+        self.sel = selectors.PollSelector()
+        self._last_tick = 0.0
         self.runs: set[Run] = set()
         self.by_pid: dict[int, Run] = {}
         self.userns = _UsernsCache()
@@ -668,7 +678,9 @@ class Launcher:
         self.sel.register(self._wake_r, selectors.EVENT_READ, (self.on_sigchld, None))
         while not (self.stopping and not self.runs):
             timeout = self._next_timeout()
-            for key, _mask in self.sel.select(timeout):
+            events = self.sel.select(timeout)
+            only_notifications = bool(events)
+            for key, _mask in events:
                 # An earlier callback of this batch may have unregistered this
                 # descriptor (a run finished), and its number may already be
                 # reused: dispatch only keys that are still current.
@@ -676,11 +688,17 @@ class Launcher:
                 if current is not key:
                     continue
                 callback, arg = key.data
+                only_notifications = only_notifications and arg == _NOTIFY
                 try:
                     callback(arg)
                 except Exception:  # noqa: BLE001 - one run's bug must not end the others
                     traceback.print_exc()
-            self._tick()
+            # bubblewrap's set-up sends dozens of seccomp notifications in a
+            # row; the housekeeping can wait a few milliseconds for them.
+            now = time.monotonic()
+            if not only_notifications or now - self._last_tick > TICK_AFTER_NOTIFY_SEC:
+                self._last_tick = now
+                self._tick()
         os._exit(0)
 
     def _next_timeout(self) -> float | None:
