@@ -46,7 +46,9 @@ def main() -> None:
         return real_filter_for_config(config) if use_filter["on"] else None
 
     seccomp.filter_for_config = patched
-    managers = {m: SandboxManager(SandboxConfig(mode=m, execution_log=False)) for m in modes}
+    managers = {
+        m: SandboxManager(SandboxConfig(mode=m, execution_log=False)) for m in modes
+    }
     events: dict[str, list[dict]] = {}
     for manager in managers.values():
         real_finish = manager._finish
@@ -70,7 +72,8 @@ def main() -> None:
                     use_filter["on"] = on
                     t = time.perf_counter()
                     result = manager.execute(["/bin/true"], cwd=workspace)
-                    times.setdefault((mode, on), []).append((time.perf_counter() - t) * 1000)
+                    elapsed_ms = (time.perf_counter() - t) * 1000
+                    times.setdefault((mode, on), []).append(elapsed_ms)
                     if not result.success:
                         raise SystemExit(f"run failed: {result.summary()}")
                     if on:
@@ -83,7 +86,8 @@ def main() -> None:
         shutil.rmtree(workspace, ignore_errors=True)
 
     print(f"\n/bin/true, median of {args.n} interleaved runs per variant (ms):")
-    print(f"{'mode':<11}{'no filter':>10}{'filter':>10}{'cost':>9}   set-up notifications")
+    header = f"{'mode':<11}{'no filter':>10}{'filter':>10}{'cost':>9}"
+    print(header + "   set-up notifications")
     for mode in modes:
         off = statistics.median(times[(mode, False)])
         on = statistics.median(times[(mode, True)])

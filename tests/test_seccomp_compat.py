@@ -69,7 +69,10 @@ git log --oneline | wc -l
 git diff HEAD~1 --stat | tail -1
 """
 
-HELLO_C = '#include <stdio.h>\nint main(void) { printf("hello %d\\n", 6 * 7); return 0; }\n'
+HELLO_C = (
+    "#include <stdio.h>\n"
+    'int main(void) { printf("hello %d\\n", 6 * 7); return 0; }\n'
+)
 
 # program key -> (argv, files to put in the workspace, expected stdout, tool)
 PROGRAMS = {
@@ -85,13 +88,21 @@ PROGRAMS = {
         ["python3", "tools.py"], {"tools.py": TOOLS_PY},
         "sub [0, 1, 2, 3] [0, 1, 4, 9, 16] 42\n", "python3",
     ),
-    "bash-pipes": (["bash", "pipes.sh"], {"pipes.sh": PIPES_SH}, "97 87 79 \n3\n", "bash"),
-    "git": (["bash", "git.sh"], {"git.sh": GIT_SH}, "4\n 1 file changed, 1 insertion(+)\n", "git"),
+    "bash-pipes": (
+        ["bash", "pipes.sh"], {"pipes.sh": PIPES_SH}, "97 87 79 \n3\n", "bash"
+    ),
+    "git": (
+        ["bash", "git.sh"], {"git.sh": GIT_SH},
+        "4\n 1 file changed, 1 insertion(+)\n", "git",
+    ),
     "gcc": (
         ["sh", "-c", "gcc -o built hello.c && ./built"], {"hello.c": HELLO_C},
         "hello 42\n", "gcc",
     ),
-    "node": (["node", "-e", "console.log([1, 2, 3].map(x => x * 2).join(','))"], {}, "2,4,6\n", "node"),
+    "node": (
+        ["node", "-e", "console.log([1, 2, 3].map(x => x * 2).join(','))"],
+        {}, "2,4,6\n", "node",
+    ),
     "sqlite3": (
         ["sqlite3", "db.sqlite", "create table t(x); insert into t values (1), (2); "
          "select sum(x) from t;"],
@@ -117,7 +128,8 @@ def test_compatibility_cell(key, mode, workspace):
         source = workspace / "hello.c"
         source.write_text(HELLO_C)
         subprocess.run(["gcc", "-o", str(workspace / "hello"), str(source)], check=True)
-    manager = SandboxManager(SandboxConfig(mode=mode, execution_log=False, timeout_sec=60))
+    config = SandboxConfig(mode=mode, execution_log=False, timeout_sec=60)
+    manager = SandboxManager(config)
 
     result = manager.execute(argv, cwd=workspace)
 

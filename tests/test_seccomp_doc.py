@@ -21,7 +21,8 @@ def test_generated_section_of_filters_md_is_current():
 
 def test_doc_command_rewrites_only_the_generated_section(tmp_path, capsys):
     page = tmp_path / "page.md"
-    page.write_text(f"# Title\n\nprose\n\n{seccomp_doc.BEGIN}\nSTALE-CONTENT\n{seccomp_doc.END}\n\nmore\n")
+    stale = f"{seccomp_doc.BEGIN}\nSTALE-CONTENT\n{seccomp_doc.END}"
+    page.write_text(f"# Title\n\nprose\n\n{stale}\n\nmore\n")
     assert cli.main(["filters", "doc", "--write", str(page)]) == 0
     text = page.read_text()
     assert text.startswith("# Title\n\nprose\n\n") and text.endswith("\nmore\n")

@@ -26,7 +26,9 @@ from stockade.linux import seccomp
 from stockade.linux import syscall_groups as data
 
 PAYLOAD = Path(__file__).parent / "payloads" / "syscall_probe.py"
-x86_64_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 numbers")
+x86_64_only = pytest.mark.skipif(
+    platform.machine() != "x86_64", reason="x86_64 numbers"
+)
 
 # The always-denied list of issue #3, by call name.
 ISSUE_ALWAYS_DENIED = """
@@ -65,7 +67,9 @@ def test_no_call_is_in_two_groups_and_every_name_exists():
 @pytest.mark.parametrize("mode", data.MODES)
 def test_always_denied_calls_are_denied_in_every_mode(mode):
     flt = seccomp.SyscallFilter(mode)
-    allowed = [n for n in ISSUE_ALWAYS_DENIED if flt.decision(n).action == seccomp.ALLOW]
+    allowed = [
+        n for n in ISSUE_ALWAYS_DENIED if flt.decision(n).action == seccomp.ALLOW
+    ]
     assert allowed == []
 
 
@@ -83,7 +87,9 @@ def test_launcher_calls_pass_and_exec_is_always_notified(mode):
 
 
 def test_strict_is_a_subset_of_moderate_which_is_a_subset_of_permissive():
-    strict, moderate, permissive = (set(seccomp.SyscallFilter(m).allowed) for m in data.MODES)
+    strict, moderate, permissive = (
+        set(seccomp.SyscallFilter(m).allowed) for m in data.MODES
+    )
     assert strict < moderate < permissive
 
 
@@ -116,7 +122,9 @@ def test_unknown_network_policy_is_refused():
     assert "sometimes" in str(err.value)
 
 
-@pytest.mark.parametrize("network, inet", [("none", False), ("loopback", True), ("allow", True)])
+@pytest.mark.parametrize(
+    "network, inet", [("none", False), ("loopback", True), ("allow", True)]
+)
 def test_socket_families_follow_the_network_policy(network, inet):
     rule = seccomp.SyscallFilter("moderate", network=network).decision("socket")
     families = {alt[0][2] for alt in rule.conditions}
@@ -135,7 +143,8 @@ def test_unknown_names_in_a_custom_set_are_an_error_naming_them():
 
 
 def test_unknown_names_fail_the_run_before_it_starts(workspace):
-    manager = SandboxManager(SandboxConfig(syscalls_deny=("nosuchcall",), execution_log=False))
+    config = SandboxConfig(syscalls_deny=("nosuchcall",), execution_log=False)
+    manager = SandboxManager(config)
     with pytest.raises(PolicyError, match="nosuchcall"):
         manager.execute(["/bin/true"], cwd=workspace)
 
@@ -180,10 +189,12 @@ def test_custom_deny_is_enforced_and_named(workspace):
 def test_custom_allow_opens_a_call_strict_denies(workspace):
     code = "import socket; socket.socketpair(); print('ok')"
     strict = SandboxConfig(mode="strict", execution_log=False)
-    assert not SandboxManager(strict).execute(["python3", "-c", code], cwd=workspace).success
+    refused = SandboxManager(strict).execute(["python3", "-c", code], cwd=workspace)
+    assert not refused.success
     # socketpair is argument-filtered; the processes group is not
     config = strict.with_changes(syscalls_allow=("fork", "vfork"))
-    result = SandboxManager(config).execute(["sh", "-c", "/bin/true; echo ok"], cwd=workspace)
+    argv = ["sh", "-c", "/bin/true; echo ok"]
+    result = SandboxManager(config).execute(argv, cwd=workspace)
     assert result.success and result.stdout == b"ok\n", result.summary()
 
 
@@ -221,10 +232,12 @@ def test_spec_without_bubblewrap_starts_the_program_phase_at_its_own_exec(
     keyctl = seccomp.filter_for("moderate").number("keyctl")
     probes = [{"id": "keyctl", "nr": keyctl, "args": [0, -3, 0]}]
     python = "/usr/bin/python3"  # the caller's PATH may hold pyenv shims
-    result = manager.execute([python, "syscall_probe.py", json.dumps(probes)], cwd=workspace)
+    argv = [python, "syscall_probe.py", json.dumps(probes)]
+    result = manager.execute(argv, cwd=workspace)
     assert result.success, (result.summary(), result.stderr_text)
     assert json.loads(result.stdout) == {"keyctl": "errno:EPERM"}
-    assert [(v.what, v.action) for v in result.violations] == [("keyctl", "errno:EPERM")]
+    denied = [(v.what, v.action) for v in result.violations]
+    assert denied == [("keyctl", "errno:EPERM")]
 
     iopl = "import ctypes; ctypes.CDLL(None).syscall(172, 0)"
     killed = manager.execute([python, "-c", iopl], cwd=workspace)
@@ -250,7 +263,8 @@ def test_unprivileged_caller_gets_named_denials_and_kills():
             "['python3', 'syscall_probe.py', sys.argv[1]], cwd=sys.argv[2]); "
             "print(json.dumps(r.to_dict()))"
         )
-        proc = run_unprivileged(["-c", code, json.dumps(probes), workspace], cwd=workspace)
+        args = ["-c", code, json.dumps(probes), workspace]
+        proc = run_unprivileged(args, cwd=workspace)
         assert proc.returncode == 0, proc.stderr.decode()
         result = json.loads(proc.stdout)
         outcomes = {}

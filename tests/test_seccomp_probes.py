@@ -63,7 +63,8 @@ ALWAYS_DENIED = [
     ("io_uring_setup", "io_uring_setup", [1, "buf:120"], EPERM),
     ("io_uring_enter", "io_uring_enter", [-1, 0, 0, 0, 0, 0], EPERM),
     ("io_uring_register", "io_uring_register", [-1, 0, 0, 0], EPERM),
-    ("name_to_handle_at", "name_to_handle_at", [-100, "s:/", "buf:136", "buf:4", 0], EPERM),
+    ("name_to_handle_at", "name_to_handle_at",
+     [-100, "s:/", "buf:136", "buf:4", 0], EPERM),
     ("open_by_handle_at", "open_by_handle_at", [-1, "buf:136", 0], KILLED),
     ("acct", "acct", [0], EPERM),
     ("syslog", "syslog", [10, 0, 0], EPERM),
@@ -106,7 +107,8 @@ ALWAYS_DENIED = [
     ("fchmodat-suid", "fchmodat", [-100, "s:probe-file", 0o4755, 0], EPERM),
     ("fchmodat2-suid", "fchmodat2", [-100, "s:probe-file", 0o4755, 0], EPERM),
     ("open-creat-suid", "open", ["s:new-suid-1", O_CREAT_WRONLY, 0o4755], EPERM),
-    ("openat-creat-suid", "openat", [-100, "s:new-suid-2", O_CREAT_WRONLY, 0o4755], EPERM),
+    ("openat-creat-suid", "openat",
+     [-100, "s:new-suid-2", O_CREAT_WRONLY, 0o4755], EPERM),
     ("creat-suid", "creat", ["s:new-suid-3", 0o4755], EPERM),
     ("mkdir-sgid", "mkdir", ["s:new-dir-1", 0o2755], EPERM),
     ("mkdirat-sgid", "mkdirat", [-100, "s:new-dir-2", 0o2755], EPERM),
@@ -120,7 +122,8 @@ STILL_ALLOWED = [
     ("tcgets-high-bits", "ioctl", [0, 0xFFFFFFFF00005401, "buf:64"], "errno:ENOTTY"),
     ("personality-query", "personality", [0xFFFFFFFF], "ok"),
     ("chmod-plain", "chmod", ["s:probe-file", 0o755], "ok"),
-    ("openat-create-plain", "openat", [-100, "s:new-plain", O_CREAT_WRONLY, 0o644], "ok"),
+    ("openat-create-plain", "openat",
+     [-100, "s:new-plain", O_CREAT_WRONLY, 0o644], "ok"),
     ("open-no-creat-odd-mode", "open", ["s:probe-file", 0, 0o4755], "ok"),
     ("mkdir-plain", "mkdir", ["s:new-dir-plain", 0o755], "ok"),
 ]
@@ -140,7 +143,10 @@ SOCKETS_ALLOWED = [
 
 def _probe(pid: str, name: str, args: list) -> dict:
     probe = {"id": pid, "nr": nr(name), "args": args}
-    if pid in ("userfaultfd", "socket-unix", "socket-netlink-route", "openat-create-plain"):
+    returns_fd = (
+        "userfaultfd", "socket-unix", "socket-netlink-route", "openat-create-plain"
+    )
+    if pid in returns_fd:
         probe["close_result"] = True
     return probe
 
@@ -157,7 +163,9 @@ def _workspace_files(workspace: Path) -> None:
     (workspace / "probe-file").write_text("x")
 
 
-def _run_probes(manager: SandboxManager, workspace: Path, probes: list[dict], in_process=False):
+def _run_probes(
+    manager: SandboxManager, workspace: Path, probes: list[dict], in_process=False
+):
     _workspace_files(workspace)
     argv = ["python3", "syscall_probe.py", json.dumps(probes)]
     if in_process:
@@ -199,7 +207,8 @@ def test_always_denied_calls_get_documented_answer_and_are_named(mode, workspace
 
     result, outcomes = _run_probes(manager, workspace, probes)
 
-    assert result.termination is Termination.EXITED, (result.summary(), result.stderr_text)
+    why = (result.summary(), result.stderr_text)
+    assert result.termination is Termination.EXITED, why
     assert result.exit_code == 0, result.stderr_text
     wrong = {
         pid: (outcomes.get(pid), want)
@@ -256,8 +265,8 @@ def test_strict_refuses_sockets_and_processes_but_keeps_threads(workspace):
     assert _seccomp_violations(result) == _expected_violations(table)
 
     threads = manager.execute(
-        ["python3", "-c", "import threading as t; x = t.Thread(target=print, args=(7,)); "
-         "x.start(); x.join()"],
+        ["python3", "-c", "import threading as t; "
+         "x = t.Thread(target=print, args=(7,)); x.start(); x.join()"],
         cwd=workspace,
     )
     assert threads.success and threads.stdout == b"7\n", threads.summary()
@@ -269,11 +278,13 @@ def test_strict_refuses_sockets_and_processes_but_keeps_threads(workspace):
         ({"id": "x32", "nr": X32 | 39, "args": []}, "x32:getpid"),
         ({"id": "int80", "nr": 20, "args": [], "abi": "int80"}, "i386:getpid"),
         ({"id": "iopl", "nr": 172, "args": [0]}, "iopl"),
-        ({"id": "open_by_handle_at", "nr": 304, "args": [-1, "buf:136", 0]}, "open_by_handle_at"),
+        ({"id": "handle", "nr": 304, "args": [-1, "buf:136", 0]}, "open_by_handle_at"),
     ],
 )
 @pytest.mark.parametrize("mode", ["strict", "moderate"])
-def test_kill_of_the_program_ends_the_run_as_syscall_denied(mode, probe, name, workspace):
+def test_kill_of_the_program_ends_the_run_as_syscall_denied(
+    mode, probe, name, workspace
+):
     manager = SandboxManager(SandboxConfig(mode=mode, execution_log=False))
     result, outcomes = _run_probes(manager, workspace, [probe], in_process=True)
     assert result.termination is Termination.SYSCALL_DENIED, result.summary()

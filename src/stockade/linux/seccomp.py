@@ -146,7 +146,9 @@ class SyscallFilter:
     deny: tuple[str, ...] = ()
     machine: str | None = None
     warnings: list[str] = field(default_factory=list, init=False)
-    _decisions: dict[str, Decision] = field(default_factory=dict, init=False, repr=False)
+    _decisions: dict[str, Decision] = field(
+        default_factory=dict, init=False, repr=False
+    )
     _compiled: CompiledFilter | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -193,11 +195,12 @@ class SyscallFilter:
     def _exists_anywhere(self, name: str) -> bool:
         if name in data.NEWER_SYSCALLS:
             return True
-        return any(self._seccomp.resolve_syscall(a, name) != -1 for a in _ARCH_TOKENS.values())
+        resolve = self._seccomp.resolve_syscall
+        return any(resolve(arch, name) != -1 for arch in _ARCH_TOKENS.values())
 
     def _check_custom(self) -> None:
-        problems: list[str] = []
-        for key, names in (("syscalls_allow", self.allow), ("syscalls_deny", self.deny)):
+        sets = (("syscalls_allow", self.allow), ("syscalls_deny", self.deny))
+        for key, names in sets:
             unknown = sorted({n for n in names if not self._exists_anywhere(n)})
             if unknown:
                 raise PolicyError(
@@ -218,23 +221,30 @@ class SyscallFilter:
         always = {c for g in data.ALWAYS_DENIED for c in data.GROUPS_BY_NAME[g].calls}
         argument_ruled = {"clone", "ioctl", "socket", "socketpair", "personality"}
         argument_ruled |= set(data.MODE_ARGUMENT)
+        problems: list[tuple[str, str]] = []
         for name in self.allow:
             if name in always:
-                problems.append(f"{name} is always denied")
+                why = "is always denied"
             elif name in argument_ruled:
-                problems.append(f"{name} is allowed by its arguments only")
+                why = "is allowed by its arguments only"
             elif name in data.ENOSYS_IN_FILTER:
-                problems.append(f"{name} answers ENOSYS so that libc falls back")
+                why = "answers ENOSYS so that libc falls back"
+            else:
+                continue
+            problems.append(("syscalls_allow", f"{name} {why}"))
         for name in self.deny:
             if name in data.LAUNCHER_NEEDS:
-                problems.append(f"{name} is needed by the launcher before exec")
+                why = "is needed by the launcher before exec"
             elif name in data.NOTIFIED_ALWAYS:
-                problems.append(f"{name} marks the program's start and cannot be denied")
+                why = "marks the program's start"
+            else:
+                continue
+            problems.append(("syscalls_deny", f"{name} {why}"))
         if problems:
-            key = "syscalls_allow" if any("deny" not in p for p in problems) else "syscalls_deny"
             raise PolicyError(
-                f"custom syscall set refused: {'; '.join(problems)}",
-                key=key,
+                "custom syscall set refused: "
+                + "; ".join(text for _, text in problems),
+                key=problems[0][0],
                 value=list(self.allow) + list(self.deny),
             )
 
@@ -370,7 +380,9 @@ class SyscallFilter:
                     flt.add_rule(sc.ALLOW, d.number)
                 else:
                     for alternative in d.conditions:
-                        args = [sc.Arg(i, sc.MASKED_EQ, m, v) for i, m, v in alternative]
+                        args = [
+                            sc.Arg(i, sc.MASKED_EQ, m, v) for i, m, v in alternative
+                        ]
                         flt.add_rule(sc.ALLOW, d.number, *args)
             bpf = _export(flt)
         except OSError as err:
@@ -510,7 +522,7 @@ def exclusion_patterns(values: Iterable[int], bits: int = 32) -> list[tuple[int,
     minimal = [
         (m, v)
         for m, v in patterns
-        if not any((m2 != m) and (m2 & m == m2) and (v & m2 == v2) for m2, v2 in patterns)
+        if not any(m2 != m and m2 & m == m2 and v & m2 == v2 for m2, v2 in patterns)
     ]
     return sorted(minimal)
 

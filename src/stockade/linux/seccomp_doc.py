@@ -161,7 +161,8 @@ def render_text(flt: SyscallFilter) -> str:
 def render_overview() -> str:
     """``stockade filters show`` without a mode: groups by mode."""
     width = max(len(g.name) for g in data.GROUPS)
-    lines = [f"{'group':<{width}}  {'strict':<8}{'moderate':<10}{'permissive':<11}calls"]
+    header = f"{'group':<{width}}  {'strict':<8}{'moderate':<10}{'permissive':<11}"
+    lines = [header + "calls"]
     for group in data.GROUPS:
         cells = "".join(
             f"{_cell(group, m):<{w}}" for m, w in zip(data.MODES, (8, 10, 11))

@@ -159,7 +159,8 @@ class Supervisor:
             return err.errno in (errno.ENOENT, errno.EINTR)
         notif_id, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
         key = action_key(arch, nr)
-        foreign = arch != self.arch or (arch == AUDIT_ARCH_X86_64 and nr & X32_SYSCALL_BIT)
+        x32 = arch == AUDIT_ARCH_X86_64 and bool(nr & X32_SYSCALL_BIT)
+        foreign = arch != self.arch or x32
 
         if pid == self.monitor_pid and not foreign:
             self._continue(notif_id)
@@ -182,7 +183,9 @@ class Supervisor:
             self._deny(notif_id, pid, key, arch, nr, args)
         return True
 
-    def _deny(self, notif_id: int, pid: int, key: str, arch: int, nr: int, args: list[int]) -> None:
+    def _deny(
+        self, notif_id: int, pid: int, key: str, arch: int, nr: int, args: list[int]
+    ) -> None:
         action = self.actions.get(key, self.default_errno)
         name = self.names.get(key) or _syscall_name(arch, nr)
         detail = _detail(name, args)
@@ -236,7 +239,8 @@ class Supervisor:
 
     def _id_valid(self, notif_id: int) -> bool:
         try:
-            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, bytearray(_U64.pack(notif_id)), True)
+            request = bytearray(_U64.pack(notif_id))
+            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, request, True)
         except OSError:
             return False
         return True
@@ -295,8 +299,9 @@ def _syscall_name(arch: int, nr: int) -> str:
         if _libseccomp is None:
             # Loaded on the first denial only; the launcher starts without it.
             _libseccomp = ctypes.CDLL("libseccomp.so.2")
-            _libseccomp.seccomp_syscall_resolve_num_arch.argtypes = (ctypes.c_uint32, ctypes.c_int)
-            _libseccomp.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
+            resolve = _libseccomp.seccomp_syscall_resolve_num_arch
+            resolve.argtypes = (ctypes.c_uint32, ctypes.c_int)
+            resolve.restype = ctypes.c_void_p
         ptr = _libseccomp.seccomp_syscall_resolve_num_arch(arch, nr)
         if ptr:
             name = ctypes.string_at(ptr).decode()
@@ -328,9 +333,14 @@ _FAMILIES = {
 }
 _IOCTLS = {0x5412: "TIOCSTI", 0x541C: "TIOCLINUX"}
 _NS_FLAGS = {
-    0x00020000: "CLONE_NEWNS", 0x02000000: "CLONE_NEWCGROUP", 0x04000000: "CLONE_NEWUTS",
-    0x08000000: "CLONE_NEWIPC", 0x10000000: "CLONE_NEWUSER", 0x20000000: "CLONE_NEWPID",
-    0x40000000: "CLONE_NEWNET", 0x00000080: "CLONE_NEWTIME",
+    0x00020000: "CLONE_NEWNS",
+    0x02000000: "CLONE_NEWCGROUP",
+    0x04000000: "CLONE_NEWUTS",
+    0x08000000: "CLONE_NEWIPC",
+    0x10000000: "CLONE_NEWUSER",
+    0x20000000: "CLONE_NEWPID",
+    0x40000000: "CLONE_NEWNET",
+    0x00000080: "CLONE_NEWTIME",  # unshare only: in clone's flags it is CSIGNAL
 }
 _MODE_ARG = {
     "chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "creat": 1, "mkdir": 1,
@@ -348,7 +358,10 @@ def _detail(name: str, args: list[int]) -> str:
         return _IOCTLS.get(request, f"request {request:#x}")
     if name in ("clone", "unshare"):
         flags = args[0] & 0xFFFFFFFF
-        names = [n for bit, n in _NS_FLAGS.items() if flags & bit and (name == "unshare" or bit != 0x80)]
+        names = [
+            n for bit, n in _NS_FLAGS.items()
+            if flags & bit and (name == "unshare" or bit != 0x80)
+        ]
         if names:
             return "|".join(names)
         return "new process" if name == "clone" else f"flags {flags:#x}"

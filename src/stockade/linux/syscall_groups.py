@@ -572,5 +572,8 @@ COMPATIBILITY: dict[str, tuple[str, dict[str, str]]] = {
         {STRICT: _NO_PROCESSES, MODERATE: "runs", PERMISSIVE: "runs"},
     ),
     "node": ("`node -e`", {m: "runs" for m in MODES}),
-    "sqlite3": ("`sqlite3` creating, filling and querying a database", {m: "runs" for m in MODES}),
+    "sqlite3": (
+        "`sqlite3` creating, filling and querying a database",
+        {m: "runs" for m in MODES},
+    ),
 }
