@@ -339,3 +339,26 @@ def test_setuid_bit_cannot_be_planted_in_a_root_owned_workspace(manager, workspa
     assert st.st_uid == 0
     assert not st.st_mode & 0o6000
     assert {v.what for v in result.violations} == {"fchmodat"}
+
+
+def test_a_program_hammering_a_denied_call_is_still_timed_out(workspace):
+    """Every denial is a round trip through the launcher; a flood of them must
+    neither stall the launcher's other duties (the timeout) nor lose counts."""
+    manager = SandboxManager(SandboxConfig(timeout_sec=1.5, execution_log=False))
+    code = (
+        "import ctypes, sys\n"
+        "libc = ctypes.CDLL(None)\n"
+        "n = 0\n"
+        "while True:\n"
+        "    libc.syscall(250, 0, -3, 0)\n"  # keyctl
+        "    n += 1\n"
+        "    if n % 1000 == 0:\n"
+        "        print(n, flush=True)\n"
+    )
+    result = manager.execute(["python3", "-c", code], cwd=workspace)
+    assert result.termination is Termination.TIMEOUT, result.summary()
+    [violation] = result.violations
+    assert (violation.what, violation.action) == ("keyctl", "errno:EPERM")
+    printed = int(result.stdout_text.split()[-1])
+    assert printed <= violation.count <= printed + 1000
+    assert violation.count > 1000

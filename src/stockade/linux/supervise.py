@@ -286,6 +286,7 @@ class Supervisor:
 
 _names: dict[tuple[int, int], str] = {}
 _libseccomp: Any = None
+_libc = ctypes.CDLL(None)
 
 
 def _syscall_name(arch: int, nr: int) -> str:
@@ -305,7 +306,7 @@ def _syscall_name(arch: int, nr: int) -> str:
         ptr = _libseccomp.seccomp_syscall_resolve_num_arch(arch, nr)
         if ptr:
             name = ctypes.string_at(ptr).decode()
-            ctypes.CDLL(None).free(ctypes.c_void_p(ptr))
+            _libc.free(ctypes.c_void_p(ptr))
     except (OSError, AttributeError):
         name = None
     if not name:
