@@ -16,6 +16,7 @@ from stockade import (
     Termination,
 )
 from stockade.linux import bwrap as bwrap_mod
+from stockade.linux import probe as probe_mod
 
 
 def test_missing_bwrap_is_an_error_with_the_fix(workspace):
@@ -37,22 +38,16 @@ def test_bwrap_that_cannot_make_namespaces_is_refused(workspace):
     )
     fake.chmod(0o755)
     bwrap_mod.find_bwrap.cache_clear()
-    bwrap_mod.check_namespaces.cache_clear()
+    probe_mod.probe_host.cache_clear()
     manager = SandboxManager(SandboxConfig(execution_log=False, bwrap_path=str(fake)))
     try:
         with pytest.raises(SandboxUnavailableError) as info:
             manager.execute(["true"], cwd=workspace)
     finally:
         bwrap_mod.find_bwrap.cache_clear()
-        bwrap_mod.check_namespaces.cache_clear()
+        probe_mod.probe_host.cache_clear()
     assert "setting up uid map: Permission denied" in info.value.reason
     assert info.value.fix
-
-
-def test_apparmor_restriction_names_the_sysctl(monkeypatch):
-    monkeypatch.setattr(bwrap_mod, "_read", lambda p: "1" if p.endswith("apparmor_restrict_unprivileged_userns") else None)
-    fix = bwrap_mod.namespace_fix("setting up uid map: Permission denied")
-    assert "apparmor_restrict_unprivileged_userns" in fix
 
 
 def test_bwrap_setup_failure_is_a_sandbox_error_result(workspace):

@@ -51,6 +51,7 @@ class ExecutionLog:
             "command": result.command,
             "cwd": cwd,
             "mode": result.mode,
+            "tier": result.tier,
             "limits": result.limits,
             "termination": result.termination.value,
             "exit_code": result.exit_code,

@@ -4,6 +4,10 @@ Exit status of ``stockade run``: the program's own; 128+N when it was killed
 by signal N (a limit included); 124 on timeout (as timeout(1)); 125 when the
 sandbox itself could not start (bad policy, missing command, a protection the
 host cannot give); 126 when the command exists but cannot be executed.
+
+Exit status of ``stockade doctor``: 0 when runs under the policy (the
+default one, or ``--config`` and the options given) can start on this host,
+1 when they would be refused.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         help="pin a name to an address for the proxy, without DNS (repeatable; needs --allow)",
     )
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
+    _tier_options(run)
     run.add_argument("--json", action="store_true", help="capture output and print the result as JSON")
     run.add_argument("--quiet", "-q", action="store_true", help="no summary line")
     run.add_argument("--no-log", action="store_true", help="do not append to the execution log")
@@ -80,7 +85,46 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     doc = filters_sub.add_parser("doc", help="print the generated part of docs/filters.md")
     doc.add_argument("--write", metavar="FILE", help="update the generated part of FILE in place")
+    doctor = sub.add_parser(
+        "doctor",
+        help="what this host can enforce, protection by protection",
+        description=(
+            "Probe the host and show, for the policy (the default one unless "
+            "--config or options say otherwise), which tier runs would use and "
+            "whether each protection is enforced, degraded or unavailable, with "
+            "the reason and the fix. Exit status 1 when runs would be refused."
+        ),
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--config", metavar="FILE", help="policy file to check")
+    doctor.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
+    _tier_options(doctor)
     return parser
+
+
+def _tier_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tier",
+        choices=["auto", "namespaces", "landlock"],
+        help="how to build the sandbox (default auto: namespaces, see `stockade doctor`)",
+    )
+    parser.add_argument(
+        "--allow-degraded",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="accept a protection weaker or missing (namespaces accepts the second tier)",
+    )
+
+
+def _tier_changes(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if args.tier is not None:
+        changes["tier"] = args.tier
+    names = [name.strip() for item in args.allow_degraded for name in item.split(",") if name.strip()]
+    if names:
+        changes["allow_degraded"] = tuple(dict.fromkeys([*config.allow_degraded, *names]))
+    return changes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, parser)
     if args.cmd == "filters":
         return _filters(args, parser)
+    if args.cmd == "doctor":
+        return _doctor(args)
     parser.print_help(sys.stderr)
     return 2
 
@@ -142,6 +188,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             changes["network"] = network
         if args.no_log:
             changes["execution_log"] = False
+        changes.update(_tier_changes(args, config))
         if changes:
             config = config.with_changes(**changes)
         manager = SandboxManager(config)
@@ -221,6 +268,29 @@ def _network_changes(
             parser.error(f"--resolve {item!r}: expected NAME=ADDRESS")
         hosts.setdefault(name, []).append(address)
     return {"allow": [*current.allow, *args.allow], "hosts": hosts}
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .config import SandboxConfig, load_policy_file
+    from .doctor import render, report
+    from .errors import StockadeError
+
+    try:
+        config = load_policy_file(args.config) if args.config else SandboxConfig()
+        changes = _tier_changes(args, config)
+        if args.mode is not None:
+            changes["mode"] = args.mode
+        if changes:
+            config = config.with_changes(**changes)
+        data = report(config)
+    except StockadeError as err:
+        print(f"stockade: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(render(data))
+    return 0 if data["ok"] else 1
 
 
 def exit_status(result: Any) -> int:

@@ -13,7 +13,7 @@ import enum
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,20 @@ from .errors import PolicyError
 from .network.policy import NetworkPolicy
 
 MIB = 1024 * 1024
+
+# Protections a policy may accept as degraded or missing (``allow_degraded``);
+# ``stockade doctor`` shows one row for each.
+DEGRADABLE_PROTECTIONS = (
+    "namespaces",
+    "mount_view",
+    "syscall_filter",
+    "network",
+    "process_isolation",
+    "tree_kill",
+    "memory",
+    "pids",
+    "cpu",
+)
 
 
 class SandboxMode(str, enum.Enum):
@@ -152,6 +166,26 @@ class SandboxConfig(BaseModel):
     bwrap_path: Path | None = Field(
         default=None, description="bubblewrap binary; None: found on PATH."
     )
+    tier: Literal["auto", "namespaces", "landlock"] = Field(
+        default="auto",
+        description=(
+            "How the sandbox is built. 'namespaces': bubblewrap (user, pid, "
+            "net... namespaces and a mount view), refused where the host cannot "
+            "create them. 'landlock': the second tier for hosts without user "
+            "namespaces (Landlock ruleset, per-run monitor), chosen explicitly. "
+            "'auto': namespaces, or the second tier when the host cannot create "
+            "namespaces and allow_degraded names 'namespaces'."
+        ),
+    )
+    allow_degraded: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Protections the caller accepts weaker than in full or missing, by "
+            "name (see DEGRADABLE_PROTECTIONS). Empty: every protection the "
+            "policy needs must be enforced or the run is refused before it "
+            "starts. 'namespaces' accepts the second tier."
+        ),
+    )
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -162,6 +196,18 @@ class SandboxConfig(BaseModel):
             except ValueError:
                 choices = ", ".join(m.value for m in SandboxMode)
                 raise ValueError(f"unknown mode {value!r}; choose one of {choices}")
+        return value
+
+    @field_validator("allow_degraded", mode="before")
+    @classmethod
+    def _degradable(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            unknown = [name for name in value if name not in DEGRADABLE_PROTECTIONS]
+            if unknown:
+                choices = ", ".join(DEGRADABLE_PROTECTIONS)
+                raise ValueError(f"unknown protection(s) {unknown}; choose from {choices}")
         return value
 
     @field_validator("env")

@@ -26,7 +26,9 @@ from .audit import ExecutionLog, resolve_log_path
 from .config import MIB, SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
 from .linux import bwrap as _bwrap
+from .linux import landlock as _landlock
 from .linux import seccomp as _seccomp
+from .linux import tiers as _tiers
 from .linux.client import shared_launcher
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
 from .linux.resolve import resolve_command
@@ -56,10 +58,13 @@ class _Prepared:
     limits: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     cleanup: list[str] = field(default_factory=list)
+    tier: str = _tiers.TIER_NONE
     t0: float = 0.0
     prepare_ms: float = 0.0
     uses_proxy: bool = False
     traffic: RunTraffic | None = None
+    syscall_filter: _seccomp.SyscallFilter | None = None
+    use_filter: bool = False
 
 
 class SandboxManager:
@@ -147,8 +152,8 @@ class SandboxManager:
             anything runs. Failures during the run are results.
         """
         prepared = self._prepare(command, cwd, env, timeout)
-        io = self._submit(prepared, stdin, capture_output)
         try:
+            io = self._submit(prepared, stdin, capture_output)
             _io.drive_sync(io)
         finally:
             self._cleanup(prepared)
@@ -170,8 +175,8 @@ class SandboxManager:
         Cancelling the awaiting task kills the run.
         """
         prepared = self._prepare(command, cwd, env, timeout)
-        io = self._submit(prepared, stdin, capture_output)
         try:
+            io = self._submit(prepared, stdin, capture_output)
             await _io.drive_async(io)
         finally:
             self._cleanup(prepared)
@@ -231,9 +236,30 @@ class SandboxManager:
         if config.mode is SandboxMode.DISABLED:
             self._prepare_disabled(prepared, argv, run_env, caller_is_root)
         else:
-            self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+            # The same decision `stockade doctor` prints; it refuses the run
+            # when a protection the policy needs is missing.
+            decision = self.decide()
+            decision.raise_if_blocked()
+            prepared.tier = decision.tier
+            # a policy may accept running without the filter where the host
+            # cannot give it (allow_degraded); then none is installed
+            prepared.use_filter = decision.row("syscall_filter").status == _tiers.ENFORCED
+            if decision.tier == _tiers.TIER_LANDLOCK:
+                self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
+            else:
+                self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+            prepared.protections = self._protections(
+                decision, caller_is_root, prepared.syscall_filter
+            )
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
         return prepared
+
+    def decide(self) -> _tiers.Decision:
+        """The tier and protections this manager's policy gets on this host.
+
+        Probes the host once per process (see ``linux/probe.py``).
+        """
+        return _tiers.decide(_tiers.probe_for(self.config), self.config)
 
     def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
         config = self.config
@@ -311,17 +337,9 @@ class SandboxManager:
     ) -> None:
         config = self.config
         info = _bwrap.find_bwrap(str(config.bwrap_path) if config.bwrap_path else None)
-        _bwrap.check_namespaces(info.path, config.run_as_uid if caller_is_root else None)
 
         plan = _bwrap.base_plan(config.mode, workspace)
-        resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
-        extra_ro = list(resolution.read_only)
-        prepared.notes.extend(resolution.notes)
-        for entry in env.get("PYTHONPATH", "").split(os.pathsep):
-            if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
-                if entry not in extra_ro:
-                    extra_ro.append(entry)
-                    prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
 
         args = _bwrap.build_args(
             config,
@@ -352,10 +370,11 @@ class SandboxManager:
             cwd="/",
             env=env,
         )
-        syscall_filter = _seccomp.filter_for_config(config)
+        syscall_filter = _seccomp.filter_for_config(config) if prepared.use_filter else None
         if syscall_filter is not None:
             spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=True)
             spec["no_new_privs"] = True
+            prepared.syscall_filter = syscall_filter
             prepared.notes.extend(syscall_filter.warnings)
         if caller_is_root:
             idmaps = self._root_idmaps(workspace, extra_ro)
@@ -363,7 +382,90 @@ class SandboxManager:
                 spec["idmaps"] = idmaps
                 prepared.notes.extend(m["why"] for m in idmaps)
         log.debug("bwrap %s", shlex.join(args))
-        prepared.protections = self._protections(info, caller_is_root, syscall_filter)
+
+    def _prepare_landlock(
+        self,
+        prepared: _Prepared,
+        argv: list[str],
+        env: dict[str, str],
+        workspace: str,
+        caller_is_root: bool,
+        decision: _tiers.Decision,
+    ) -> None:
+        """The second tier: the program is exec'd directly, under a Landlock
+        ruleset, by a child of the run's monitor (``linux/reaper.py``).
+
+        There is no mount namespace, hence no private tmpfs: HOME and TMPDIR
+        point into a per-run directory (0700, owned by the sandbox uid,
+        writable by the ruleset, removed after the run), and the host's /tmp
+        is not writable.
+        """
+        config = self.config
+        plan = _bwrap.base_plan(config.mode, workspace)
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
+
+        run_dir = tempfile.mkdtemp(prefix="stockade-run-")
+        home, tmp = os.path.join(run_dir, "home"), os.path.join(run_dir, "tmp")
+        try:
+            for path in (home, tmp):
+                os.mkdir(path, 0o700)
+            if caller_is_root:
+                for path in (run_dir, home, tmp):
+                    os.chown(path, config.run_as_uid, config.run_as_gid)
+        except OSError:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        prepared.cleanup.append(run_dir)
+        env = dict(env, HOME=home, TMPDIR=tmp)
+
+        rules = _landlock.second_tier_rules(
+            mode=config.mode.value,
+            system=list(plan.visible_ro),
+            read_only=extra_ro,
+            workspace=workspace,
+            run_dir=run_dir,
+        )
+        spec = prepared.spec
+        spec.update(
+            path=resolution.path,
+            argv=argv,
+            env=env,
+            cwd=prepared.cwd,
+            monitor=True,
+            json_status=True,
+            no_new_privs=True,
+            landlock=_landlock.ruleset_spec(abi=decision.landlock_abi, rules=rules, deny_network=True),
+        )
+        # Cgroups (issue #4) need nothing of their own here: spec["cgroup_procs"]
+        # is joined before the monitor forks, so the monitor and the whole tree
+        # are in the run's cgroups.
+        # The program shares the host's network namespace here: the filter
+        # refuses inet, netlink and packet sockets whatever the network
+        # policy, and socket(AF_UNIX) below Landlock ABI 9 (socketpair stays).
+        # The launcher child execs the program itself: its exec starts the
+        # program phase (trust_monitor False).
+        syscall_filter = None
+        if prepared.use_filter:
+            syscall_filter = _seccomp.filter_for_config(
+                config, tier=decision.tier, landlock_abi=decision.landlock_abi
+            )
+        if syscall_filter is not None:
+            spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=False)
+            prepared.syscall_filter = syscall_filter
+            prepared.notes.extend(syscall_filter.warnings)
+        if caller_is_root:
+            # The program itself runs in the launcher child's mount namespace
+            # here, so the idmapped ancestors are what it traverses; the
+            # ruleset still allows only the paths listed above.
+            idmaps = self._root_idmaps(workspace, extra_ro)
+            if idmaps:
+                spec["idmaps"] = idmaps
+                prepared.notes.extend(m["why"] for m in idmaps)
+        prepared.notes.append(
+            f"tier landlock: HOME={home}, TMPDIR={tmp} (removed after the run); the host's "
+            "/tmp is not writable"
+        )
+        log.debug("landlock ruleset %s", spec["landlock"])
 
     def _network_proxy(self) -> NetworkProxy:
         """The manager's proxy, started on first use.
@@ -459,26 +561,42 @@ class SandboxManager:
 
     def _protections(
         self,
-        info: _bwrap.BwrapInfo,
+        decision: _tiers.Decision,
         caller_is_root: bool,
-        syscall_filter: _seccomp.SyscallFilter | None,
+        syscall_filter: _seccomp.SyscallFilter | None = None,
     ) -> list[Protection]:
         uid = self.config.run_as_uid if caller_is_root else os.getuid()
-        userns = "user, pid, ipc, uts, net, cgroup"
-        if info.has_disable_userns:
-            userns += "; nested user namespaces disabled"
-        return [
-            Protection("namespaces", "enforced", f"bubblewrap {info.version}: {userns}"),
-            Protection("mount_view", "enforced", "system read-only, workspace writable, private /tmp and HOME"),
+        rows = [
             Protection(
-                "syscall_filter",
-                "enforced" if syscall_filter else "off",
-                syscall_filter.protection_detail() if syscall_filter else "no filter for this mode",
-            ),
-            Protection("network", "enforced", _netpolicy.describe(self.config.network)),
+                row.name,
+                _RESULT_STATUS[row.status],
+                row.detail + (" (accepted by the policy)" if row.accepted else ""),
+                required=row.required,
+            )
+            for row in decision.rows
+        ]
+        if decision.tier == _tiers.TIER_LANDLOCK:
+            caps = "none held: non-root uid, ambient set cleared, no_new_privs"
+        else:
+            caps = "all dropped"
+            # the namespace tier's network row: what the network policy allows
+            rows = [
+                Protection(r.name, r.status, _netpolicy.describe(self.config.network), r.required)
+                if r.name == "network" and r.status == "enforced" else r
+                for r in rows
+            ]
+        if syscall_filter is not None:
+            # the filter's own line: mode, calls allowed, sockets, size
+            rows = [
+                Protection(r.name, r.status, syscall_filter.protection_detail(), r.required)
+                if r.name == "syscall_filter" and r.status == "enforced" else r
+                for r in rows
+            ]
+        return [
+            *rows,
             Protection("environment", "enforced", "scrubbed to an allowlist"),
             Protection("never_root", "enforced", f"runs as host uid {uid}"),
-            Protection("capabilities", "enforced", "all dropped"),
+            Protection("capabilities", "enforced", caps),
             *self._limit_protections(),
         ]
 
@@ -487,7 +605,8 @@ class SandboxManager:
         out = [Protection("timeout", "enforced" if config.timeout_sec else "off", "kills the whole tree")]
         if config.cpu_time_sec:
             out.append(Protection("cpu_time", "enforced", f"RLIMIT_CPU {config.cpu_time_sec}s per process"))
-        if config.memory_mb:
+        if config.memory_mb and config.mode is SandboxMode.DISABLED:
+            # other modes: the "memory" row of the tier decision
             out.append(
                 Protection(
                     "memory",
@@ -576,7 +695,7 @@ class SandboxManager:
 
     def _cleanup(self, prepared: _Prepared) -> None:
         for path in prepared.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
 
     # -- event -> result -------------------------------------------------------
 
@@ -621,6 +740,7 @@ class SandboxManager:
             wall_time_sec=wall,
             usage=usage,
             mode=config.mode.value,
+            tier=prepared.tier,
             limits=prepared.limits,
             protections=prepared.protections,
             violations=violations,
@@ -642,6 +762,48 @@ def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:
     if st.st_gid == gid:
         return bool(st.st_mode & 0o010)
     return bool(st.st_mode & 0o001)
+
+
+_RESULT_STATUS = {
+    _tiers.ENFORCED: "enforced",
+    _tiers.DEGRADED: "degraded",
+    _tiers.UNAVAILABLE: "off",
+    _tiers.OFF: "off",
+}
+
+
+def _resolve_visible(
+    argv: list[str], prepared: _Prepared, env: Mapping[str, str], plan: _bwrap.MountPlan
+) -> tuple[Any, list[str]]:
+    """The program's path, and the installations it needs made visible
+    read-only (its own, and absolute PYTHONPATH entries)."""
+    resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
+    extra_ro = list(resolution.read_only)
+    prepared.notes.extend(resolution.notes)
+    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
+            if entry not in extra_ro:
+                extra_ro.append(entry)
+                prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
+    return resolution, extra_ro
+
+
+def _remove_tree(path: str) -> None:
+    """rmtree that also removes what the program made unreadable (chmod 000),
+    which an unprivileged caller could not remove otherwise."""
+
+    def retry(func: Any, failed: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(failed), 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, ignore_errors=True)
+            else:
+                func(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
 
 
 def _fileno(stream: Any, default: int) -> int:
@@ -696,13 +858,18 @@ def _outcome(
 
     killed = event.get("killed")
     status = event.get("status")
-    uses_bwrap = bool(prepared.spec.get("args_data"))
+    # bubblewrap and the second tier's monitor both report the program's
+    # status on the json status pipe; their own exit status means nothing.
+    uses_status_pipe = bool(prepared.spec.get("json_status"))
 
-    if uses_bwrap:
+    if uses_status_pipe:
         code = event.get("json_exit_code")
         if code is None:
             if killed in _KILL_REASONS:
                 return None, _signal.SIGKILL, _KILL_REASONS[killed], None
+            if prepared.spec.get("monitor"):
+                message = f"the run's monitor ended without the program's status ({_status_text(status)})"
+                return None, None, Termination.SANDBOX_ERROR, message
             message = _bwrap_error(stderr) or _status_text(status)
             return None, None, Termination.SANDBOX_ERROR, f"bubblewrap could not start the program: {message}"
         exit_code, sig = _split_code(int(code))

@@ -95,6 +95,7 @@ class Protection:
     name: str
     status: str             # "enforced", "degraded", "off"
     detail: str = ""
+    required: bool = True   # the policy asks for it (False: e.g. Landlock in the namespace tier)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class SandboxResult:
     ``success`` is true when the program exited by itself with status 0.
     ``exit_code`` is the program's exit status when it exited, else None;
     ``signal`` is the number of the signal that ended it, else None.
+    ``tier`` is how the sandbox was built: ``namespaces`` (bubblewrap),
+    ``landlock`` (the second tier, for hosts without user namespaces) or
+    ``none`` (mode disabled); ``protections`` says what was in force.
     """
 
     run_id: str
@@ -125,6 +129,7 @@ class SandboxResult:
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     connections: list[Connection] = field(default_factory=list)
+    tier: str = "none"
 
     @property
     def success(self) -> bool:
@@ -184,6 +189,7 @@ class SandboxResult:
             f"cpu {self.usage.cpu_total_sec:.2f}s",
             f"peak mem {self.usage.peak_memory_mb:.0f} MiB",
             f"mode {self.mode}",
+            f"tier {self.tier}",
         ]
         if self.connections:
             refused = sum(1 for c in self.connections if not c.allowed)
@@ -193,6 +199,13 @@ class SandboxResult:
         if self.violations:
             denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")
+        weaker = [
+            f"{p.name} ({p.status})"
+            for p in self.protections
+            if p.status != "enforced" and p.required
+        ]
+        if weaker and self.tier != "none":
+            parts.append("not fully in force: " + ", ".join(weaker))
         if self.stdout_truncated or self.stderr_truncated:
             parts.append("output truncated")
         if self.error:

@@ -89,61 +89,6 @@ def find_bwrap(explicit: str | None = None) -> BwrapInfo:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def check_namespaces(bwrap: str, as_uid: int | None) -> None:
-    """Fail closed unless bubblewrap can really build a sandbox here.
-
-    One real launch, cached per process: a user namespace, a pid namespace
-    and a network namespace, as an unprivileged uid.
-
-    Raises:
-        SandboxUnavailableError: with the cause bubblewrap printed and the fix.
-    """
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "/bin/true"]
-    kwargs: dict[str, object] = {}
-    if as_uid is not None:
-        kwargs = {"user": as_uid, "group": as_uid, "extra_groups": []}
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, **kwargs)  # type: ignore[call-overload]
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise SandboxUnavailableError("namespaces", f"bwrap did not run: {err}", "reinstall bubblewrap") from err
-    if proc.returncode == 0:
-        return
-    message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
-    raise SandboxUnavailableError("namespaces", f"bubblewrap cannot create namespaces ({message})", namespace_fix(message))
-
-
-def namespace_fix(message: str) -> str:
-    """The most likely fix for a failure to create user namespaces."""
-    restrict = "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
-    if _read(restrict) == "1":
-        return (
-            "AppArmor blocks unprivileged user namespaces "
-            "(kernel.apparmor_restrict_unprivileged_userns=1, Ubuntu 23.10+): install an "
-            "AppArmor profile that allows userns for /usr/bin/bwrap, or set "
-            "`sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`"
-        )
-    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
-        return "enable user namespaces: `sudo sysctl kernel.unprivileged_userns_clone=1`"
-    if _read("/proc/sys/user/max_user_namespaces") == "0":
-        return "enable user namespaces: `sudo sysctl user.max_user_namespaces=15000`"
-    if os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"):
-        return (
-            "this looks like a container whose seccomp/AppArmor profile forbids "
-            "namespaces: run it with --security-opt seccomp=unconfined (or a profile "
-            "that allows clone/unshare with CLONE_NEWUSER)"
-        )
-    return f"check that user namespaces work for this user ({message})"
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
-        return None
-
-
 def forbidden_workspace(path: str, home: str | None) -> str | None:
     """Why a directory may not be the writable workspace, or None."""
     if home and os.path.normpath(home) == path:

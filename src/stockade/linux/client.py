@@ -24,6 +24,23 @@ log = logging.getLogger(__name__)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _launcher_path() -> str:
+    """sys.path entries for the launcher, which starts with ``-S`` (no site):
+    our package, and landlockpy's installation if it lies elsewhere."""
+    entries = [_PACKAGE_PARENT]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("landlockpy")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        where = os.path.dirname(os.path.dirname(spec.origin))
+        if where not in entries:
+            entries.append(where)
+    return os.pathsep.join(entries)
+
+
 class LauncherClient:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -52,14 +69,14 @@ class LauncherClient:
             self._control.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "import sys; sys.path[0:0] = sys.argv[1].split(':'); "
             "from stockade.linux.launcher import main; main(sys.argv[1:])"
         )
         env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}
         debug = os.environ.get("STOCKADE_DEBUG_LAUNCHER")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-S", "-c", code, _PACKAGE_PARENT, str(theirs.fileno())],
+                [sys.executable, "-S", "-c", code, _launcher_path(), str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -43,7 +43,8 @@ import time
 import traceback
 from typing import Any
 
-from . import _sys, netbridge
+from . import _sys, netbridge, reaper
+from . import landlock as _landlock  # before any fork: children do no import work
 from .supervise import Supervisor
 
 MAX_MESSAGE = 1 << 20
@@ -68,6 +69,12 @@ _RLIMITS = {
 # how long housekeeping may wait while only notifications arrive.
 _NOTIFY = "notify"
 TICK_AFTER_NOTIFY_SEC = 0.005
+
+# Dispositions the launcher's interpreter set to "ignore" (SIGPIPE, SIGINT by
+# the launcher, SIGXFSZ by Python at start-up). An ignored signal stays
+# ignored across execve, so the program would, for one, not die of SIGPIPE
+# in a pipeline, or of SIGXFSZ at its file size limit.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGXFSZ)
 
 # How long to wait for the sandbox's pid 1 to be reparented and reaped after
 # bubblewrap's monitor exited, before reporting without its usage.
@@ -139,11 +146,15 @@ def _child_setup(
       2. idmapped mounts for a root-owned workspace (needs root)
       3. O_PATH descriptors for bind sources (needs the caller's rights)
       4. join the run's cgroups (needs write access to cgroup.procs)
-      5. drop from root to the sandbox uid
+      4b. second tier: fork the run's monitor (``reaper.py``), which stays
+         here with the launcher's credentials; the child goes on
+      5. drop from root to the sandbox uid (second tier: then die with the
+         monitor, ambient capabilities cleared)
       6. cwd, descriptors into their fixed slots (``extra_fds``, such as
          bubblewrap's --block-fd pipe, after the bind sources), all others
          closed
-      7. rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
+      7. default dispositions for the signals this process ignores, then
+         rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
       8. no_new_privs, Landlock ruleset, seccomp filter (its listener is
          sent to the launcher before exec)
       9. exec
@@ -151,13 +162,6 @@ def _child_setup(
     step = "start"
     report_fd = errsock.fileno()
     try:
-        # The launcher ignores SIGPIPE and SIGINT, and Python ignores SIGXFSZ;
-        # ignored signals stay ignored across exec. The program gets defaults.
-        step = "reset signals"
-        for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
         if spec.get("new_session"):
             step = "setsid"
             os.setsid()
@@ -193,6 +197,12 @@ def _child_setup(
             with open(procs, "w") as fh:
                 fh.write("0")
 
+        monitor_pid = None
+        if spec.get("monitor"):
+            step = "fork the run's monitor"
+            assert json_w is not None
+            monitor_pid = reaper.split(json_w)
+
         creds = spec.get("creds")
         if creds:
             step = f"drop to uid {creds['uid']} gid {creds['gid']}"
@@ -201,6 +211,10 @@ def _child_setup(
             os.setresuid(creds["uid"], creds["uid"], creds["uid"])
             if os.getuid() == 0 or os.geteuid() == 0:
                 raise OSError(errno.EPERM, "still uid 0 after setresuid")
+
+        if monitor_pid is not None:
+            step = "bind to the monitor"
+            reaper.bind_to_monitor(monitor_pid)
 
         step = f"chdir({spec['cwd']!r})"
         os.chdir(spec["cwd"])
@@ -231,6 +245,11 @@ def _child_setup(
         os.dup2(report_src, report_fd, inheritable=False)
         _sys.close_range(report_fd + 1)
 
+        step = "signal dispositions"
+        for signum in _RESET_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
         step = "rlimits"
         for name, soft, hard in spec.get("rlimits") or []:
             resource.setrlimit(_RLIMITS[name], (_limit(soft), _limit(hard)))
@@ -242,9 +261,7 @@ def _child_setup(
         landlock_spec = spec.get("landlock")
         if landlock_spec:
             step = "landlock"
-            from . import landlock  # imported before fork by the launcher
-
-            landlock.apply(landlock_spec)
+            _landlock.apply(landlock_spec)
 
         seccomp = spec.get("seccomp")
         if seccomp:
@@ -500,7 +517,11 @@ class Run:
 
     def kill(self, reason: str) -> None:
         """Kill the whole tree: the sandbox's pid 1 (which takes its pid
-        namespace with it), the monitor, and the process group."""
+        namespace with it), the monitor, and the process group.
+
+        The second tier's monitor gets SIGTERM instead of SIGKILL: it is
+        the one that can find and kill the rest of the tree (``reaper.py``).
+        """
         if self.killed is None:
             self.killed = reason
         if self.init_pidfd is not None:
@@ -510,7 +531,7 @@ class Run:
                 pass
         if self.status is None and self.pid > 0:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGTERM if self.spec.get("monitor") else signal.SIGKILL)
             except ProcessLookupError:
                 pass
         if self.spec.get("new_session") and self.pid > 0:

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # Audit architecture numbers (linux/audit.h) of the architectures stockade
 # filters natively.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+# Landlock ABI from which unix socket paths obey the ruleset (see landlock.py)
+LANDLOCK_ABI_UNIX_PATHS = 9
 DEFAULT_ERRNO = errno.ENOSYS
 ALLOW = "allow"
 
@@ -130,6 +132,13 @@ class SyscallFilter:
             loopback) allow them.
         allow: extra call names to allow on top of the mode's groups.
         deny: call names to deny (EPERM) although the mode allows them.
+        host_network: True when the program shares the host's network
+            namespace (the Landlock tier): inet and netlink sockets are then
+            refused whatever ``network`` says (they would reach the host's
+            network), and ``socket(AF_UNIX)`` unless ``unix_sockets``.
+        unix_sockets: with ``host_network``, whether ``socket(AF_UNIX)`` is
+            allowed: only when something else confines unix socket paths
+            (Landlock ABI 9). ``socketpair(AF_UNIX)`` is always allowed.
         machine: the architecture (``platform.machine()`` when None).
 
     Raises:
@@ -144,6 +153,8 @@ class SyscallFilter:
     network: str = "none"
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    host_network: bool = False
+    unix_sockets: bool = True
     machine: str | None = None
     warnings: list[str] = field(default_factory=list, init=False)
     _decisions: dict[str, Decision] = field(
@@ -315,13 +326,19 @@ class SyscallFilter:
         ]
 
         families: list[tuple[tuple[int, int, int], ...]] = []
-        for family in sorted(allowed_socket_families(self.network)):
+        allowed_families = set(allowed_socket_families(self.network))
+        if self.host_network:
+            allowed_families = {data.AF_UNIX} if self.unix_sockets else set()
+        for family in sorted(allowed_families):
             if family == data.AF_NETLINK and self.mode != data.PERMISSIVE:
                 route = (2, low32, data.NETLINK_ROUTE)
                 families.append(((0, low32, family), route))
             else:
                 families.append(((0, low32, family),))
-        rules["socket"] = families
+        # An allow rule that never matches: a call with no alternative is
+        # denied by the default action (the empty list would mean "allowed
+        # without conditions").
+        rules["socket"] = families or [((0, low32, 0xFFFFFFFF),)]
         rules["socketpair"] = [((0, low32, data.AF_UNIX),)]
 
         rules["personality"] = [
@@ -452,8 +469,12 @@ class SyscallFilter:
         """One line for the result's ``syscall_filter`` protection."""
         compiled = self.compile()
         allowed = len(self.allowed)
+        sockets = f"network {self.network}"
+        if self.host_network:
+            unix = "unix" if self.unix_sockets else "no unix"
+            sockets = f"host network: no inet sockets, {unix} sockets"
         return (
-            f"{self.mode} filter ({allowed} calls allowed, network {self.network}, "
+            f"{self.mode} filter ({allowed} calls allowed, {sockets}, "
             f"{compiled.instructions} BPF instructions); denials named; "
             f"foreign ABIs killed"
         )
@@ -567,13 +588,22 @@ def filter_for(
     network: str = "none",
     allow: tuple[str, ...] = (),
     deny: tuple[str, ...] = (),
+    host_network: bool = False,
+    unix_sockets: bool = True,
 ) -> SyscallFilter:
     """The filter of a policy, built and compiled once per process.
 
     Raises:
         PolicyError, SandboxUnavailableError: see ``SyscallFilter``.
     """
-    flt = SyscallFilter(mode, network=network, allow=allow, deny=deny)
+    flt = SyscallFilter(
+        mode,
+        network=network,
+        allow=allow,
+        deny=deny,
+        host_network=host_network,
+        unix_sockets=unix_sockets,
+    )
     flt.compile()
     return flt
 
@@ -583,8 +613,17 @@ def network_policy(config: SandboxConfig) -> str:
     return config.network.mode.value
 
 
-def filter_for_config(config: SandboxConfig) -> SyscallFilter | None:
-    """The filter for a policy, or None in mode ``disabled``.
+def filter_for_config(
+    config: SandboxConfig, *, tier: str = "namespaces", landlock_abi: int = 0
+) -> SyscallFilter | None:
+    """The filter for a policy in a tier, or None in mode ``disabled``.
+
+    Args:
+        config: the policy.
+        tier: ``"namespaces"`` (bubblewrap: the sandbox has its own network
+            namespace) or ``"landlock"`` (the program shares the host's).
+        landlock_abi: the second tier's Landlock ABI; from 9 on Landlock
+            confines unix socket paths, so ``socket(AF_UNIX)`` may stay.
 
     Raises:
         PolicyError, SandboxUnavailableError: see ``SyscallFilter``.
@@ -592,11 +631,14 @@ def filter_for_config(config: SandboxConfig) -> SyscallFilter | None:
     mode = config.mode.value
     if mode == "disabled":
         return None
+    host_network = tier == "landlock"
     return filter_for(
         mode,
         network_policy(config),
-        tuple(getattr(config, "syscalls_allow", ()) or ()),
-        tuple(getattr(config, "syscalls_deny", ()) or ()),
+        tuple(config.syscalls_allow),
+        tuple(config.syscalls_deny),
+        host_network,
+        not host_network or landlock_abi >= LANDLOCK_ABI_UNIX_PATHS,
     )
 
 

@@ -1,0 +1,274 @@
+"""Landlock rulesets: our small adapter over landlockpy.
+
+Used on both sides of the launch:
+
+* the manager builds a ruleset *spec* (plain JSON, see ``ruleset_spec``) for
+  the second tier, from the paths the mode shows and the ABI the host probe
+  found;
+* the launcher child calls ``apply(spec)`` just before exec: it creates the
+  ruleset, adds one rule per path, and restricts itself (with
+  no_new_privs). The launcher imports this module before it forks, so the
+  child does no import work.
+
+What a spec handles is denied unless a rule grants it:
+
+* every file-system right the ABI knows (ABI 1: read, write, exec, make and
+  remove; 2: moving files between directories; 3: truncate; 5: ioctl on
+  devices; 9: connecting to pathname unix sockets);
+* with the network off, TCP bind and connect (ABI 4) and UDP (ABI 10), with
+  no port granted;
+* scoping (ABI 6): abstract unix sockets and signals stop at the sandbox's
+  own processes.
+
+The adapter is strict: ``apply`` fails if the running kernel offers less
+than the ABI the spec was built for, so a run never gets a weaker ruleset
+than the host probe (and the result) promised.
+
+Stdlib plus landlockpy only: the launcher imports this module. Without
+landlockpy, ``abi_version`` reports 0 with the reason and ``apply`` fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from typing import Any
+
+try:  # pragma: no branch - landlockpy is a declared dependency
+    import landlockpy as _ll
+    from landlockpy import _syscall as _ll_syscall
+    from landlockpy.flags import LATEST_ABI as _LATEST_ABI
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as _err:  # pragma: no cover - depends on the installation
+    _ll = None  # type: ignore[assignment]
+    _LATEST_ABI = 0
+    _IMPORT_ERROR = f"landlockpy is not importable ({_err})"
+else:
+    # landlockpy (0.2.0, pinned) finds libc lazily with
+    # ctypes.util.find_library, which runs `ldconfig -p` in a subprocess: in
+    # the launcher child, between fork and exec, that would be a fork of its
+    # own and a SIGCHLD after the descriptors are closed. Hand it the libc
+    # this process has already loaded, set up the way it sets up its own.
+    if getattr(_ll_syscall, "_libc", None) is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+        _libc.prctl.restype = ctypes.c_int
+        _ll_syscall._libc = _libc
+
+# Rights by name, as the spec carries them. Each name maps to the landlockpy
+# flag names it covers; flags the ABI lacks are dropped when masking.
+ACCESS_NAMES: dict[str, tuple[str, ...]] = {
+    "read": ("READ_FILE", "READ_DIR"),
+    "exec": ("EXECUTE",),
+    "write": ("WRITE_FILE", "TRUNCATE"),
+    "create": (
+        "MAKE_REG",
+        "MAKE_DIR",
+        "MAKE_SYM",
+        "MAKE_FIFO",
+        "MAKE_SOCK",
+        "REMOVE_FILE",
+        "REMOVE_DIR",
+        "REFER",
+    ),
+    "unix": ("RESOLVE_UNIX",),
+}
+
+# Shorthands used by the manager's plan.
+READ_EXEC = ["read", "exec"]
+READ_ONLY = ["read"]
+READ_WRITE = ["read", "write"]
+WRITABLE = ["read", "write", "exec", "create", "unix"]
+SHARED_MEMORY = ["read", "write", "create"]
+
+# ABI versions that added what the second tier relies on.
+ABI_NET_TCP = 4
+ABI_SCOPE = 6
+ABI_RESOLVE_UNIX = 9
+ABI_NET_UDP = 10
+
+
+def abi_version() -> tuple[int, str | None]:
+    """The kernel's Landlock ABI as landlockpy can use it, and why it is 0.
+
+    Returns:
+        (abi, error): abi 0 with a reason when Landlock cannot be used. An
+        ABI newer than landlockpy knows is capped to what it knows.
+    """
+    if _ll is None:
+        return 0, _IMPORT_ERROR
+    try:
+        abi = _ll.abi_version()
+    except OSError as err:
+        return 0, f"landlock_create_ruleset: {os.strerror(err.errno or 0)}"
+    if abi == 0:
+        return 0, (
+            "the kernel has no Landlock (Linux 5.13+ built with "
+            "CONFIG_SECURITY_LANDLOCK) or it is not enabled at boot (lsm= must "
+            "list landlock)"
+        )
+    return min(abi, _LATEST_ABI), None
+
+
+# Devices the second tier grants, like the first tier's minimal /dev.
+_DEVICES_RW = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty")
+_DEVICES_RO = ("/dev/random", "/dev/urandom")
+
+
+def second_tier_rules(
+    *,
+    mode: str,
+    system: list[str],
+    read_only: list[str],
+    workspace: str,
+    run_dir: str,
+) -> list[tuple[str, list[str]]]:
+    """The second tier's file-system rules: the first tier's mount view as
+    a ruleset.
+
+    Args:
+        mode: the policy's mode name (strict, moderate, permissive).
+        system: the system directories the mode shows (``bwrap.base_plan``).
+        read_only: installations the command needs (``resolve.py``).
+        workspace: the writable workspace.
+        run_dir: the run's own directory (HOME and TMPDIR live in it).
+
+    Returns:
+        (path, access names) pairs for ``ruleset_spec``.
+
+    ``/proc`` is readable: without a pid namespace it is the host's, but a
+    process's own entries are needed (``/proc/self``); other processes'
+    environment, memory and descriptors stay out of reach (Landlock treats
+    them as ptrace, which stops at the run's domain). ``/dev/shm`` is the
+    host's and writable in moderate and permissive, where POSIX semaphores
+    (Python's multiprocessing) need it.
+    """
+    rules: list[tuple[str, list[str]]] = [(path, READ_EXEC) for path in system]
+    rules += [(path, READ_EXEC) for path in read_only]
+    rules.append(("/proc", READ_ONLY))
+    rules += [(path, READ_WRITE) for path in _DEVICES_RW]
+    rules += [(path, READ_ONLY) for path in _DEVICES_RO]
+    if mode != "strict":
+        rules.append(("/dev/shm", SHARED_MEMORY))
+    rules.append((workspace, WRITABLE))
+    rules.append((run_dir, WRITABLE))
+    return rules
+
+
+def ruleset_spec(
+    *,
+    abi: int,
+    rules: list[tuple[str, list[str]]],
+    deny_network: bool,
+) -> dict[str, Any]:
+    """The JSON spec ``apply`` enforces.
+
+    Args:
+        abi: the Landlock ABI the decision was made for (from the probe).
+        rules: (path, access names) pairs; a directory covers its subtree.
+        deny_network: handle TCP (ABI 4+) and UDP (ABI 10+) with no port
+            granted.
+
+    Returns:
+        ``{"abi", "rules": [{"path", "access"}], "deny_network", "scope"}``.
+    """
+    for _path, access in rules:
+        unknown = [name for name in access if name not in ACCESS_NAMES]
+        if unknown:
+            raise ValueError(f"unknown Landlock access names {unknown}")
+    return {
+        "abi": abi,
+        "rules": [{"path": path, "access": list(access)} for path, access in rules],
+        "deny_network": deny_network,
+        "scope": abi >= ABI_SCOPE,
+    }
+
+
+def apply(spec: dict[str, Any]) -> None:
+    """Enforce a ruleset spec on the calling process (the launcher child).
+
+    Paths that do not exist, or that the process cannot reach (EACCES on a
+    directory above them), get no rule: the process could not use them
+    either way, so nothing is granted or lost by skipping them.
+
+    Raises:
+        OSError: the kernel offers less than ``spec["abi"]``, or a Landlock
+            call failed (errno and the call in the message).
+    """
+    if _ll is None:
+        raise OSError(errno.ENOSYS, _IMPORT_ERROR or "landlockpy missing")
+    want = int(spec["abi"])
+    have, why = abi_version()
+    if have < want:
+        raise OSError(
+            errno.ENOSYS,
+            f"Landlock ABI {have} on this kernel, the run was prepared for ABI {want}"
+            + (f" ({why})" if why else ""),
+        )
+    handled_fs = _ll.fs_for_abi(want)
+    handled_net = _ll.AccessNet.NONE
+    if spec.get("deny_network"):
+        handled_net = _ll.net_for_abi(want)
+    scoped = _ll.scope_for_abi(want) if spec.get("scope") else _ll.Scope.NONE
+    with _ll.Ruleset(
+        handled_fs=handled_fs,
+        handled_net=handled_net,
+        scoped=scoped,
+        best_effort=False,
+    ) as ruleset:
+        file_rights = _file_rights() & handled_fs
+        for rule in spec.get("rules") or []:
+            access = _access_flags(rule["access"]) & handled_fs
+            try:
+                if not os.path.isdir(rule["path"]):
+                    # the kernel refuses directory rights on other files
+                    access &= file_rights
+                ruleset.allow_path(rule["path"], access)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
+                    continue
+                raise OSError(
+                    err.errno, f"landlock_add_rule({rule['path']!r}): {err.strerror}"
+                ) from None
+        ruleset.restrict(no_new_privs=True)
+
+
+def _file_rights() -> Any:
+    assert _ll is not None
+    fs = _ll.AccessFS
+    return fs.EXECUTE | fs.WRITE_FILE | fs.READ_FILE | fs.TRUNCATE | fs.IOCTL_DEV
+
+
+def _access_flags(names: list[str]) -> Any:
+    assert _ll is not None
+    flags = _ll.AccessFS.NONE
+    for name in names:
+        for flag_name in ACCESS_NAMES[name]:
+            flags |= getattr(_ll.AccessFS, flag_name)
+    return flags
+
+
+def _warm_flag_cache() -> None:
+    """Compute every flag combination ``apply`` uses, once, here.
+
+    landlockpy's flags are IntFlag values, and Python creates each new
+    combination on first use (a few microseconds each, dozens per ruleset).
+    Made in the launcher before it forks, they are shared with every child
+    instead of being rebuilt in each one.
+    """
+    if _ll is None:
+        return
+    file_rights = _file_rights()
+    for abi in range(1, _LATEST_ABI + 1):
+        handled = _ll.fs_for_abi(abi)
+        _ll.net_for_abi(abi)
+        _ll.scope_for_abi(abi)
+        _ll.restrict_for_abi(abi)
+        for names in (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY):
+            access = _access_flags(names) & handled
+            access & file_rights & handled  # noqa: B018 - creates the pseudo-member
+
+
+_warm_flag_cache()

@@ -1,0 +1,289 @@
+"""The tier decision against recorded host probes.
+
+Fixtures in tests/fixtures/probes: two recorded for real on this project's
+VM (as root and as uid 65534), three synthesised from the documented
+behaviour of hosts we cannot run on here (each file's ``note`` says which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from stockade import PolicyError, SandboxConfig
+from stockade.errors import SandboxUnavailableError
+from stockade.linux import tiers
+from stockade.linux.probe import HostProbe, probe_host
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
+
+
+def load(name: str) -> HostProbe:
+    return HostProbe.from_dict(json.loads((FIXTURES / f"{name}.json").read_text()))
+
+
+def policy(**fields) -> SandboxConfig:
+    return SandboxConfig(execution_log=False, **fields)
+
+
+def statuses(decision: tiers.Decision) -> dict[str, str]:
+    return {row.name: row.status for row in decision.rows}
+
+
+def blocking(decision: tiers.Decision) -> list[str]:
+    return [row.name for row in decision.blocking()]
+
+
+ALL_FIXTURES = sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_fixture_round_trips(name):
+    probe = load(name)
+    assert HostProbe.from_dict(json.loads(probe.to_json())) == probe
+    assert probe.note, "every fixture says where it comes from"
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_every_protection_has_one_row_per_tier(name):
+    probe = load(name)
+    for tier in ("auto", "namespaces", "landlock"):
+        decision = tiers.decide(probe, policy(tier=tier))
+        assert [row.name for row in decision.rows] == list(tiers.ROW_ORDER)
+        for row in decision.rows:
+            assert row.status in (
+                tiers.ENFORCED,
+                tiers.DEGRADED,
+                tiers.UNAVAILABLE,
+                tiers.OFF,
+            )
+            if row.blocking:
+                assert row.fix, f"{name}/{tier}: {row.name} blocks without a fix"
+
+
+# -- Ubuntu 24.04 with AppArmor's user namespace rule ---------------------------
+
+
+def test_ubuntu_apparmor_default_policy_is_refused_with_reason_and_fix():
+    decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy())
+    assert decision.tier == "namespaces"
+    assert not decision.ok
+    assert blocking(decision)[0] == "namespaces"
+    err = decision.error()
+    assert isinstance(err, SandboxUnavailableError)
+    assert err.protection == "namespaces"
+    assert "apparmor_restrict_unprivileged_userns=1" in err.reason
+    assert "setting up uid map" in err.reason
+    assert "apparmor_parser -r /etc/apparmor.d/bwrap" in err.fix
+    assert "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0" in err.fix
+    assert "allow_degraded = ['namespaces']" in err.fix
+
+
+def test_ubuntu_accepting_the_second_tier_still_needs_consent_for_abi4_gaps():
+    probe = load("ubuntu-24.04-apparmor")
+    decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
+    assert decision.tier == "landlock"
+    assert decision.landlock_abi == 4
+    # ABI 4: nothing scopes signals; the syscall filter closes the network
+    # (no inet sockets, no socket(AF_UNIX) below ABI 9)
+    assert blocking(decision) == ["process_isolation"]
+    assert (
+        "signals reach every host process" in decision.row("process_isolation").detail
+    )
+    network = decision.row("network")
+    assert network.status == "enforced"
+    assert "socket(AF_UNIX) refused by the syscall filter" in network.detail
+    ok = tiers.decide(probe, policy(allow_degraded=["namespaces", "process_isolation"]))
+    assert ok.ok and ok.tier == "landlock"
+    assert statuses(ok)["landlock"] == "enforced"
+    assert statuses(ok)["syscall_filter"] == "enforced"
+    assert statuses(ok)["tree_kill"] == "enforced"
+
+
+def test_second_tier_without_seccomp_user_notification_keeps_abi4_network_gaps():
+    probe = load("ubuntu-24.04-apparmor")
+    old = dataclasses.replace(
+        probe, seccomp=dataclasses.replace(probe.seccomp, user_notif=False)
+    )
+    decision = tiers.decide(old, policy(allow_degraded=["namespaces"]))
+    assert blocking(decision) == ["syscall_filter", "network", "process_isolation"]
+    assert "Linux 5.5" in decision.row("syscall_filter").fix
+    # without the filter: TCP is denied by Landlock, abstract sockets are not
+    assert "abstract unix sockets" in decision.row("network").detail
+    assert "TCP bind/connect denied" in decision.row("network").detail
+
+
+def test_ubuntu_forced_first_tier_offers_no_second_tier_hint():
+    decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy(tier="namespaces"))
+    assert not decision.ok
+    assert "allow_degraded" not in decision.row("namespaces").fix
+
+
+def test_ubuntu_ssh_session_cannot_make_cgroups_and_says_how():
+    decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy())
+    memory = decision.row("memory")
+    assert memory.status == "degraded" and not memory.required
+    assert "Delegate=yes" in memory.fix
+
+
+# -- a container whose seccomp profile forbids user namespaces -----------------
+
+
+def test_container_default_policy_names_the_container_profile():
+    decision = tiers.decide(load("container-docker-no-userns"), policy())
+    err = decision.error()
+    assert err.protection == "namespaces"
+    assert "container" in err.reason and "forbids creating namespaces" in err.reason
+    assert "seccomp=unconfined" in err.fix
+
+
+def test_container_second_tier_on_abi3_gets_its_network_from_the_filter():
+    probe = load("container-docker-no-userns")
+    decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
+    assert decision.tier == "landlock"
+    # Landlock ABI 3 denies no network at all; the filter refuses the sockets
+    assert statuses(decision)["network"] == "enforced"
+    assert blocking(decision) == ["process_isolation"]
+    everything = ["namespaces", "process_isolation"]
+    assert tiers.decide(probe, policy(allow_degraded=everything)).ok
+    unfiltered = dataclasses.replace(
+        probe, seccomp=dataclasses.replace(probe.seccomp, user_notif=False)
+    )
+    bare = tiers.decide(unfiltered, policy(allow_degraded=["namespaces"]))
+    assert statuses(bare)["network"] == "unavailable"
+
+
+def test_second_tier_below_abi3_needs_consent_for_the_file_system():
+    probe = load("container-docker-no-userns")
+    old = dataclasses.replace(
+        probe, landlock=dataclasses.replace(probe.landlock, abi=2)
+    )
+    decision = tiers.decide(
+        old, policy(tier="landlock", allow_degraded=["network", "process_isolation"])
+    )
+    assert blocking(decision) == ["mount_view"]
+    assert "truncate()" in decision.row("mount_view").detail
+
+
+def test_second_tier_without_landlock_is_refused_and_cannot_be_accepted():
+    probe = load("container-docker-no-userns")
+    none = dataclasses.replace(
+        probe, landlock=dataclasses.replace(probe.landlock, abi=0, error="ENOSYS")
+    )
+    every = ["namespaces", "mount_view", "network", "process_isolation"]
+    decision = tiers.decide(none, policy(tier="landlock", allow_degraded=every))
+    assert not decision.ok
+    assert decision.error().protection == "landlock"
+    assert "lsm=" in decision.error().fix
+
+
+# -- a cgroup v2 host with systemd delegation, namespaces working ---------------
+
+
+def test_fedora_delegated_v2_runs_in_the_first_tier():
+    decision = tiers.decide(load("fedora41-cgroup2-delegated"), policy())
+    assert decision.ok and decision.tier == "namespaces"
+    for name in (
+        "namespaces",
+        "mount_view",
+        "network",
+        "process_isolation",
+        "tree_kill",
+    ):
+        assert statuses(decision)[name] == "enforced"
+    memory = decision.row("memory")
+    assert "cgroup v2 memory controller, writable" in memory.detail
+    assert memory.fix == ""
+
+
+def test_fedora_forced_second_tier_abi5_lacks_signal_scoping():
+    decision = tiers.decide(load("fedora41-cgroup2-delegated"), policy(tier="landlock"))
+    assert decision.tier == "landlock"
+    assert statuses(decision)["namespaces"] == "off"
+    assert blocking(decision) == ["process_isolation"]
+
+
+# -- this machine, recorded for real -------------------------------------------
+
+
+def test_this_vm_as_root_runs_the_first_tier():
+    decision = tiers.decide(load("debian12-vm-root"), policy())
+    assert decision.ok and decision.tier == "namespaces"
+    assert "cgroup v1 memory hierarchy, writable" in decision.row("memory").detail
+
+
+def test_this_vm_second_tier_runs_with_the_filter_closing_the_network():
+    decision = tiers.decide(load("debian12-vm-root"), policy(tier="landlock"))
+    assert decision.landlock_abi == 7
+    assert decision.ok and blocking(decision) == []
+    network = decision.row("network")
+    assert network.status == "enforced"
+    assert "inet, netlink and packet sockets refused" in network.detail
+    assert statuses(decision)["syscall_filter"] == "enforced"
+    assert statuses(decision)["process_isolation"] == "degraded"
+    assert decision.row("process_isolation").accepted
+
+
+def test_this_vm_as_nobody_cannot_write_cgroups():
+    decision = tiers.decide(load("debian12-vm-nobody"), policy())
+    assert decision.ok and decision.tier == "namespaces"
+    assert "no writable memory cgroup" in decision.row("memory").detail
+
+
+def test_live_probe_decides_like_its_recording(monkeypatch):
+    """The live probe of this machine and the recorded one agree."""
+    import os
+
+    recorded = load("debian12-vm-root" if os.geteuid() == 0 else "debian12-vm-nobody")
+    live = probe_host(None, 65534 if os.geteuid() == 0 else None)
+    if (live.kernel, live.cgroup.layout) != (recorded.kernel, recorded.cgroup.layout):
+        pytest.skip(f"not the recorded VM (kernel {live.kernel}, {live.cgroup.layout})")
+    for config in (
+        policy(),
+        policy(tier="landlock"),
+        policy(tier="landlock", allow_degraded=["network"]),
+    ):
+        assert statuses(tiers.decide(live, config)) == statuses(
+            tiers.decide(recorded, config)
+        )
+        assert tiers.decide(live, config).ok == tiers.decide(recorded, config).ok
+
+
+# -- policy semantics -------------------------------------------------------------
+
+
+def test_disabled_mode_uses_no_tier_and_blocks_nothing():
+    decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy(mode="disabled"))
+    assert decision.tier == "none" and decision.ok
+
+
+def test_unknown_protection_name_is_a_policy_error():
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig.from_mapping({"allow_degraded": ["namespace"]})
+    assert info.value.key == "allow_degraded"
+    with pytest.raises(PolicyError):
+        SandboxConfig().with_changes(tier="containers")
+
+
+def test_allow_degraded_accepts_a_comma_separated_string():
+    assert SandboxConfig(allow_degraded="namespaces, network").allow_degraded == (
+        "namespaces",
+        "network",
+    )
+
+
+def test_error_offers_the_policy_knob_for_a_degradable_row():
+    probe = load("ubuntu-24.04-apparmor")
+    err = tiers.decide(probe, policy(tier="landlock")).error()
+    assert err.protection == "process_isolation"
+    assert "allow_degraded = ['process_isolation']" in err.fix
+
+
+def test_decision_is_plain_data():
+    decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy())
+    data = json.loads(json.dumps(decision.to_dict()))
+    assert data["tier"] == "namespaces" and data["ok"] is False
+    assert {row["name"] for row in data["rows"] if row["blocking"]} >= {"namespaces"}
