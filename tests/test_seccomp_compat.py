@@ -1,9 +1,11 @@
 """The compatibility matrix of docs/filters.md, measured.
 
 Every cell of ``syscall_groups.COMPATIBILITY`` is run through the real
-sandbox in its mode: "runs" must succeed with the expected output; "fails:
-... (calls)" must fail, with the result naming one of those calls as denied
-(so the failure is the filter's doing, not something else).
+sandbox in its mode, in both tiers (bubblewrap's namespaces, and the
+Landlock tier where the program shares the host's network namespace and the
+filter refuses more sockets): "runs" must succeed with the expected output;
+"fails: ... (calls)" must fail, with the result naming one of those calls
+as denied (so the failure is the filter's doing, not something else).
 """
 
 from __future__ import annotations
@@ -115,20 +117,42 @@ def test_every_matrix_row_has_a_program():
     assert set(PROGRAMS) == set(COMPATIBILITY)
 
 
+_TIER_OK: dict[str, str | None] = {}
+
+
+def _tier_unavailable(tier: str) -> str | None:
+    """Why this host cannot run the tier, or None."""
+    if tier not in _TIER_OK:
+        decision = SandboxManager(SandboxConfig(tier=tier, execution_log=False)).decide()
+        _TIER_OK[tier] = None if decision.ok else str(decision.error())
+    return _TIER_OK[tier]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("tier", ["namespaces", "landlock"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("key", list(COMPATIBILITY))
-def test_compatibility_cell(key, mode, workspace):
+def test_compatibility_cell(key, mode, tier, workspace):
     argv, files, expected, tool = PROGRAMS[key]
     if not shutil.which(tool):
         pytest.skip(f"{tool} is not installed")
+    why = _tier_unavailable(tier)
+    if why:
+        pytest.skip(f"this host cannot run tier {tier}: {why}")
     for name, text in files.items():
         (workspace / name).write_text(text)
     if key == "c-binary":
         source = workspace / "hello.c"
         source.write_text(HELLO_C)
         subprocess.run(["gcc", "-o", str(workspace / "hello"), str(source)], check=True)
-    config = SandboxConfig(mode=mode, execution_log=False, timeout_sec=60)
+    # system tools only: the caller's PATH may hold shims (pyenv) or venvs
+    config = SandboxConfig(
+        mode=mode,
+        tier=tier,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+        execution_log=False,
+        timeout_sec=60,
+    )
     manager = SandboxManager(config)
 
     result = manager.execute(argv, cwd=workspace)

@@ -213,31 +213,47 @@ def test_protection_is_enforced_and_disabled_has_no_filter(workspace):
     assert {p.name: p.status for p in prepared.protections}["syscall_filter"] == "off"
 
 
-def test_spec_without_bubblewrap_starts_the_program_phase_at_its_own_exec(
-    monkeypatch, workspace
-):
-    """The Landlock tier execs the program directly: trust_monitor False."""
-    original = SandboxManager._prepare_disabled
-
-    def with_filter(self, prepared, *args, **kwargs):
-        original(self, prepared, *args, **kwargs)
-        prepared.spec["seccomp"] = seccomp.filter_for("moderate").launcher_spec(
-            trust_monitor=False
-        )
-        prepared.spec["no_new_privs"] = True
-
-    monkeypatch.setattr(SandboxManager, "_prepare_disabled", with_filter)
-    manager = SandboxManager(SandboxConfig(mode="disabled", execution_log=False))
+def test_second_tier_filter_names_denials_and_refuses_host_sockets(workspace):
+    """The Landlock tier execs the program directly (trust_monitor False) and
+    shares the host's network namespace: no inet or netlink sockets, and no
+    socket(AF_UNIX) below Landlock ABI 9; socketpair keeps working."""
+    config = SandboxConfig(tier="landlock", execution_log=False)
+    manager = SandboxManager(config)
+    decision = manager.decide()
+    if not decision.ok:
+        pytest.skip(f"this host cannot run the second tier: {decision.error()}")
+    flt = seccomp.filter_for("moderate")
+    probes = [
+        {"id": "keyctl", "nr": flt.number("keyctl"), "args": [0, -3, 0]},
+        {"id": "inet", "nr": flt.number("socket"), "args": [2, 1, 0]},
+        {"id": "netlink", "nr": flt.number("socket"), "args": [16, 3, 0]},
+        {"id": "unix", "nr": flt.number("socket"), "args": [1, 1, 0]},
+        {"id": "pair", "nr": flt.number("socketpair"), "args": [1, 1, 0, "buf:8"]},
+        {"id": "x32", "nr": 0x40000000 | 39, "args": []},
+    ]
     shutil.copy(PAYLOAD, workspace / "syscall_probe.py")
-    keyctl = seccomp.filter_for("moderate").number("keyctl")
-    probes = [{"id": "keyctl", "nr": keyctl, "args": [0, -3, 0]}]
     python = "/usr/bin/python3"  # the caller's PATH may hold pyenv shims
     argv = [python, "syscall_probe.py", json.dumps(probes)]
     result = manager.execute(argv, cwd=workspace)
     assert result.success, (result.summary(), result.stderr_text)
-    assert json.loads(result.stdout) == {"keyctl": "errno:EPERM"}
-    denied = [(v.what, v.action) for v in result.violations]
-    assert denied == [("keyctl", "errno:EPERM")]
+    assert result.tier == "landlock"
+    outcomes = {}
+    for line in result.stdout_text.splitlines():
+        outcomes.update(json.loads(line))
+    unix = "ok" if decision.landlock_abi >= 9 else "errno:EAFNOSUPPORT"
+    assert outcomes == {
+        "keyctl": "errno:EPERM",
+        "inet": "errno:EAFNOSUPPORT",
+        "netlink": "errno:EAFNOSUPPORT",
+        "unix": unix,
+        "pair": "ok",
+        "x32": "killed:SIGKILL",
+    }
+    denied = {(v.what, v.action): v.count for v in result.violations}
+    assert denied[("keyctl", "errno:EPERM")] == 1
+    assert denied[("x32:getpid", "kill")] == 1
+    row = {p.name: p for p in result.protections}["syscall_filter"]
+    assert row.status == "enforced" and "host network" in row.detail
 
     iopl = "import ctypes; ctypes.CDLL(None).syscall(172, 0)"
     killed = manager.execute([python, "-c", iopl], cwd=workspace)

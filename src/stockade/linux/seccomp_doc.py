@@ -93,7 +93,8 @@ def render_markdown() -> str:
         "### Compatibility matrix",
         "",
         "Measured by `tests/test_seccomp_compat.py` on the real kernel through "
-        "the real sandbox; a cell that stops matching fails the suite.",
+        "the real sandbox, in both tiers (bubblewrap's namespaces and the "
+        "Landlock tier); a cell that stops matching fails the suite.",
         "",
         "| program | strict | moderate | permissive |",
         "| --- | --- | --- | --- |",
