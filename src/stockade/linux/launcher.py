@@ -69,6 +69,7 @@ _RLIMITS = {
 # how long housekeeping may wait while only notifications arrive.
 _NOTIFY = "notify"
 TICK_AFTER_NOTIFY_SEC = 0.005
+_LISTENER_MESSAGE = [b'{"listener": true}']
 
 # Dispositions the launcher's interpreter set to "ignore" (SIGPIPE, SIGINT by
 # the launcher, SIGXFSZ by Python at start-up). An ignored signal stays
@@ -266,16 +267,15 @@ def _child_setup(
         seccomp = spec.get("seccomp")
         if seccomp:
             step = "seccomp"
-            # decoded by the launcher before the fork: nothing may be
-            # imported here, the stdlib may be unreadable after the drop
-            bpf = seccomp["bpf_bytes"]
-            flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
-            listener = _sys.seccomp_set_filter(bpf, flags)
+            # prepared by the launcher before the fork (Run.start): nothing
+            # may be imported here (the stdlib may be unreadable after the
+            # drop), and every object touched now costs a page copy
+            listener = seccomp["program"].install()
             if seccomp.get("listener"):
                 # Only sendmsg, close and execve follow: every mode's filter
                 # must let sendmsg and close through without notification.
                 sock = socket.socket(fileno=report_fd)
-                socket.send_fds(sock, [b'{"listener": true}'], [listener])
+                socket.send_fds(sock, _LISTENER_MESSAGE, [listener])
                 sock.detach()
                 os.close(listener)
 
@@ -340,7 +340,8 @@ class Run:
     def start(self) -> None:
         seccomp = self.spec.get("seccomp")
         if seccomp:
-            seccomp["bpf_bytes"] = base64.b64decode(seccomp["bpf"])
+            flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
+            seccomp["program"] = _sys.SeccompProgram(base64.b64decode(seccomp["bpf"]), flags)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         json_w = None
         if self.spec.get("json_status"):
