@@ -94,8 +94,10 @@ def test_doctor_exit_status_follows_the_policy_options(forced_probe, capsys):
     assert main(["doctor", "--tier", "landlock"]) == 1
     out = capsys.readouterr().out
     assert "REFUSED" in out and "process_isolation" in out
+    # the recorded host has no cgroup for the tree limits either (issue #4)
+    accept = "process_isolation,memory,pids,cpu"
     assert main(
-        ["doctor", "--tier", "landlock", "--allow-degraded", "process_isolation"]
+        ["doctor", "--tier", "landlock", "--allow-degraded", accept]
     ) == 0, capsys.readouterr().out
     bad = subprocess.run(
         [STOCKADE, "doctor", "--allow-degraded", "nonsense"],
@@ -122,8 +124,9 @@ def test_doctor_json_on_a_container(forced_probe, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["decision"]["tier"] == "landlock"
     blocking = [row["name"] for row in data["decision"]["rows"] if row["blocking"]]
-    # Landlock ABI 3 denies no network; the syscall filter does
-    assert blocking == ["process_isolation"]
+    # Landlock ABI 3 denies no network, the syscall filter does; and no
+    # cgroup for the tree limits (issue #4)
+    assert blocking == ["process_isolation", "memory", "pids", "cpu"]
     assert "seccomp=unconfined" in data["decision"]["rows"][0]["fix"]
 
 
@@ -176,7 +179,8 @@ def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(
     forced_probe("ubuntu-24.04-apparmor")
     config = SandboxConfig(
         execution_log=False,
-        allow_degraded=["namespaces", "process_isolation"],
+        # the recorded host has no cgroup for the tree limits (issue #4)
+        allow_degraded=["namespaces", "process_isolation", "memory", "pids", "cpu"],
     )
     name = f"stockade-test-{uuid.uuid4().hex[:12]}"
     with socket.socket(socket.AF_UNIX) as server, socket.socket() as tcp:
@@ -265,7 +269,7 @@ def test_cli_run_refuses_forced_second_tier_without_consent(
     assert main([*argv, "--", "true"]) == 125
     err = capsys.readouterr().err
     assert "cannot enforce process_isolation" in err
-    assert "allow_degraded = ['process_isolation']" in err
+    assert "allow_degraded = ['process_isolation'" in err
 
 
 @pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")

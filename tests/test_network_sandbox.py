@@ -507,12 +507,14 @@ def test_unprivileged_caller_allowlist_and_loopback(server, workspace):
     code = textwrap.dedent(f"""
         import json
         from stockade import SandboxConfig, SandboxManager
-        config = SandboxConfig(execution_log=False, network={{
+        # no usable cgroup for uid 65534 on a cgroup v1 host: accept rlimits
+        config = SandboxConfig(execution_log=False, allow_degraded=("memory", "pids", "cpu"), network={{
             "allow": ["pypi.test", "127.0.0.1:{server.port}"], "hosts": {{"pypi.test": "127.0.0.1"}}}})
         with SandboxManager(config) as manager:
             allowed = manager.execute(["sh", "-c",
                 "curl -sS http://pypi.test:{server.port}/nobody; curl -sS -o /dev/null -w ' %{{http_code}}' http://evil.test/"])
-        with SandboxManager(SandboxConfig(execution_log=False, network="loopback")) as manager:
+        with SandboxManager(SandboxConfig(execution_log=False, allow_degraded=("memory", "pids", "cpu"),
+                                          network="loopback")) as manager:
             own = manager.execute(["python3", "-c",
                 "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
                 "c=socket.create_connection(s.getsockname()); print('own loopback ok')"])

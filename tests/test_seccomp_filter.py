@@ -275,7 +275,10 @@ def test_unprivileged_caller_gets_named_denials_and_kills():
         ]
         code = (
             "import json, sys; from stockade import SandboxManager, SandboxConfig; "
-            "r = SandboxManager(SandboxConfig(execution_log=False)).execute("
+            # an unprivileged caller may have no cgroup for the tree limits
+            "c = SandboxConfig(execution_log=False, "
+            "allow_degraded=['memory', 'pids', 'cpu']); "
+            "r = SandboxManager(c).execute("
             "['python3', 'syscall_probe.py', sys.argv[1]], cwd=sys.argv[2]); "
             "print(json.dumps(r.to_dict()))"
         )

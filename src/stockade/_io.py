@@ -65,11 +65,13 @@ class RunIO:
         stdin_data: bytes | None,
         cap: int,
         on_message: Callable[[dict[str, Any], list[int]], None] | None = None,
+        kill_at_cap: bool = True,
     ) -> None:
         self.report = report
         # Messages before the exit event (the network bridge's listener);
         # the callback owns the descriptors.
         self.on_message = on_message
+        self.kill_at_cap = kill_at_cap
         self.out = OutputBuffer(cap)
         self.err = OutputBuffer(cap)
         self.readers: dict[int, OutputBuffer] = {}
@@ -122,7 +124,9 @@ class RunIO:
         if not data:
             self.close_reader(fd)
             return False
-        if buf.feed(data):
+        # Past the cap the buffer drops what it is fed; reading on (instead of
+        # killing) keeps the program from blocking on a full pipe.
+        if buf.feed(data) and self.kill_at_cap:
             self.request_kill("output_limit")
         return True
 

@@ -45,9 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
     run.add_argument("--timeout", type=float, metavar="SEC", help="wall-clock limit in seconds")
-    run.add_argument("--cpu-time", type=int, metavar="SEC", help="CPU seconds per process")
-    run.add_argument("--memory", type=int, metavar="MIB", help="memory cap in MiB")
-    run.add_argument("--disk", type=int, metavar="MIB", help="size of the private tmpfs areas and largest file, MiB")
+    run.add_argument("--cpu-time", type=float, metavar="SEC", help="CPU seconds of the whole process tree")
+    run.add_argument("--memory", type=int, metavar="MIB", help="memory of the whole process tree, MiB")
+    run.add_argument(
+        "--pids",
+        "--max-processes",
+        dest="max_processes",
+        type=int,
+        metavar="N",
+        help="processes and threads of the whole tree at once",
+    )
+    run.add_argument("--cpus", type=float, metavar="CORES", help="CPU quota in cores, e.g. 0.5")
+    run.add_argument(
+        "--disk",
+        type=int,
+        metavar="MIB",
+        help="disk budget, MiB: each private tmpfs, the largest file, workspace growth",
+    )
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
     run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
@@ -73,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
     _tier_options(run)
     run.add_argument("--json", action="store_true", help="capture output and print the result as JSON")
+    run.add_argument("--max-output", type=int, metavar="MIB", help="captured bytes kept per stream (with --json)")
+    run.add_argument(
+        "--truncate-output",
+        action="store_true",
+        help="past --max-output keep the program running and drop the rest (the result "
+        "flags the stream truncated) instead of ending the run with output_limit",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no summary line")
     run.add_argument("--no-log", action="store_true", help="do not append to the execution log")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
@@ -169,6 +190,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             ("timeout", "timeout_sec"),
             ("cpu_time", "cpu_time_sec"),
             ("memory", "memory_mb"),
+            ("max_processes", "max_processes"),
+            ("cpus", "cpu_cores"),
             ("disk", "disk_mb"),
             ("workspace", "workspace"),
         ):
@@ -189,6 +212,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.no_log:
             changes["execution_log"] = False
         changes.update(_tier_changes(args, config))
+        if (args.max_output is not None or args.truncate_output) and not args.json:
+            parser.error("run: --max-output and --truncate-output apply to captured output (--json)")
+        if args.max_output is not None:
+            changes["max_output_bytes"] = args.max_output * 1024 * 1024
+        if args.truncate_output:
+            changes["output_limit_action"] = "truncate"
         if changes:
             config = config.with_changes(**changes)
         manager = SandboxManager(config)

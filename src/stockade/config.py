@@ -76,25 +76,57 @@ class SandboxConfig(BaseModel):
         gt=0,
         description="Wall-clock limit; the whole process tree is killed at it.",
     )
-    cpu_time_sec: int | None = Field(
+    cpu_time_sec: float | None = Field(
         default=300,
         gt=0,
-        description="CPU seconds per process (RLIMIT_CPU).",
+        description=(
+            "CPU seconds of the whole process tree (all processes and threads "
+            "together), read from the run's cgroup; the tree is killed at it "
+            "(termination 'cpu_limit'). RLIMIT_CPU per process is a backstop, "
+            "and what stands in when allow_degraded names 'cpu' and no usable "
+            "cgroup exists."
+        ),
     )
     memory_mb: int | None = Field(
         default=512,
         gt=0,
         description=(
-            "Memory cap. Applied per process with RLIMIT_DATA for now "
-            "(TODO(#4): a cgroup limit for the whole tree)."
+            "Memory of the whole process tree (cgroup memory limit, swap "
+            "disabled for the run): anonymous memory, page cache, tmpfs files "
+            "and kernel memory the tree uses. When the kernel's OOM killer acts "
+            "the run ends with termination 'memory_limit'. Without a usable "
+            "cgroup the run is refused unless allow_degraded names 'memory' "
+            "(then RLIMIT_DATA per process)."
+        ),
+    )
+    max_processes: int | None = Field(
+        default=512,
+        gt=0,
+        description=(
+            "Processes and threads of the whole tree at once (cgroup pids "
+            "limit; bubblewrap's own two processes are not counted). A refused "
+            "fork or thread ends the run with termination 'pids_limit'. Without "
+            "a usable cgroup the run is refused unless allow_degraded names "
+            "'pids' (then RLIMIT_NPROC, which counts the uid's processes)."
+        ),
+    )
+    cpu_cores: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "CPU bandwidth of the tree in cores (cgroup CPU quota), e.g. 0.5 or "
+            "1.5. None: not limited."
         ),
     )
     disk_mb: int | None = Field(
         default=100,
         gt=0,
         description=(
-            "Size of each private writable tmpfs (/tmp, /dev/shm, HOME) and the "
-            "largest file a process may write (RLIMIT_FSIZE)."
+            "Disk budget: the size of each private writable tmpfs (/tmp, "
+            "/var/tmp, /dev/shm, HOME), the largest file a process may write "
+            "(RLIMIT_FSIZE, unless max_file_size_mb says otherwise), and how "
+            "much the run may add to the workspace (measured; past it the run "
+            "ends with termination 'disk_limit'). See docs/limits.md."
         ),
     )
     max_file_size_mb: int | None = Field(
@@ -109,6 +141,14 @@ class SandboxConfig(BaseModel):
         description=(
             "Captured bytes kept per stream; past it the run is ended with "
             "termination 'output_limit'."
+        ),
+    )
+    output_limit_action: Literal["kill", "truncate"] = Field(
+        default="kill",
+        description=(
+            "What passing max_output_bytes does. 'kill': the run ends with "
+            "termination 'output_limit'. 'truncate': the program runs on, the rest "
+            "of the stream is read and dropped, and the result flags it truncated."
         ),
     )
 
@@ -266,7 +306,14 @@ def _policy_error(err: ValidationError, source: str) -> PolicyError:
 
 # --- files -----------------------------------------------------------------
 
-_FLAG_LIMIT_KEYS = {"cpu_time_sec", "memory_mb", "disk_mb", "timeout_sec"}
+_FLAG_LIMIT_KEYS = {
+    "cpu_time_sec",
+    "memory_mb",
+    "disk_mb",
+    "timeout_sec",
+    "max_processes",
+    "cpu_cores",
+}
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> SandboxConfig:

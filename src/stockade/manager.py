@@ -23,10 +23,11 @@ from typing import IO, Any
 
 from . import _io
 from .audit import ExecutionLog, resolve_log_path
-from .config import MIB, SandboxConfig, SandboxMode
+from .config import SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
 from .linux import bwrap as _bwrap
 from .linux import landlock as _landlock
+from .linux import limits as _limits
 from .linux import seccomp as _seccomp
 from .linux import tiers as _tiers
 from .linux.client import shared_launcher
@@ -34,7 +35,7 @@ from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
 from .linux.resolve import resolve_command
 from .network import policy as _netpolicy
 from .network.proxy import NetworkProxy, RunTraffic
-from .result import Protection, SandboxResult, Termination, Usage, Violation
+from .result import Protection, SandboxResult, Termination, Violation
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class _Prepared:
     prepare_ms: float = 0.0
     uses_proxy: bool = False
     traffic: RunTraffic | None = None
+    overhead_tasks: int = 0
     syscall_filter: _seccomp.SyscallFilter | None = None
     use_filter: bool = False
 
@@ -210,16 +212,24 @@ class SandboxManager:
             "timeout_sec": timeout if timeout is not None else config.timeout_sec,
             "cpu_time_sec": config.cpu_time_sec,
             "memory_mb": config.memory_mb,
+            "max_processes": config.max_processes,
+            "cpu_cores": config.cpu_cores,
             "disk_mb": config.disk_mb,
             "file_size_mb": config.file_size_mb,
             "max_open_files": config.max_open_files,
             "max_output_bytes": config.max_output_bytes,
         }
+        # tree limits first: a limit the host cannot enforce fails closed here
+        limit_plan = _limits.plan(config, workspace=workspace)
         spec: dict[str, Any] = {
             "run_id": run_id,
             "timeout": limits["timeout_sec"],
-            "rlimits": self._rlimits(),
+            "rlimits": limit_plan.rlimits,
         }
+        if limit_plan.cgroup is not None:
+            spec["cgroup"] = limit_plan.cgroup
+        if limit_plan.disk_budget is not None:
+            spec["disk_budget"] = limit_plan.disk_budget
         prepared = _Prepared(
             run_id=run_id,
             command=argv,
@@ -251,6 +261,8 @@ class SandboxManager:
             prepared.protections = self._protections(
                 decision, caller_is_root, prepared.syscall_filter
             )
+        prepared.protections = _limits.merge_protections(prepared.protections, limit_plan.protections)
+        prepared.overhead_tasks = _limits.finalize(prepared.spec, config)
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
         return prepared
 
@@ -309,23 +321,6 @@ class SandboxManager:
         env.setdefault("PATH", DEFAULT_PATH)
         env["HOME"] = _bwrap.HOME_IN_SANDBOX
         return env
-
-    def _rlimits(self) -> list[list[Any]]:
-        config = self.config
-        limits: list[list[Any]] = [["RLIMIT_CORE", 0, 0]]
-        if config.cpu_time_sec is not None:
-            # SIGXCPU at the soft limit, SIGKILL one second later
-            limits.append(["RLIMIT_CPU", config.cpu_time_sec, config.cpu_time_sec + 1])
-        if config.file_size_mb is not None:
-            size = config.file_size_mb * MIB
-            limits.append(["RLIMIT_FSIZE", size, size])
-        limits.append(["RLIMIT_NOFILE", config.max_open_files, config.max_open_files])
-        if config.memory_mb is not None:
-            # TODO(#4): per-process RLIMIT_DATA until the cgroup limit for the
-            # whole tree replaces it; eight children may use eight times this.
-            size = config.memory_mb * MIB
-            limits.append(["RLIMIT_DATA", size, size])
-        return limits
 
     def _prepare_bwrap(
         self,
@@ -556,7 +551,6 @@ class SandboxManager:
             Protection("network", "off", "mode disabled: the host network is reachable"),
             Protection("environment", "enforced", "scrubbed to an allowlist"),
             Protection("never_root", "enforced" if uid != 0 else "off", f"runs as uid {uid}"),
-            *self._limit_protections(),
         ]
 
     def _protections(
@@ -597,26 +591,7 @@ class SandboxManager:
             Protection("environment", "enforced", "scrubbed to an allowlist"),
             Protection("never_root", "enforced", f"runs as host uid {uid}"),
             Protection("capabilities", "enforced", caps),
-            *self._limit_protections(),
         ]
-
-    def _limit_protections(self) -> list[Protection]:
-        config = self.config
-        out = [Protection("timeout", "enforced" if config.timeout_sec else "off", "kills the whole tree")]
-        if config.cpu_time_sec:
-            out.append(Protection("cpu_time", "enforced", f"RLIMIT_CPU {config.cpu_time_sec}s per process"))
-        if config.memory_mb and config.mode is SandboxMode.DISABLED:
-            # other modes: the "memory" row of the tier decision
-            out.append(
-                Protection(
-                    "memory",
-                    "degraded",
-                    f"RLIMIT_DATA {config.memory_mb} MiB per process, not a limit for the whole tree (issue #4)",
-                )
-            )
-        if config.file_size_mb:
-            out.append(Protection("file_size", "enforced", f"RLIMIT_FSIZE {config.file_size_mb} MiB"))
-        return out
 
     # -- launch ----------------------------------------------------------------
 
@@ -663,6 +638,7 @@ class SandboxManager:
             stdin_data=stdin_data,
             cap=self.config.max_output_bytes,
             on_message=on_message,
+            kill_at_cap=self.config.output_limit_action == "kill",
         )
 
     def _bridge_handler(self, run_id: str) -> Any:
@@ -706,7 +682,8 @@ class SandboxManager:
         config = prepared.config
 
         exit_code, sig, termination, error = _outcome(event, prepared, stderr)
-        usage = _usage(event)
+        termination = _limits.refine_termination(termination, event)
+        usage = _limits.usage(event, prepared.overhead_tasks)
         if termination is Termination.SIGNALED and sig in (_signal.SIGKILL, _signal.SIGXCPU):
             if config.cpu_time_sec and usage.cpu_total_sec >= config.cpu_time_sec * 0.8:
                 termination = Termination.CPU_LIMIT
@@ -813,30 +790,12 @@ def _fileno(stream: Any, default: int) -> int:
         return default
 
 
-def _usage(event: Mapping[str, Any]) -> Usage:
-    parts = [event.get("rusage"), event.get("init_rusage")]
-    utime = stime = 0.0
-    maxrss = 0
-    for part in parts:
-        if part:
-            utime += float(part["utime"])
-            stime += float(part["stime"])
-            maxrss = max(maxrss, int(part["maxrss_kb"]))
-    return Usage(
-        cpu_user_sec=utime,
-        cpu_system_sec=stime,
-        peak_memory_mb=maxrss / 1024.0,
-        # TODO(#4): cgroup figures for the whole tree; meanwhile rusage of the
-        # processes the sandbox reaped, and the largest single process's RSS.
-        source="rusage of reaped processes; peak is the largest single process",
-    )
-
-
 _KILL_REASONS = {
     "timeout": Termination.TIMEOUT,
     "output_limit": Termination.OUTPUT_LIMIT,
     "syscall_denied": Termination.SYSCALL_DENIED,
     "cancelled": Termination.CANCELLED,
+    **_limits.KILL_REASONS,
 }
 
 

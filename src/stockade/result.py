@@ -13,17 +13,20 @@ class Termination(str, enum.Enum):
     """Why a run ended. Exactly one per run.
 
     Limits come before ``signaled``: a process killed by SIGXCPU after its
-    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``.
+    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``. They also
+    come before ``exited``: a run in which the OOM killer acted or a fork was
+    refused at the process cap is ``memory_limit`` / ``pids_limit`` even if
+    its main process then exited by itself (``exit_code`` keeps its status).
     """
 
     EXITED = "exited"                    # the program exited by itself
     SIGNALED = "signaled"                # killed by a signal we did not send for a limit
     TIMEOUT = "timeout"                  # wall-clock limit; whole tree killed
-    CPU_LIMIT = "cpu_limit"              # RLIMIT_CPU (SIGXCPU / SIGKILL)
-    MEMORY_LIMIT = "memory_limit"        # memory cap hit
+    CPU_LIMIT = "cpu_limit"              # CPU time of the tree (or RLIMIT_CPU)
+    MEMORY_LIMIT = "memory_limit"        # the OOM killer acted in the run's cgroup
     FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ)
-    PIDS_LIMIT = "pids_limit"            # process cap hit
-    DISK_LIMIT = "disk_limit"            # disk budget hit
+    PIDS_LIMIT = "pids_limit"            # a fork or thread was refused at the cap
+    DISK_LIMIT = "disk_limit"            # the workspace's disk budget ran out
     SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter
     OUTPUT_LIMIT = "output_limit"        # captured output past max_output_bytes
     CANCELLED = "cancelled"              # the caller cancelled the run
@@ -34,14 +37,22 @@ class Termination(str, enum.Enum):
 class Usage:
     """Resources used by the program's own process tree.
 
-    ``source`` says where the figures come from, for example
-    ``"rusage of the sandbox's pid 1"`` (CPU of every process that was reaped
-    in the sandbox; peak memory is that of the largest single process).
+    ``source`` says where the figures come from. With a cgroup (the normal
+    case) they cover every process and thread of the tree, including those
+    still running when the run ended, e.g. ``"cgroup v1 (memory, pids,
+    cpuacct)"``: CPU user and system seconds of the tree, its peak memory
+    (anonymous memory, page cache, tmpfs and kernel memory charged to it) and
+    the most tasks it had at once. Without one, ``"rusage of reaped
+    processes"``: CPU of the processes that were reaped, the largest single
+    process's RSS as the peak, and no process count.
+
+    ``peak_processes`` counts processes and threads; None when unknown.
     """
 
     cpu_user_sec: float = 0.0
     cpu_system_sec: float = 0.0
     peak_memory_mb: float = 0.0
+    peak_processes: int | None = None
     source: str = ""
 
     @property

@@ -21,6 +21,10 @@ from stockade.linux.probe import HostProbe, probe_host
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
 
 
+# the tree limits of the default policy, refused on hosts without a usable
+# cgroup unless the policy accepts per-process rlimits (issue #4)
+NO_CGROUP = ["memory", "pids", "cpu"]
+
 def load(name: str) -> HostProbe:
     return HostProbe.from_dict(json.loads((FIXTURES / f"{name}.json").read_text()))
 
@@ -88,15 +92,18 @@ def test_ubuntu_accepting_the_second_tier_still_needs_consent_for_abi4_gaps():
     assert decision.tier == "landlock"
     assert decision.landlock_abi == 4
     # ABI 4: nothing scopes signals; the syscall filter closes the network
-    # (no inet sockets, no socket(AF_UNIX) below ABI 9)
-    assert blocking(decision) == ["process_isolation"]
+    # (no inet sockets, no socket(AF_UNIX) below ABI 9); and no cgroup for
+    # the tree limits (issue #4)
+    assert blocking(decision) == ["process_isolation", *NO_CGROUP]
     assert (
         "signals reach every host process" in decision.row("process_isolation").detail
     )
     network = decision.row("network")
     assert network.status == "enforced"
     assert "socket(AF_UNIX) refused by the syscall filter" in network.detail
-    ok = tiers.decide(probe, policy(allow_degraded=["namespaces", "process_isolation"]))
+    ok = tiers.decide(
+        probe, policy(allow_degraded=["namespaces", "process_isolation", *NO_CGROUP])
+    )
     assert ok.ok and ok.tier == "landlock"
     assert statuses(ok)["landlock"] == "enforced"
     assert statuses(ok)["syscall_filter"] == "enforced"
@@ -109,7 +116,9 @@ def test_second_tier_without_seccomp_user_notification_keeps_abi4_network_gaps()
         probe, seccomp=dataclasses.replace(probe.seccomp, user_notif=False)
     )
     decision = tiers.decide(old, policy(allow_degraded=["namespaces"]))
-    assert blocking(decision) == ["syscall_filter", "network", "process_isolation"]
+    assert blocking(decision) == [
+        "syscall_filter", "network", "process_isolation", *NO_CGROUP
+    ]
     assert "Linux 5.5" in decision.row("syscall_filter").fix
     # without the filter: TCP is denied by Landlock, abstract sockets are not
     assert "abstract unix sockets" in decision.row("network").detail
@@ -124,9 +133,15 @@ def test_ubuntu_forced_first_tier_offers_no_second_tier_hint():
 
 def test_ubuntu_ssh_session_cannot_make_cgroups_and_says_how():
     decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy())
+    # no cgroup to limit the tree with: refused unless accepted (issue #4)
     memory = decision.row("memory")
-    assert memory.status == "degraded" and not memory.required
+    assert memory.status == "unavailable" and memory.required
     assert "Delegate=yes" in memory.fix
+    accepted = tiers.decide(
+        load("ubuntu-24.04-apparmor"), policy(allow_degraded=["memory", "pids", "cpu"])
+    ).row("memory")
+    assert accepted.status == "degraded" and accepted.accepted
+    assert "RLIMIT_DATA" in accepted.detail
 
 
 # -- a container whose seccomp profile forbids user namespaces -----------------
@@ -146,8 +161,8 @@ def test_container_second_tier_on_abi3_gets_its_network_from_the_filter():
     assert decision.tier == "landlock"
     # Landlock ABI 3 denies no network at all; the filter refuses the sockets
     assert statuses(decision)["network"] == "enforced"
-    assert blocking(decision) == ["process_isolation"]
-    everything = ["namespaces", "process_isolation"]
+    assert blocking(decision) == ["process_isolation", *NO_CGROUP]
+    everything = ["namespaces", "process_isolation", *NO_CGROUP]
     assert tiers.decide(probe, policy(allow_degraded=everything)).ok
     unfiltered = dataclasses.replace(
         probe, seccomp=dataclasses.replace(probe.seccomp, user_notif=False)
@@ -164,7 +179,7 @@ def test_second_tier_below_abi3_needs_consent_for_the_file_system():
     decision = tiers.decide(
         old, policy(tier="landlock", allow_degraded=["network", "process_isolation"])
     )
-    assert blocking(decision) == ["mount_view"]
+    assert blocking(decision) == ["mount_view", *NO_CGROUP]
     assert "truncate()" in decision.row("mount_view").detail
 
 
@@ -195,7 +210,8 @@ def test_fedora_delegated_v2_runs_in_the_first_tier():
     ):
         assert statuses(decision)[name] == "enforced"
     memory = decision.row("memory")
-    assert "cgroup v2 memory controller, writable" in memory.detail
+    assert memory.status == "enforced"
+    assert "whole tree" in memory.detail and "cgroup v2" in memory.detail
     assert memory.fix == ""
 
 
@@ -212,7 +228,9 @@ def test_fedora_forced_second_tier_abi5_lacks_signal_scoping():
 def test_this_vm_as_root_runs_the_first_tier():
     decision = tiers.decide(load("debian12-vm-root"), policy())
     assert decision.ok and decision.tier == "namespaces"
-    assert "cgroup v1 memory hierarchy, writable" in decision.row("memory").detail
+    memory = decision.row("memory")
+    assert memory.status == "enforced"
+    assert "whole tree" in memory.detail and "cgroup v1" in memory.detail
 
 
 def test_this_vm_second_tier_runs_with_the_filter_closing_the_network():
@@ -229,8 +247,11 @@ def test_this_vm_second_tier_runs_with_the_filter_closing_the_network():
 
 def test_this_vm_as_nobody_cannot_write_cgroups():
     decision = tiers.decide(load("debian12-vm-nobody"), policy())
-    assert decision.ok and decision.tier == "namespaces"
-    assert "no writable memory cgroup" in decision.row("memory").detail
+    assert decision.tier == "namespaces"
+    assert blocking(decision) == ["memory", "pids", "cpu"]
+    assert "no usable cgroup" in decision.row("memory").detail
+    degraded = tiers.decide(load("debian12-vm-nobody"), policy(allow_degraded=["memory", "pids", "cpu"]))
+    assert degraded.ok
 
 
 def test_live_probe_decides_like_its_recording(monkeypatch):
@@ -255,9 +276,14 @@ def test_live_probe_decides_like_its_recording(monkeypatch):
 # -- policy semantics -------------------------------------------------------------
 
 
-def test_disabled_mode_uses_no_tier_and_blocks_nothing():
+def test_disabled_mode_uses_no_tier_and_blocks_only_on_limits():
     decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy(mode="disabled"))
-    assert decision.tier == "none" and decision.ok
+    # mode disabled still limits the tree (issue #4): no cgroup, no run
+    assert decision.tier == "none" and blocking(decision) == NO_CGROUP
+    accepted = tiers.decide(
+        load("ubuntu-24.04-apparmor"), policy(mode="disabled", allow_degraded=NO_CGROUP)
+    )
+    assert accepted.ok
 
 
 def test_unknown_protection_name_is_a_policy_error():
@@ -279,7 +305,8 @@ def test_error_offers_the_policy_knob_for_a_degradable_row():
     probe = load("ubuntu-24.04-apparmor")
     err = tiers.decide(probe, policy(tier="landlock")).error()
     assert err.protection == "process_isolation"
-    assert "allow_degraded = ['process_isolation']" in err.fix
+    # the recorded host also lacks a cgroup for the tree limits (issue #4)
+    assert "allow_degraded = ['process_isolation', 'memory', 'pids', 'cpu']" in err.fix
 
 
 def test_decision_is_plain_data():

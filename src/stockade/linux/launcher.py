@@ -45,6 +45,8 @@ from typing import Any
 
 from . import _sys, netbridge, reaper
 from . import landlock as _landlock  # before any fork: children do no import work
+from .cgroups import CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
+from .diskbudget import DiskBudget
 from .supervise import Supervisor
 
 MAX_MESSAGE = 1 << 20
@@ -80,6 +82,9 @@ _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGXFSZ)
 # How long to wait for the sandbox's pid 1 to be reparented and reaped after
 # bubblewrap's monitor exited, before reporting without its usage.
 INIT_REAP_GRACE_SEC = 2.0
+
+# How often a workspace's disk budget is checked (one statvfs).
+LIMIT_POLL_SEC = 0.05
 
 
 def _rusage_dict(ru: Any) -> dict[str, float]:
@@ -193,10 +198,13 @@ def _child_setup(
             except OSError as err:
                 raise OSError(err.errno, f"open({path!r}, O_PATH): {err.strerror}") from None
 
-        step = "join cgroup"
         for procs in spec.get("cgroup_procs") or []:
-            with open(procs, "w") as fh:
-                fh.write("0")
+            step = f"join cgroup ({procs})"
+            fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
 
         monitor_pid = None
         if spec.get("monitor"):
@@ -334,10 +342,19 @@ class Run:
         self.deadline = self.t_start + timeout if timeout else None
         self.finish_deadline: float | None = None
         self.finished = False
+        # limits of the whole tree (issue #4): the run's cgroup and the
+        # workspace's disk budget, read by poll() until the run ends
+        self.cgroup: RunCgroup | None = None
+        self.disk: DiskBudget | None = None
+        self.next_poll: float | None = None
+        self.limit_error: dict[str, Any] | None = None
 
     # -- start ---------------------------------------------------------------
 
     def start(self) -> None:
+        self._start_limits()
+        if self.setup_error is not None:
+            raise _SetupFailed()
         seccomp = self.spec.get("seccomp")
         if seccomp:
             flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
@@ -379,6 +396,54 @@ class Run:
             sel.register(self.json_r, selectors.EVENT_READ, (self.on_json, None))
         sel.register(self.report, selectors.EVENT_READ, (self.on_report, None))
         self.launcher.by_pid[pid] = self
+
+    def _start_limits(self) -> None:
+        """Make the run's cgroup (its limits set before the child exists) and
+        its disk budget. A cgroup the policy needs and cannot get is a
+        set-up error: the program never starts unlimited."""
+        request = self.spec.get("cgroup")
+        if request:
+            cgroups = self.launcher.cgroups
+            try:
+                if cgroups is None:
+                    raise OSError(errno.ENOENT, self.launcher.cgroup_problem or "no cgroups")
+                self.cgroup = cgroups.take(int(request["version"]), request)
+            except OSError as err:
+                if request.get("required", True):
+                    self.setup_error = {
+                        "error": f"cgroup set-up: {err}",
+                        "step": "cgroup",
+                        "errno": err.errno,
+                    }
+                    return
+            if self.cgroup is not None:
+                self.spec["cgroup_procs"] = self.cgroup.join_paths
+        budget = self.spec.get("disk_budget")
+        if budget:
+            self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
+        if self.cgroup is not None or self.disk is not None:
+            self.next_poll = time.monotonic()
+
+    def poll(self, now: float) -> None:
+        """Read the counters the limits act on; end the run at a limit."""
+        if self.next_poll is None or now < self.next_poll or self.finished:
+            return
+        self.next_poll = None
+        delays = []
+        if self.cgroup is not None and self.killed is None:
+            reason, delay = self.cgroup.check()
+            if reason is not None:
+                self.kill(reason)
+                return
+            if delay is not None:
+                delays.append(delay)
+        if self.disk is not None and self.killed is None:
+            if self.disk.check(now):
+                self.kill("disk_limit")
+                return
+            delays.append(LIMIT_POLL_SEC)
+        if delays:
+            self.next_poll = now + min(delays)
 
     # -- events --------------------------------------------------------------
 
@@ -525,6 +590,8 @@ class Run:
         """
         if self.killed is None:
             self.killed = reason
+        if self.cgroup is not None:
+            self.cgroup.kill()
         if self.init_pidfd is not None:
             try:
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
@@ -615,6 +682,17 @@ class Run:
         if self.supervisor is not None:
             violations = self.supervisor.violations()
             self._close_supervisor()
+        cgroup_usage = None
+        if self.cgroup is not None:
+            # bubblewrap's pid namespace is gone with its pid 1; this is for
+            # the modes without it (a setsid'ed daemon must not outlive us)
+            self.cgroup.kill()
+            cgroup_usage = self.cgroup.usage()
+        disk = None
+        if self.disk is not None:
+            if self.killed is None and self.disk.check(time.monotonic(), final=True):
+                self.killed = "disk_limit"
+            disk = {"measured_bytes": self.disk.measured, "walks": self.disk.walks}
         event = {
             "event": "exit",
             "run_id": self.run_id,
@@ -629,6 +707,8 @@ class Run:
             "setup_error": self.setup_error,
             "killed": self.killed,
             "violations": violations,
+            "cgroup": cgroup_usage,
+            "disk": disk,
             "times": {
                 "launch_ms": ((self.t_exec or self.t_start) - self.t_start) * 1000,
                 "run_ms": ((self.t_exit or time.monotonic()) - self.t_start) * 1000,
@@ -639,6 +719,10 @@ class Run:
         except OSError:
             pass
         self.close()
+        if self.cgroup is not None and self.launcher.cgroups is not None:
+            # after the event: removal is off the caller's path
+            self.launcher.cgroups.release(self.cgroup)
+            self.cgroup = None
 
     def on_json_lines(self) -> None:
         while b"\n" in self.json_buf:
@@ -675,6 +759,10 @@ class Run:
         self.launcher.runs.discard(self)
 
 
+class _SetupFailed(Exception):
+    """Run.start found a set-up error before forking."""
+
+
 class Launcher:
     def __init__(self, control: socket.socket):
         self.control = control
@@ -689,6 +777,30 @@ class Launcher:
         self.userns = _UsernsCache()
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.cgroups: RunCgroups | None = None
+        self.cgroup_problem: str | None = None
+        # hierarchy versions runs asked for: one cgroup each is made ahead
+        self.cgroup_versions: set[int] = set()
+
+    def _setup_cgroups(self, found: Probe | None = None) -> None:
+        """Probe the cgroups, remove what dead launchers left, make the first
+        run's cgroup ahead of time."""
+        try:
+            self.cgroups = RunCgroups(found or probe())
+            if not self.cgroups.backends():
+                self.cgroup_problem = "no writable cgroup hierarchy for this process"
+                self.cgroups = None
+                return
+            self.cgroups.clean_stale()
+            try:
+                first = self.cgroups.probe.choose(set())
+            except CgroupUnavailable:
+                return
+            self.cgroup_versions.add(first.version)
+            self.cgroups.refill(first.version)
+        except OSError as err:
+            self.cgroup_problem = f"cgroup probe failed: {err}"
+            self.cgroups = None
 
     def serve(self) -> None:
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1)
@@ -698,6 +810,7 @@ class Launcher:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.sel.register(self.control, selectors.EVENT_READ, (self.on_control, None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, (self.on_sigchld, None))
+        self._setup_cgroups()
         while not (self.stopping and not self.runs):
             timeout = self._next_timeout()
             events = self.sel.select(timeout)
@@ -721,6 +834,8 @@ class Launcher:
             if not only_notifications or now - self._last_tick > TICK_AFTER_NOTIFY_SEC:
                 self._last_tick = now
                 self._tick()
+        if self.cgroups is not None:
+            self.cgroups.close()
         os._exit(0)
 
     def _next_timeout(self) -> float | None:
@@ -731,6 +846,10 @@ class Launcher:
                 times.append(run.deadline)
             if run.finish_deadline is not None and not run.finished:
                 times.append(run.finish_deadline)
+            if run.next_poll is not None and not run.finished:
+                times.append(run.next_poll)
+        if self.cgroups is not None and self.cgroups.next_retry is not None:
+            times.append(self.cgroups.next_retry)
         if self.stopping:
             times.append(now + 0.1)
         if not times:
@@ -743,8 +862,13 @@ class Launcher:
         for run in list(self.runs):
             if run.deadline is not None and run.killed is None and now >= run.deadline:
                 run.kill("timeout")
+            run.poll(now)
             if run.status is not None and not run.finished:
                 run.maybe_finish(now)
+        if self.cgroups is not None:
+            self.cgroups.retry(now)
+            for version in self.cgroup_versions:
+                self.cgroups.refill(version)
 
     def on_control(self, _arg: Any) -> None:
         try:
@@ -766,8 +890,16 @@ class Launcher:
         report = socket.socket(fileno=fds[3])
         run = Run(self, spec, fds[:3], report)
         self.runs.add(run)
+        if spec.get("cgroup"):
+            self.cgroup_versions.add(int(spec["cgroup"]["version"]))
         try:
             run.start()
+        except _SetupFailed:
+            for fd in run.stdio:
+                os.close(fd)
+            run.stdio = []
+            run.status = EXIT_SETUP_FAILED << 8
+            run.finish()
         except OSError as err:
             run.setup_error = {"error": f"fork: {err}", "step": "fork", "errno": err.errno}
             run.status = EXIT_SETUP_FAILED << 8

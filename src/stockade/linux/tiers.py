@@ -570,65 +570,58 @@ def _filter_row(
 def _limit_rows(
     probe: HostProbe, config: SandboxConfig, allowed: set[str]
 ) -> list[ProtectionStatus]:
-    # TODO(#4): tree-wide limits through cgroups are built on issue 4. Until
-    # then memory and CPU are per-process rlimits and there is no process cap;
-    # these rows say so and are not required.
+    """memory, pids and cpu: limits of the whole tree through the run's cgroup
+    (``limits.py``); a per-process rlimit stands in where ``allow_degraded``
+    accepts it."""
+    from . import limits as _limits  # the manager's side of issue #4
+
     rows = []
-    memory_host = _cgroup_capability(probe, "memory")
-    if config.memory_mb is None:
-        rows.append(_row("memory", OFF, "no memory limit in the policy"))
-    else:
+    found = _cgroup_probe(probe)
+    for name, status, detail, fix, required in _limits.limit_rows(config, found=found):
+        if name not in ("memory", "pids", "cpu"):
+            continue
         rows.append(
             _row(
-                "memory",
-                DEGRADED,
-                f"RLIMIT_DATA {config.memory_mb} MiB per process, not a limit for "
-                "the whole tree (issue #4); host: "
-                f"{memory_host or 'no writable memory cgroup'}",
-                "" if memory_host else _FIX_CGROUP,
-            )
-        )
-    pids_host = _cgroup_capability(probe, "pids")
-    rows.append(
-        _row(
-            "pids",
-            OFF,
-            "no process limit yet (issue #4); host: "
-            f"{pids_host or 'no writable pids cgroup'}",
-            "" if pids_host else _FIX_CGROUP,
-        )
-    )
-    cpu_host = _cgroup_capability(probe, "cpu")
-    if config.cpu_time_sec is None:
-        rows.append(_row("cpu", OFF, "no CPU limit in the policy"))
-    else:
-        rows.append(
-            _row(
-                "cpu",
-                DEGRADED,
-                f"RLIMIT_CPU {config.cpu_time_sec} s per process, no CPU budget for "
-                "the whole tree (issue #4); host: "
-                f"{cpu_host or 'no writable cpu cgroup'}",
-                "" if cpu_host else _FIX_CGROUP,
+                name,
+                {"enforced": ENFORCED, "degraded": DEGRADED, "unavailable": UNAVAILABLE}.get(status, OFF),
+                detail,
+                fix,
+                required,
+                allowed,
+                # degraded only where the policy's allow_degraded accepts it
+                accepted=status == "degraded",
             )
         )
     return rows
 
 
-_FIX_CGROUP = (
-    "tree-wide limits need a cgroup the caller may write: run as root, or in a "
-    "delegated cgroup v2 subtree (`systemd-run --user --scope -p Delegate=yes ...`)"
-)
+def _cgroup_probe(probe: HostProbe) -> Any:
+    """The host probe's cgroup facts as ``cgroups.Probe`` (for recorded hosts)."""
+    from . import cgroups as _cgroups
 
-
-def _cgroup_capability(probe: HostProbe, controller: str) -> str | None:
-    cgroup = probe.cgroup
-    if controller in cgroup.v2_controllers and cgroup.v2_writable:
-        return f"cgroup v2 {controller} controller, writable at {cgroup.v2_own}"
-    v1 = cgroup.v1.get(controller)
-    if v1 is not None and v1.writable:
-        return f"cgroup v1 {controller} hierarchy, writable at {v1.own}"
-    return None
+    facts = probe.cgroup
+    parents: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for controller in (_cgroups.MEMORY, _cgroups.PIDS, _cgroups.CPU, _cgroups.CPUACCT):
+        v1 = facts.v1.get(controller)
+        if v1 is not None and v1.writable:
+            parents[controller] = v1.own
+        else:
+            problems[controller] = "no writable cgroup v1 hierarchy for it"
+    v1_backend = _cgroups.Backend(1, parents, problems, True) if facts.v1 else None
+    v2_backend = None
+    if facts.v2_own is not None:
+        v2_parents: dict[str, str] = {}
+        v2_problems: dict[str, str] = {}
+        if facts.v2_writable:
+            v2_parents[_cgroups.CPUACCT] = facts.v2_own
+        for controller in (_cgroups.MEMORY, _cgroups.PIDS, _cgroups.CPU):
+            if facts.v2_writable and controller in facts.v2_controllers:
+                v2_parents[controller] = facts.v2_own
+            else:
+                v2_problems[controller] = "not available in a writable cgroup v2 directory"
+        v2_backend = _cgroups.Backend(2, v2_parents, v2_problems, True)
+    return _cgroups.Probe(v1_backend, v2_backend)
 
 
 def _disabled(probe: HostProbe, config: SandboxConfig) -> Decision:

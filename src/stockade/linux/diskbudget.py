@@ -1,0 +1,153 @@
+"""The workspace's disk budget: how much a run may add to it, measured.
+
+The workspace is a directory of the host's file system, bound writable into
+the sandbox, and Linux has no per-directory byte quota short of project
+quotas (which need a file system set up for them). So the budget is
+measured, by the launcher, while the run lasts:
+
+* Trigger: every poll reads the free space of the workspace's file system
+  (one ``statvfs``). Only when it has dropped by more than the budget since
+  the run started can the run have exceeded it.
+* Count: then the workspace is walked (without following symlinks, without
+  crossing into other file systems) and the allocated size (``st_blocks``,
+  so sparse files count what they really use, and ``fallocate`` counts at
+  once) of every inode whose ctime is at or after the run's start is summed,
+  each inode once. ctime cannot be set back by the program: any write,
+  truncate, chmod, rename or link of a file moves it to the present.
+  Directories the walk cannot read are charged at the full free-space drop.
+* Over the budget the launcher ends the run with ``disk_limit``.
+
+Other writers on the same file system only cause extra walks (at most one
+per max(0.2 s, 20 times the last walk's duration)). What the walk counts is
+a superset of the run's growth: a pre-existing file the run appended to
+counts whole. Deleted files count nothing. Overshoot is what the program can
+write between two polls (``LIMIT_POLL_SEC``); single files are held to the
+size cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by
+their size (ENOSPC).
+
+Stdlib only; used by the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+
+class DiskBudget:
+    """The measured budget of one run's workspace.
+
+    Args:
+        path: the workspace directory (host path).
+        limit_bytes: how much the run may add.
+    """
+
+    def __init__(self, path: str, limit_bytes: int) -> None:
+        self.path = path
+        self.limit = int(limit_bytes)
+        self.start_ns = time.time_ns()
+        self.free0 = self._free()
+        self.trigger = self.limit
+        self.next_walk = 0.0
+        self.measured = 0
+        self.walks = 0
+
+    def _free(self) -> int:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def check(self, now: float, final: bool = False) -> bool:
+        """True when the run has used more than its budget.
+
+        Args:
+            now: monotonic time, for rate-limiting walks.
+            final: the run is over; walk if the trigger fired, however
+                recently the last walk was.
+        """
+        drop = self.free0 - self._free()
+        if drop <= self.trigger:
+            return False
+        if not final and now < self.next_walk:
+            return False
+        t0 = time.monotonic()
+        measured, complete = self.measure()
+        cost = time.monotonic() - t0
+        self.next_walk = now + max(0.2, 20 * cost)
+        self.walks += 1
+        if not complete:
+            measured = max(measured, drop)
+        self.measured = measured
+        if measured > self.limit:
+            return True
+        # other writers lost the file system that space; fire again once it
+        # loses what is left of the budget on top
+        self.trigger = drop + (self.limit - measured)
+        return False
+
+    def measure(self) -> tuple[int, bool]:
+        """Bytes allocated to inodes changed since the start, and whether the
+        walk saw everything."""
+        try:
+            top = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return 0, False
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        complete = True
+        dev = os.fstat(top).st_dev
+        # depth first, holding descriptors only along the current path
+        first = _entries(top)
+        if first is None:
+            os.close(top)
+            return 0, False
+        stack = [(top, iter(first))]
+        while stack:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            name, st = entry
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            if st.st_ctime_ns >= self.start_ns:
+                total += st.st_blocks * 512
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+                continue
+            try:
+                child = os.open(
+                    name,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=fd,
+                )
+                listing = _entries(child)
+            except OSError:
+                complete = False
+                continue
+            if listing is None:
+                complete = False
+                listing = []
+            stack.append((child, iter(listing)))
+        return total, complete
+
+
+def _entries(fd: int) -> list[tuple[str, os.stat_result]] | None:
+    """(name, lstat) of a directory's entries, or None if unreadable."""
+    try:
+        with os.scandir(fd) as it:
+            out = []
+            for entry in it:
+                try:
+                    out.append((entry.name, entry.stat(follow_symlinks=False)))
+                except OSError:
+                    continue
+            return out
+    except OSError:
+        return None

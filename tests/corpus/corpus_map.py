@@ -1,0 +1,416 @@
+"""How each corpus case's policy maps onto stockade, and how its check is judged.
+
+One explicit entry per case id. A new case in the corpus without an entry
+here fails (it is never skipped silently): read its ``policy`` and ``check``
+in ``cases/NNN-*/case.json`` and add an entry.
+
+Every run is ``stockade run --no-log --workspace {workspace} OPTIONS -- <the
+case's run argv>``, started by the caller under test (root, or uid 65534),
+with the launch mode the case asks for. Placeholders such as ``{workspace}``
+may be used in options. ``checks`` replace the README's verdict convention
+(CONTAINED or PASS, exit 0); the host checks the case names (``fixture.py
+verify``, ``output-check``, ptyrun's and kill-after's lines), "no ESCAPED line
+anywhere" and "no process of the run outlives it" always apply.
+
+``todo`` marks a case that fails today because a feature is still being built
+on another branch: it is an xfail(strict=True), so it turns into a failure
+the day it starts passing and its entry must then be updated. Where the
+feature needs a CLI option that does not exist yet, the entry already names
+it (the CLI rejects it today, which is the expected failure); if the option
+lands under another name, ``test_cli_options_are_all_known`` asks for a
+review of this file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from corpus_harness import Case, Check, Outcome, RunPlan, no_warn_lines, verdict_is
+
+CALLERS = ("root", "unprivileged")
+
+# Every option of `stockade run` the mapping has been reviewed against.
+KNOWN_RUN_OPTIONS = frozenset(
+    {
+        "-h",
+        "--help",
+        "--mode",
+        "--timeout",
+        "--cpu-time",
+        "--memory",
+        "--disk",
+        "--pids",
+        "--max-processes",
+        "--cpus",
+        "--workspace",
+        "--cwd",
+        "--env",
+        "--network",
+        "--allow",
+        "--resolve",
+        "--config",
+        "--tier",
+        "--allow-degraded",
+        "--json",
+        "--max-output",
+        "--truncate-output",
+        "--quiet",
+        "-q",
+        "--no-log",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Todo:
+    """A known gap: the issue that closes it and what happens meanwhile."""
+
+    issue: int
+    meanwhile: str
+
+    @property
+    def reason(self) -> str:
+        return f"TODO(#{self.issue}): {self.meanwhile}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The stockade side of one case: its run(s), and a known gap if any.
+
+    ``runs`` maps a label ("" for the plain run) to a plan; a case that the
+    check asks to run more than once (028: uncapped and capped) has more.
+    """
+
+    runs: dict[str, RunPlan]
+    todo: Todo | None = None
+    callers: tuple[str, ...] = CALLERS
+    slow: bool = False
+
+
+def plain(
+    *options: str, checks: tuple[Check, ...] | None = None, **kw: object
+) -> dict[str, RunPlan]:
+    return {"": RunPlan(options=options, checks=checks, **kw)}  # type: ignore[arg-type]
+
+
+# -- case-specific checks, each as its case.json "check" says ---------------------
+
+
+def contained_or_killed_for(termination: str, extra: Check | None = None) -> Check:
+    """CONTAINED (exit 0), or no verdict and stockade names ``termination``."""
+
+    def check(case: Case, out: Outcome) -> list[str]:
+        if out.verdict == "CONTAINED":
+            return verdict_is("CONTAINED")(case, out) + (
+                extra(case, out) if extra else []
+            )
+        if out.verdict is None:
+            problems = []
+            if out.termination != termination:
+                problems.append(
+                    f"killed without a verdict, but stockade reported "
+                    f"{out.termination!r}, expected {termination!r}"
+                )
+            return problems + (extra(case, out) if extra else [])
+        return [f"verdict {out.verdict}, expected CONTAINED or a {termination} kill"]
+
+    return check
+
+
+def fork_count_at_most(limit: int) -> Check:
+    """020: 'fork refused after N children', N <= limit."""
+
+    def check(case: Case, out: Outcome) -> list[str]:
+        for line in reversed(out.verdict_lines):
+            m = re.search(r"fork refused after (\d+) children", line)
+            if m:
+                n = int(m.group(1))
+                return (
+                    []
+                    if n <= limit
+                    else [f"{n} children before fork failed, more than {limit}"]
+                )
+        return (
+            []
+            if out.verdict is None
+            else ["no 'fork refused after N children' in the verdict"]
+        )
+
+    return check
+
+
+def held_at_most(mib: int) -> Check:
+    """021: the last 'INFO: holding N MiB' is at most ``mib``."""
+
+    def check(case: Case, out: Outcome) -> list[str]:
+        held = [
+            int(m.group(1))
+            for m in (re.match(r"INFO: holding (\d+) MiB", x) for x in out.lines)
+            if m
+        ]
+        if held and held[-1] > mib:
+            return [f"held {held[-1]} MiB before the end, more than {mib}"]
+        return []
+
+    return check
+
+
+def disk_unchanged(slack_mib: int) -> Check:
+    """023: no corpus-fill-* file left in the workspace, host free space back.
+
+    Other work on the machine moves free space too, so "unchanged" is taken
+    as within ``slack_mib``, below the case's 100 MiB budget.
+    """
+
+    def check(case: Case, out: Outcome) -> list[str]:
+        problems = []
+        left = fnmatch.filter(out.facts.get("workspace_files", []), "corpus-fill-*")
+        if left:
+            problems.append(f"fill files left in the workspace: {left}")
+        lost = (out.facts["free_before"] - out.facts["free_after"]) / (1 << 20)
+        if lost > slack_mib:
+            problems.append(f"host free space dropped by {lost:.0f} MiB during the run")
+        return problems
+
+    return check
+
+
+def exit_status_is(code: int) -> Check:
+    def check(case: Case, out: Outcome) -> list[str]:
+        return (
+            []
+            if out.exit_status == code
+            else [f"CLI exit status {out.exit_status}, expected {code}"]
+        )
+
+    return check
+
+
+def returned_within(seconds: float) -> Check:
+    """025's own criterion: the CLI returns within the case's bound (its wall
+    time measured by the harness around the CLI process)."""
+
+    def check(case: Case, out: Outcome) -> list[str]:
+        if out.wall_s > seconds:
+            return [
+                f"the CLI returned after {out.wall_s:.2f}s, the case allows {seconds}s"
+            ]
+        return []
+
+    return check
+
+
+def truncation_reported(case: Case, out: Outcome) -> list[str]:
+    """028: a stream the caller got short must be flagged by stockade and cut
+    at the configured cap, never silently."""
+    problems = []
+    cap = None
+    if out.result is not None:
+        cap = out.result.get("limits", {}).get("max_output_bytes")
+    for line in out.host_info:
+        m = re.match(r"INFO: (stdout|stderr) truncated: (\d+) of (\d+) bytes", line)
+        if not m:
+            continue
+        stream, got = m.group(1), int(m.group(2))
+        if out.result is None:
+            problems.append(
+                f"{stream} truncated in passthrough mode (stockade reports nothing)"
+            )
+            continue
+        if out.result.get(f"{stream}_truncated") is not True:
+            problems.append(
+                f"{stream} came out short ({got} bytes), {stream}_truncated not set"
+            )
+        # stderr's comparison drops everything from the payload's summary line on
+        if stream == "stdout" and got != cap:
+            problems.append(f"stdout cut at {got} bytes, the cap is {cap}")
+    return problems
+
+
+def termination_is(expected: str) -> Check:
+    def check(case: Case, out: Outcome) -> list[str]:
+        return (
+            []
+            if out.termination == expected
+            else [f"termination {out.termination!r}, expected {expected!r}"]
+        )
+
+    return check
+
+
+# -- the mapping -----------------------------------------------------------------
+
+MAPPING: dict[str, Entry] = {
+    # "Interactive terminal, defaults otherwise; no TIOCSTI into the caller's
+    # tty." Defaults: stockade passes the terminal through as stdio;
+    # bubblewrap's --new-session (always on) starts the program in a session
+    # without a controlling terminal, and every mode's syscall filter refuses
+    # TIOCSTI and TIOCLINUX outright (EPERM, low 32 bits of the request).
+    "001": Entry(plain()),
+    # "seccomp denies keyctl, add_key, request_key" is part of every enforcing
+    # mode's filter; moderate is the default. keyctl gets EPERM natively; a
+    # call with the x32 bit fails the filter's architecture check and its
+    # process is killed (the probe runs in a forked child).
+    "002": Entry(plain()),
+    # "Network denied; file system = workspace only": both are stockade's
+    # defaults (empty network namespace; {outside} is not in the mount view),
+    # and every mode's syscall filter refuses io_uring_setup (EPERM).
+    "004": Entry(plain()),
+    # "Only stdin, stdout, stderr pass in": the launcher puts stdio (and
+    # bubblewrap's own descriptors, closed before the program runs) in fixed
+    # slots and closes everything else; the check also wants no WARN lines.
+    "005": Entry(plain(checks=(verdict_is("CONTAINED"), no_warn_lines))),
+    # "Host processes invisible": always a new pid namespace with its own /proc.
+    "006": Entry(plain()),
+    # "Signal only own processes": the host's victim is outside the pid
+    # namespace (ESRCH); for the unprivileged caller it has the same uid, so
+    # only the namespace protects it.
+    "007": Entry(plain()),
+    # "Network denied": --network none (the default), an empty network
+    # namespace. Also under --network loopback, whose own loopback must not
+    # lead to the host's either.
+    "010": Entry(
+        {
+            "": RunPlan(("--network", "none")),
+            "loopback": RunPlan(("--network", "loopback")),
+        }
+    ),
+    # "Read/write: {workspace}; {outside} denied": the default mount view shows
+    # the workspace and system directories only, so links into {outside}
+    # dangle. (Issue 6 adds explicit hidden paths; none are needed here.)
+    "012": Entry(plain()),
+    # "Workspace writable except .git/hooks and .git/config": issue 6 makes
+    # these read-only by default, so no option is needed.
+    "015": Entry(
+        plain(),
+        todo=Todo(
+            6, ".git/hooks and .git/config are writable like the rest of the workspace"
+        ),
+    ),
+    # "Only PATH, HOME, LANG/LC_*, TERM pass in; secrets invisible also in
+    # helpers' environ/cmdline": the default scrubbed environment (PATH,
+    # LANG, LANGUAGE, TERM, TZ, LC_*, a private HOME); bubblewrap is exec'd
+    # with that environment and reads its options from a memfd (--args), so
+    # the sandbox's pid 1 shows neither the caller's variables nor the policy.
+    "017": Entry(plain()),
+    # "No tracing outside": the victim is not in the pid namespace.
+    "018": Entry(plain()),
+    # "Hardened default seccomp profile": the filter's always-denied set, in
+    # the default (moderate) mode.
+    "019": Entry(plain()),
+    # "Processes/threads: at most 64 for the whole sandbox; wall 30 s":
+    # --pids 64, the run's pids cgroup (issue 4). Never run unsandboxed.
+    "020": Entry(
+        plain(
+            "--pids",
+            "64",
+            "--timeout",
+            "30",
+            checks=(contained_or_killed_for("pids_limit", fork_count_at_most(72)),),
+        ),
+    ),
+    # "Memory 256 MiB for the whole sandbox; wall 60 s": --memory 256, the
+    # run's memory cgroup (issue 4): the OOM killer ends it as memory_limit.
+    "021": Entry(
+        plain(
+            "--memory",
+            "256",
+            "--timeout",
+            "60",
+            checks=(contained_or_killed_for("memory_limit", held_at_most(320)),),
+        )
+    ),
+    # "Disk: at most 100 MiB in the workspace and in the private /tmp (sized
+    # mounts, quota or file-size limit); wall 60 s": --disk 100 sizes the
+    # private tmpfs areas and sets RLIMIT_FSIZE to 100 MiB (EFBIG in the
+    # workspace), and is the measured budget of the workspace as a whole.
+    "023": Entry(
+        plain(
+            "--disk",
+            "100",
+            "--timeout",
+            "60",
+            checks=(verdict_is("CONTAINED"), disk_unchanged(50)),
+        )
+    ),
+    # "CPU time 2 s for the whole sandbox; wall 20 s": --cpu-time 2, the tree's
+    # CPU time read from its cgroup (issue 4); the tree is killed at it.
+    "024": Entry(
+        plain(
+            "--cpu-time",
+            "2",
+            "--timeout",
+            "20",
+            checks=(contained_or_killed_for("cpu_limit"),),
+        ),
+        slow=True,
+    ),
+    # "Wall timeout 2 s; the timeout ends every process": --timeout 2. The CLI
+    # must return within 3 s with the timeout status (124) although a setsid
+    # grandchild holds the pipes; the pid namespace ends them all.
+    "025": Entry(
+        plain(
+            "--timeout",
+            "2",
+            pipes=True,
+            checks=(
+                returned_within(3.0),
+                exit_status_is(124),
+                termination_is("timeout"),
+            ),
+        ),
+        slow=True,
+    ),
+    # "Processes never outlive the CLI, even SIGKILLed; wall 30 s": --timeout 30.
+    # The launcher dies with the CLI (its control socket closes; the run's
+    # bubblewrap has --die-with-parent), and the pid namespace goes with it.
+    "027": Entry(plain("--timeout", "30", checks=()), slow=True),
+    # "Wall 30 s; output uncapped, or capped with an explicit truncation report."
+    # Plain run: passthrough (the CLI's stdout/stderr are the program's, not
+    # captured, so byte-exact). "cap": --json captures with a cap of 1 MiB per
+    # stream, and --truncate-output keeps the program running past it so that
+    # it writes its summary; the result flags each cut stream. The payload
+    # gets --stdout-mib 256 as the check asks.
+    "028": Entry(
+        {
+            "": RunPlan(
+                ("--timeout", "30"), checks=(exit_status_is(0), truncation_reported)
+            ),
+            "cap": RunPlan(
+                ("--timeout", "30", "--json", "--max-output", "1", "--truncate-output"),
+                payload_args=("--stdout-mib", "256"),
+                checks=(
+                    exit_status_is(0),
+                    termination_is("exited"),
+                    truncation_reported,
+                ),
+            ),
+        }
+    ),
+    # "The product's default policy, with a process limit of at least 32":
+    # defaults (no process limit today; issue 4's default must stay >= 32).
+    # The filter answers clone3 with ENOSYS, so libc falls back to clone.
+    "030": Entry(plain()),
+    # "Network denied; writable workspace and private /tmp", while the
+    # sandbox's own loopback must work: that is --network loopback (the host's
+    # loopback stays unreachable; 'none' refuses inet sockets in the syscall
+    # filter). Workspace and private /tmp are defaults.
+    "031": Entry(plain("--network", "loopback")),
+    # "Deny 2 files + 1 directory inside the workspace": issue 6's hidden paths;
+    # --hide is the option this entry expects.
+    "032": Entry(
+        plain(
+            "--hide",
+            "{workspace}/secrets/a.env",
+            "--hide",
+            "{workspace}/secrets/b.json",
+            "--hide",
+            "{workspace}/private",
+        ),
+        todo=Todo(
+            6, "no hidden paths inside the workspace yet: stockade run has no --hide"
+        ),
+    ),
+}

@@ -1,0 +1,427 @@
+"""Limits of the whole process tree, on this host's real cgroups.
+
+Memory, processes and CPU of every process of a run together; the disk
+budget; usage figures from the run's cgroup; no cgroup left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from stockade import SandboxConfig, SandboxManager, Termination
+from stockade.linux import cgroups
+from stockade.linux import limits as limits_mod
+from stockade.linux.client import shared_launcher
+
+MIB = 1024 * 1024
+
+
+def _usable(required: set[str]) -> bool:
+    try:
+        cgroups.probe(refresh=True).choose(required)
+    except cgroups.CgroupUnavailable:
+        return False
+    return True
+
+
+needs_tree_limits = pytest.mark.skipif(
+    not _usable({cgroups.MEMORY, cgroups.PIDS, cgroups.CPU, cgroups.CPUACCT}),
+    reason="no usable cgroup with memory, pids, cpu and cpuacct for this caller",
+)
+pytestmark = needs_tree_limits
+
+
+def _manager(**overrides) -> SandboxManager:
+    return SandboxManager(SandboxConfig(execution_log=False, **overrides))
+
+
+def _py(code: str) -> list[str]:
+    return ["python3", "-c", textwrap.dedent(code)]
+
+
+def _host_is_fine(workspace: Path) -> None:
+    """After a limit hit, the launcher and the host still run things."""
+    result = _manager().execute(["sh", "-c", "echo alive"], cwd=workspace)
+    assert result.success and result.stdout == b"alive\n", result.summary()
+
+
+def _our_cgroups(pid: int | None = None) -> list[str]:
+    """Run cgroups of this pid namespace (of one launcher, if pid given)."""
+    ns = cgroups.pid_namespace_id()
+    prefix = f"stockade-{ns}-" + (f"{pid}-" if pid is not None else "")
+    found = []
+    backend = cgroups.probe().choose({cgroups.MEMORY})
+    for parent in set(backend.parents.values()):
+        found += [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix)]
+    return found
+
+
+# -- memory -------------------------------------------------------------------------
+
+
+def test_one_process_allocating_past_the_limit_ends_with_memory_limit(workspace):
+    result = _manager(memory_mb=128).execute(
+        _py("""
+            blocks = []
+            while True:
+                blocks.append(b"x" * (16 << 20))
+                print(len(blocks) * 16, flush=True)
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.MEMORY_LIMIT, result.summary()
+    held = int(result.stdout.split()[-1])
+    assert held <= 128
+    assert result.usage.peak_memory_mb <= 128 + 1
+    _host_is_fine(workspace)
+
+
+def test_eight_children_each_under_the_limit_together_over_it(workspace):
+    # 8 x 48 MiB = 384 MiB against 256 MiB: each child alone would pass, and
+    # would under any per-process limit of 256 MiB
+    result = _manager(memory_mb=256).execute(
+        _py("""
+            import os, time
+            kids = []
+            for _ in range(8):
+                pid = os.fork()
+                if pid == 0:
+                    block = b"x" * (48 << 20)
+                    time.sleep(5)
+                    os._exit(0)
+                kids.append(pid)
+            for pid in kids:
+                os.waitpid(pid, 0)
+            print("all children done")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.MEMORY_LIMIT, result.summary()
+    # ended at the OOM kill: the surviving children never finished their sleep
+    assert b"all children done" not in result.stdout
+    _host_is_fine(workspace)
+
+
+def test_memory_limit_applies_without_swap_and_is_reported(workspace):
+    result = _manager(memory_mb=64).execute(["true"], cwd=workspace)
+    memory = {p.name: p for p in result.protections}["memory"]
+    assert memory.status == "enforced"
+    assert "whole tree" in memory.detail and "cgroup v" in memory.detail
+
+
+def test_peak_memory_of_a_program_touching_200_mib(workspace):
+    result = _manager(memory_mb=512).execute(
+        _py("""
+            block = bytearray(200 << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+        """),
+        cwd=workspace,
+    )
+    assert result.success, result.summary()
+    assert 200 <= result.usage.peak_memory_mb <= 260, result.usage
+    assert result.usage.source.startswith("cgroup v")
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_with_its_default_heap_runs_under_512_mib(workspace):
+    # RLIMIT_AS would break V8 (it reserves far more address space than it
+    # uses); the cgroup limit counts memory actually used
+    result = _manager(memory_mb=512).execute(
+        ["node", "-e", "const a = []; for (let i = 0; i < 20; i++) a.push(new Array(1e6).fill(i));"
+                       " console.log('node ok', a.length)"],
+        cwd=workspace,
+    )
+    assert result.success, result.summary() + result.stderr_text
+    assert result.stdout == b"node ok 20\n"
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def test_fork_bomb_ends_with_pids_limit(workspace):
+    result = _manager(max_processes=32, timeout_sec=30).execute(
+        ["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 20"],
+        cwd=workspace,
+    )
+    assert result.termination is Termination.PIDS_LIMIT, result.summary()
+    assert result.usage.peak_processes is not None
+    assert result.usage.peak_processes <= 32
+    _host_is_fine(workspace)
+
+
+def test_threads_count_against_the_process_limit(workspace):
+    result = _manager(max_processes=10).execute(
+        _py("""
+            import threading, time
+            started = 0
+            try:
+                for _ in range(50):
+                    threading.Thread(target=time.sleep, args=(3,), daemon=True).start()
+                    started += 1
+            finally:
+                print("threads", started, flush=True)
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.PIDS_LIMIT, result.summary()
+    assert int(result.stdout.split()[-1]) <= 9
+
+
+def test_peak_processes_counts_the_programs_tree(workspace):
+    result = _manager().execute(["sh", "-c", "sleep 0.3 & sleep 0.3 & wait"], cwd=workspace)
+    assert result.success
+    assert result.usage.peak_processes == 3  # sh and two sleeps
+
+
+# -- CPU ------------------------------------------------------------------------------
+
+
+def test_cpu_quota_of_half_a_core(workspace):
+    result = _manager(cpu_cores=0.5).execute(
+        _py("""
+            import time
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                pass
+        """),
+        cwd=workspace,
+    )
+    assert result.success, result.summary()
+    share = result.usage.cpu_total_sec / result.wall_time_sec
+    assert 0.3 <= share <= 0.65, (result.usage, result.wall_time_sec)
+
+
+def test_cpu_usage_of_one_second_of_burning(workspace):
+    result = _manager().execute(
+        _py("""
+            import time
+            t = time.process_time()
+            while time.process_time() - t < 1:
+                pass
+        """),
+        cwd=workspace,
+    )
+    assert result.success, result.summary()
+    assert 0.9 <= result.usage.cpu_total_sec <= 1.3, result.usage
+    assert result.usage.cpu_user_sec > 0.5
+
+
+def test_cpu_time_is_a_budget_for_the_whole_tree(workspace):
+    # four workers ignoring SIGXCPU, each could take 2 s under RLIMIT_CPU
+    result = _manager(cpu_time_sec=1.0, timeout_sec=30).execute(
+        _py("""
+            import os, signal, time
+            for _ in range(4):
+                if os.fork() == 0:
+                    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+                    end = time.monotonic() + 6
+                    while time.monotonic() < end:
+                        pass
+                    os._exit(0)
+            while True:
+                try:
+                    os.wait()
+                except ChildProcessError:
+                    break
+            print("workers finished")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.CPU_LIMIT, result.summary()
+    assert b"workers finished" not in result.stdout
+    assert 1.0 <= result.usage.cpu_total_sec <= 1.5, result.usage
+    cpu = {p.name: p for p in result.protections}["cpu"]
+    assert cpu.status == "enforced" and "whole tree" in cpu.detail
+
+
+# -- disk -------------------------------------------------------------------------------
+
+
+def test_one_file_stops_at_the_disk_size_with_efbig(workspace):
+    result = _manager(disk_mb=20).execute(
+        _py("""
+            import errno, signal
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            try:
+                with open("big", "wb") as f:
+                    for _ in range(40):
+                        f.write(b"x" * (1 << 20))
+                        f.flush()
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+        """),
+        cwd=workspace,
+    )
+    assert result.stdout == b"EFBIG\n", result.summary() + result.stderr_text
+    assert (workspace / "big").stat().st_size == 20 * MIB
+
+
+def test_private_tmp_stops_at_the_disk_size_with_enospc(workspace):
+    result = _manager(disk_mb=100, max_file_size_mb=200).execute(
+        ["sh", "-c", "dd if=/dev/zero of=/tmp/fill bs=1M count=150 2>&1 | grep -o 'No space left on device'"],
+        cwd=workspace,
+    )
+    assert b"No space left on device" in result.stdout, result.stdout
+
+
+def test_many_files_past_the_workspace_budget_end_with_disk_limit(workspace):
+    result = _manager(disk_mb=30, timeout_sec=60).execute(
+        _py("""
+            import time
+            for i in range(40):
+                with open(f"part{i}", "wb") as f:
+                    f.write(b"x" * (2 << 20))
+                    f.flush()
+                    import os; os.fsync(f.fileno())
+                time.sleep(0.01)
+            print("wrote everything")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary()
+    assert b"wrote everything" not in result.stdout
+    written = sum(p.stat().st_size for p in workspace.glob("part*"))
+    assert 30 * MIB < written <= 60 * MIB
+
+
+def test_files_already_in_the_workspace_do_not_count(workspace):
+    (workspace / "old.bin").write_bytes(b"\0" * (40 * MIB))
+    result = _manager(disk_mb=30).execute(
+        ["sh", "-c", "dd if=/dev/zero of=new.bin bs=1M count=10 2>/dev/null; cat old.bin >/dev/null"],
+        cwd=workspace,
+    )
+    assert result.success, result.summary()
+
+
+# -- leftovers --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_200_runs_killed_by_limits_and_timeouts_leave_no_cgroup(workspace):
+    launcher = shared_launcher()
+    launcher.stop()  # a fresh launcher: its cgroups are all this test's
+    cases = [
+        (dict(), ["true"], Termination.EXITED),
+        (dict(memory_mb=32), _py("x = b'x' * (64 << 20)"), Termination.MEMORY_LIMIT),
+        (dict(max_processes=4), ["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 2 & done; wait"],
+         Termination.PIDS_LIMIT),
+        (dict(timeout_sec=0.3), ["sleep", "10"], Termination.TIMEOUT),
+        (dict(mode="disabled", timeout_sec=0.3), ["sh", "-c", "setsid sleep 30 & sleep 10"],
+         Termination.TIMEOUT),
+    ]
+    managers = [(_manager(**cfg), argv, want) for cfg, argv, want in cases]
+    for i in range(200):
+        manager, argv, want = managers[i % len(managers)]
+        result = manager.execute(argv, cwd=workspace)
+        assert result.termination is want, (i, result.summary())
+    pid = launcher.pid()
+    assert pid is not None
+    # while the launcher lives: at most the one made ahead for the next run
+    deadline = time.monotonic() + 5
+    while len({os.path.basename(p) for p in _our_cgroups(pid)}) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len({os.path.basename(p) for p in _our_cgroups(pid)}) <= 1
+    launcher.stop()
+    assert _our_cgroups(pid) == []
+
+
+def test_cgroups_of_a_killed_launcher_are_removed_by_the_next(workspace):
+    launcher = shared_launcher()
+    manager = _manager()
+    assert manager.execute(["true"], cwd=workspace).success
+    old = launcher.pid()
+    assert old is not None and _our_cgroups(old)  # the one made ahead
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{old}") and time.monotonic() < deadline:
+        launcher._proc.poll()  # reap it
+        time.sleep(0.02)
+    assert _our_cgroups(old)  # left behind by the dead launcher
+    assert manager.execute(["true"], cwd=workspace).success  # starts a new one
+    assert launcher.pid() != old
+    assert _our_cgroups(old) == []
+
+
+def test_disabled_mode_kills_what_escaped_the_process_group(workspace):
+    marker = workspace / "still-alive"
+    result = _manager(mode="disabled").execute(
+        ["sh", "-c", f"setsid sh -c 'sleep 1; touch {marker}' >/dev/null 2>&1 & echo started"],
+        cwd=workspace,
+    )
+    assert result.success
+    time.sleep(1.5)
+    assert not marker.exists()
+
+
+# -- policy planning ---------------------------------------------------------------------
+
+
+def test_no_rlimit_data_when_the_cgroup_limits_memory():
+    config = SandboxConfig(memory_mb=100)
+    plan = limits_mod.plan(config, workspace=None)
+    names = [r[0] for r in plan.rlimits]
+    assert "RLIMIT_DATA" not in names and "RLIMIT_NPROC" not in names
+    assert plan.cgroup["memory_bytes"] == 100 * MIB
+    spec = {"args_data": ["--"], "cgroup": plan.cgroup, "rlimits": plan.rlimits}
+    assert limits_mod.finalize(spec, config) == limits_mod.BWRAP_TASKS
+    assert plan.cgroup["pids_max"] == 512 + limits_mod.BWRAP_TASKS
+
+
+def test_without_cgroups_a_tree_limit_is_refused_or_degraded(monkeypatch):
+    from stockade.errors import SandboxUnavailableError
+
+    nothing = cgroups.Probe(None, cgroups.Backend(2, {}, {c: "not delegated" for c in cgroups.CONTROLLERS}, False))
+    monkeypatch.setattr(cgroups, "probe", lambda refresh=False: nothing)
+    with pytest.raises(SandboxUnavailableError) as info:
+        limits_mod.plan(SandboxConfig(memory_mb=64, max_processes=None, cpu_time_sec=None), workspace=None)
+    assert info.value.protection.startswith("memory")
+    assert "allow_degraded = ['memory']" in info.value.fix
+    config = SandboxConfig(memory_mb=64, max_processes=8, cpu_time_sec=5, allow_degraded=["memory", "pids", "cpu"])
+    plan = limits_mod.plan(config, workspace=None)
+    assert plan.cgroup is None
+    rl = {r[0]: r[1:] for r in plan.rlimits}
+    assert rl["RLIMIT_DATA"] == [64 * MIB, 64 * MIB]
+    assert rl["RLIMIT_NPROC"] == [8, 8]
+    assert rl["RLIMIT_CPU"] == [5, 6]
+    assert {p.name: p.status for p in plan.protections}["memory"] == "degraded"
+
+
+def test_cgroup_v2_end_to_end_on_the_hosts_unified_hierarchy(workspace, monkeypatch):
+    """The launcher on cgroup v2 for real: this host's v2 hierarchy has no
+    controllers, so only the CPU-time budget (cpu.stat is core) applies;
+    create, join through cgroup.procs, poll, cgroup.kill and removal are
+    the real kernel's."""
+    found = cgroups.probe(refresh=True)
+    if found.v2 is None or cgroups.CPUACCT not in found.v2.parents:
+        pytest.skip("no writable cgroup v2 hierarchy for this caller")
+    import functools
+
+    import stockade.manager as manager_mod
+
+    monkeypatch.setattr(manager_mod._limits, "plan", functools.partial(limits_mod.plan, version=2))
+    manager = _manager(memory_mb=None, max_processes=None, cpu_time_sec=0.5)
+    result = manager.execute(
+        ["sh", "-c", "while :; do :; done & while :; do :; done"], cwd=workspace
+    )
+    assert result.termination is Termination.CPU_LIMIT, result.summary()
+    assert result.usage.source.startswith("cgroup v2 (cpu)")
+    assert 0.5 <= result.usage.cpu_total_sec <= 0.9
+    cpu = {p.name: p for p in result.protections}["cpu"]
+    assert "cgroup v2" in cpu.detail
+    unified = found.v2.parents[cgroups.CPUACCT]
+    prefix = f"stockade-{cgroups.pid_namespace_id()}-{shared_launcher().pid()}-"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        names = [n for n in os.listdir(unified) if n.startswith(prefix)]
+        if len(names) <= 1:  # at most the one made ahead
+            break
+        time.sleep(0.05)
+    assert len(names) <= 1

@@ -1,0 +1,110 @@
+"""Tree limits for an unprivileged caller.
+
+On this cgroup v1 host uid 65534 has no writable cgroup (v1 hierarchies are
+not delegated to users), so a policy with tree limits must fail closed,
+naming the missing cgroup feature and the fix, or, when the policy allows
+it, fall back to per-process rlimits and say so in the result.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+from _unpriv import UNPRIV_UID, give_to_unprivileged, run_code_as_nobody, run_unprivileged
+
+from stockade.linux import cgroups
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switches to uid 65534: needs root")
+
+
+def _nobody_has_cgroups() -> bool:
+    # the probe checks write access with os.access, i.e. for our real uid;
+    # uid 65534 gets a writable cgroup only through delegation (cgroup v2)
+    found = cgroups.probe(refresh=True)
+    for backend in (found.v1, found.v2):
+        if backend is None:
+            continue
+        for parent in backend.parents.values():
+            st = os.stat(parent)
+            if st.st_uid == UNPRIV_UID:
+                return True
+    return False
+
+
+skip_if_delegated = pytest.mark.skipif(
+    _nobody_has_cgroups(), reason="uid 65534 has a delegated cgroup on this host"
+)
+
+
+@skip_if_delegated
+def test_tree_limits_fail_closed_without_a_usable_cgroup(workspace):
+    give_to_unprivileged(workspace)
+    code = textwrap.dedent("""
+        import json
+        from stockade import SandboxConfig, SandboxManager, SandboxUnavailableError
+        try:
+            SandboxManager(SandboxConfig(execution_log=False)).execute(["true"])
+        except SandboxUnavailableError as err:
+            print(json.dumps({"protection": err.protection, "reason": err.reason, "fix": err.fix}))
+        else:
+            print(json.dumps({"ran": True}))
+    """)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert "ran" not in data, "a policy with tree limits ran without a cgroup"
+    assert data["protection"].startswith("memory, pids, cpu (limits of the whole tree)")
+    assert "not writable by uid 65534" in data["reason"]
+    assert "allow_degraded = ['memory', 'pids', 'cpu']" in data["fix"]
+
+
+@skip_if_delegated
+def test_cli_fails_closed_with_exit_125(workspace):
+    give_to_unprivileged(workspace)
+    proc = run_unprivileged(["-m", "stockade.cli", "run", "--no-log", "--", "true"], cwd=workspace)
+    assert proc.returncode == 125, proc.stderr.decode()
+    assert b"limits of the whole tree" in proc.stderr and b"--allow-degraded" in proc.stderr
+
+
+@skip_if_delegated
+def test_fallback_to_rlimits_when_the_policy_allows_it(workspace):
+    give_to_unprivileged(workspace)
+    code = textwrap.dedent("""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, allow_degraded=("memory", "pids", "cpu"), memory_mb=64,
+                               cpu_cores=0.5)
+        r = SandboxManager(config).execute(["python3", "-c",
+            "import resource\\n"
+            "print(resource.getrlimit(resource.RLIMIT_DATA)[0] >> 20)\\n"
+            "try:\\n    x = b'x' * (128 << 20)\\nexcept MemoryError:\\n    print('MemoryError')"])
+        print(json.dumps({"out": r.stdout_text, "err": r.stderr_text, "term": r.termination.value,
+                          "usage": r.usage.source,
+                          "prot": {p.name: [p.status, p.detail] for p in r.protections}}))
+    """)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert data["term"] == "exited", data
+    assert data["out"].split() == ["64", "MemoryError"], data
+    prot = data["prot"]
+    assert prot["memory"][0] == "degraded" and "RLIMIT_DATA" in prot["memory"][1]
+    assert prot["pids"][0] == "degraded" and "RLIMIT_NPROC" in prot["pids"][1]
+    assert prot["cpu"][0] == "degraded" and "RLIMIT_CPU" in prot["cpu"][1]
+    assert "CPU quota not enforced" in prot["cpu"][1]
+    assert data["usage"].startswith("rusage")
+
+
+@skip_if_delegated
+def test_a_policy_without_tree_limits_runs_without_a_cgroup(workspace):
+    give_to_unprivileged(workspace)
+    code = textwrap.dedent("""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, memory_mb=None, max_processes=None,
+                               cpu_time_sec=None)
+        r = SandboxManager(config).execute(["sh", "-c", "echo ok"])
+        print(json.dumps({"out": r.stdout_text, "term": r.termination.value,
+                          "prot": {p.name: p.status for p in r.protections}}))
+    """)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert data["out"] == "ok\n" and data["term"] == "exited"
+    assert data["prot"]["memory"] == "off" and data["prot"]["pids"] == "off"
