@@ -100,12 +100,20 @@ def _parser() -> argparse.ArgumentParser:
 
     filters = sub.add_parser("filters", help="show the syscall filters")
     filters_sub = filters.add_subparsers(dest="filters_cmd", metavar="ACTION")
-    show = filters_sub.add_parser("show", help="print what a mode's filter allows and denies")
+    show = filters_sub.add_parser(
+        "show", help="print what a mode's filter allows and denies"
+    )
     show.add_argument("--mode", choices=["strict", "moderate", "permissive"])
-    show.add_argument("--network", default="none", help="network policy (default: none)")
+    show.add_argument(
+        "--network", default="none", help="network policy (default: none)"
+    )
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    doc = filters_sub.add_parser("doc", help="print the generated part of docs/filters.md")
-    doc.add_argument("--write", metavar="FILE", help="update the generated part of FILE in place")
+    doc = filters_sub.add_parser(
+        "doc", help="print the generated part of docs/filters.md"
+    )
+    doc.add_argument(
+        "--write", metavar="FILE", help="update the generated part of FILE in place"
+    )
     doctor = sub.add_parser(
         "doctor",
         help="what this host can enforce, protection by protection",
@@ -265,7 +273,9 @@ def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("filters: choose an action: show or doc")
     try:
         modes = [args.mode] if args.mode else list(MODES)
-        built = {mode: seccomp.SyscallFilter(mode, network=args.network) for mode in modes}
+        built = {
+            mode: seccomp.SyscallFilter(mode, network=args.network) for mode in modes
+        }
     except StockadeError as err:
         print(f"stockade: {err}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR

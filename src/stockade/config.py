@@ -187,7 +187,9 @@ class SandboxConfig(BaseModel):
     )
     syscalls_deny: tuple[str, ...] = Field(
         default=(),
-        description="System calls to deny (EPERM, reported) although the mode allows them.",
+        description=(
+            "System calls to deny (EPERM, reported) although the mode allows them."
+        ),
     )
     execution_log: Path | None | bool = Field(
         default=True,

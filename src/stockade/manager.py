@@ -253,7 +253,8 @@ class SandboxManager:
             prepared.tier = decision.tier
             # a policy may accept running without the filter where the host
             # cannot give it (allow_degraded); then none is installed
-            prepared.use_filter = decision.row("syscall_filter").status == _tiers.ENFORCED
+            filter_row = decision.row("syscall_filter")
+            prepared.use_filter = filter_row.status == _tiers.ENFORCED
             if decision.tier == _tiers.TIER_LANDLOCK:
                 self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
             else:
@@ -365,7 +366,9 @@ class SandboxManager:
             cwd="/",
             env=env,
         )
-        syscall_filter = _seccomp.filter_for_config(config) if prepared.use_filter else None
+        syscall_filter = None
+        if prepared.use_filter:
+            syscall_filter = _seccomp.filter_for_config(config)
         if syscall_filter is not None:
             spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=True)
             spec["no_new_privs"] = True
@@ -582,8 +585,11 @@ class SandboxManager:
         if syscall_filter is not None:
             # the filter's own line: mode, calls allowed, sockets, size
             rows = [
-                Protection(r.name, r.status, syscall_filter.protection_detail(), r.required)
-                if r.name == "syscall_filter" and r.status == "enforced" else r
+                Protection(
+                    r.name, r.status, syscall_filter.protection_detail(), r.required
+                )
+                if r.name == "syscall_filter" and r.status == "enforced"
+                else r
                 for r in rows
             ]
         return [
@@ -689,7 +695,13 @@ class SandboxManager:
                 termination = Termination.CPU_LIMIT
 
         violations = [
-            Violation(v["mechanism"], v["what"], v["action"], int(v["count"]), v.get("detail", ""))
+            Violation(
+                v["mechanism"],
+                v["what"],
+                v["action"],
+                int(v["count"]),
+                v.get("detail", ""),
+            )
             for v in event.get("violations") or []
         ]
         traffic = prepared.traffic

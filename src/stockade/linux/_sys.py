@@ -102,12 +102,14 @@ class SeccompProgram:
     def __init__(self, bpf: bytes, flags: int) -> None:
         numbers = _NR.get(machine())
         if numbers is None:
-            raise OSError(38, f"seccomp: architecture {machine()} not supported by stockade")
+            message = f"seccomp: architecture {machine()} not supported by stockade"
+            raise OSError(38, message)
         if len(bpf) % 8:
             raise ValueError("BPF program length must be a multiple of 8")
         self._buffer = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buffer))
-        self._args = (numbers["seccomp"], SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(self._prog))
+        nr = numbers["seccomp"]
+        self._args = (nr, SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(self._prog))
         self._flags = flags
 
     def install(self) -> int:
@@ -115,8 +117,10 @@ class SeccompProgram:
         result = _libc.syscall(*self._args)
         if result < 0:
             err = ctypes.get_errno()
-            flag_text = "NEW_LISTENER" if self._flags & SECCOMP_FILTER_FLAG_NEW_LISTENER else str(self._flags)
-            raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER, {flag_text}): {os.strerror(err)}")
+            listener = self._flags & SECCOMP_FILTER_FLAG_NEW_LISTENER
+            flag_text = "NEW_LISTENER" if listener else str(self._flags)
+            call = f"seccomp(SECCOMP_SET_MODE_FILTER, {flag_text})"
+            raise OSError(err, f"{call}: {os.strerror(err)}")
         return result
 
 

@@ -357,8 +357,10 @@ class Run:
             raise _SetupFailed()
         seccomp = self.spec.get("seccomp")
         if seccomp:
-            flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
-            seccomp["program"] = _sys.SeccompProgram(base64.b64decode(seccomp["bpf"]), flags)
+            listener = seccomp.get("listener")
+            flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+            bpf = base64.b64decode(seccomp["bpf"])
+            seccomp["program"] = _sys.SeccompProgram(bpf, flags)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         json_w = None
         if self.spec.get("json_status"):
@@ -471,7 +473,8 @@ class Run:
                 monitor_pid=self.pid if seccomp.get("trust_monitor") else None,
                 on_kill=self.kill,
             )
-            self.launcher.sel.register(fds[0], selectors.EVENT_READ, (self.on_notify, _NOTIFY))
+            callback = (self.on_notify, _NOTIFY)
+            self.launcher.sel.register(fds[0], selectors.EVENT_READ, callback)
             for extra in fds[1:]:
                 os.close(extra)
         elif "error" in data:
@@ -703,7 +706,9 @@ class Run:
             "json_exit_code": self.json_exit_code,
             "exec_done": self.exec_done,
             "program_started": self.supervisor.program_started if self.supervisor else None,
-            "setup_calls": dict(self.supervisor.setup_calls) if self.supervisor else None,
+            "setup_calls": (
+                dict(self.supervisor.setup_calls) if self.supervisor else None
+            ),
             "setup_error": self.setup_error,
             "killed": self.killed,
             "violations": violations,
