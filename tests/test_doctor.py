@@ -88,22 +88,17 @@ def test_doctor_text_on_this_host():
 
 
 @pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
-def test_doctor_exit_status_follows_the_policy_options():
-    refused = subprocess.run(
-        [STOCKADE, "doctor", "--tier", "landlock"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode == 1
-    assert "REFUSED" in refused.stdout and "network" in refused.stdout
-    accepted = subprocess.run(
-        [STOCKADE, "doctor", "--tier", "landlock", "--allow-degraded", "network"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert accepted.returncode == 0, accepted.stdout
+def test_doctor_exit_status_follows_the_policy_options(forced_probe, capsys):
+    # Landlock ABI 4: signals are not scoped, only consent lets the tier run
+    forced_probe("ubuntu-24.04-apparmor")
+    assert main(["doctor", "--tier", "landlock"]) == 1
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "process_isolation" in out
+    # the recorded host has no cgroup for the tree limits either (issue #4)
+    accept = "process_isolation,memory,pids,cpu"
+    assert main(
+        ["doctor", "--tier", "landlock", "--allow-degraded", accept]
+    ) == 0, capsys.readouterr().out
     bad = subprocess.run(
         [STOCKADE, "doctor", "--allow-degraded", "nonsense"],
         capture_output=True,
@@ -119,7 +114,7 @@ def test_doctor_on_ubuntu_with_apparmor_says_why_and_how(forced_probe, capsys):
     assert "namespaces         unavailable (BLOCKS)" in out
     assert "apparmor_restrict_unprivileged_userns=1" in out
     assert "apparmor_parser -r /etc/apparmor.d/bwrap" in out
-    assert "would also need allow_degraded to name: network, process_isolation" in out
+    assert "would also need allow_degraded to name: process_isolation" in out
     assert "REFUSED" in out
 
 
@@ -129,8 +124,9 @@ def test_doctor_json_on_a_container(forced_probe, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["decision"]["tier"] == "landlock"
     blocking = [row["name"] for row in data["decision"]["rows"] if row["blocking"]]
-    # and no cgroup for the tree limits (issue #4)
-    assert blocking == ["network", "process_isolation", "memory", "pids", "cpu"]
+    # Landlock ABI 3 denies no network, the syscall filter does; and no
+    # cgroup for the tree limits (issue #4)
+    assert blocking == ["process_isolation", "memory", "pids", "cpu"]
     assert "seccomp=unconfined" in data["decision"]["rows"][0]["fix"]
 
 
@@ -184,7 +180,7 @@ def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(
     config = SandboxConfig(
         execution_log=False,
         # the recorded host has no cgroup for the tree limits (issue #4)
-        allow_degraded=["namespaces", "network", "process_isolation", "memory", "pids", "cpu"],
+        allow_degraded=["namespaces", "process_isolation", "memory", "pids", "cpu"],
     )
     name = f"stockade-test-{uuid.uuid4().hex[:12]}"
     with socket.socket(socket.AF_UNIX) as server, socket.socket() as tcp:
@@ -193,27 +189,28 @@ def test_accepted_second_tier_on_ubuntu_runs_with_an_abi4_ruleset(
         tcp.bind(("127.0.0.1", 0))
         tcp.listen(1)
         code = (
-            "import socket, sys\n"
-            "u = socket.socket(socket.AF_UNIX)\n"
-            f"u.connect('\\0{name}')\n"
-            "try:\n"
-            f"    socket.create_connection(('127.0.0.1', {tcp.getsockname()[1]}), "
-            "timeout=3)\n"
-            "except PermissionError:\n"
-            "    print('tcp denied')\n"
+            "import errno, socket\n"
+            "for family in (socket.AF_UNIX, socket.AF_INET):\n"
+            "    try:\n"
+            "        socket.socket(family)\n"
+            "        print('created')\n"
+            "    except OSError as err:\n"
+            "        print(errno.errorcode[err.errno])\n"
         )
         result = SandboxManager(config).execute(
             ["/usr/bin/python3", "-c", code], cwd=workspace
         )
     assert result.success, result.stderr_text
     assert result.tier == "landlock"
-    # ABI 4 denies TCP; abstract unix sockets are not scoped before ABI 6, as
-    # the network row said ("NOT blocked: ... abstract unix sockets").
-    assert result.stdout == b"tcp denied\n"
+    # ABI 4 scopes no abstract unix sockets: below ABI 9 the syscall filter
+    # refuses socket(AF_UNIX) itself, and inet sockets always, as the
+    # network row said.
+    assert result.stdout == b"EAFNOSUPPORT\nEAFNOSUPPORT\n"
     rows = {p.name: p for p in result.protections}
     assert rows["landlock"].detail.startswith("ABI 4:")
-    assert "abstract unix sockets" in rows["network"].detail
-    assert "accepted by the policy" in rows["network"].detail
+    assert rows["network"].status == "enforced"
+    assert "socket(AF_UNIX) refused by the syscall filter" in rows["network"].detail
+    assert rows["syscall_filter"].status == "enforced"
 
 
 @pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
@@ -260,32 +257,19 @@ def test_cli_run_forced_second_tier_says_so(workspace):
         text=True,
         timeout=60,
     )
-    assert "tier landlock" in summary.stderr and "network (degraded)" in summary.stderr
+    assert "tier landlock" in summary.stderr
+    assert "network (degraded)" not in summary.stderr  # the filter closes it
 
 
-@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
-def test_cli_run_refuses_forced_second_tier_without_consent(workspace):
-    proc = subprocess.run(
-        [
-            STOCKADE,
-            "run",
-            "--no-log",
-            "--tier",
-            "landlock",
-            "--workspace",
-            str(workspace),
-            "--",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 125
-    assert (
-        "cannot enforce network" in proc.stderr
-        and "allow_degraded = ['network']" in proc.stderr
-    )
+def test_cli_run_refuses_forced_second_tier_without_consent(
+    forced_probe, workspace, capsys
+):
+    forced_probe("ubuntu-24.04-apparmor")  # Landlock ABI 4: no signal scoping
+    argv = ["run", "--no-log", "--tier", "landlock", "--workspace", str(workspace)]
+    assert main([*argv, "--", "true"]) == 125
+    err = capsys.readouterr().err
+    assert "cannot enforce process_isolation" in err
+    assert "allow_degraded = ['process_isolation'" in err
 
 
 @pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")

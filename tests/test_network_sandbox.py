@@ -420,7 +420,26 @@ LOOPBACK_CHECK = """
 """
 
 
-@pytest.mark.parametrize("network", ["loopback", "none"])
+def test_none_refuses_inet_sockets_and_names_them(workspace):
+    code = """
+import errno, socket
+for family in (socket.AF_INET, socket.AF_INET6):
+    try:
+        socket.socket(family)
+        print("created")
+    except OSError as err:
+        print(errno.errorcode[err.errno])
+"""
+    with SandboxManager(SandboxConfig(execution_log=False, network="none")) as manager:
+        result = manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    assert result.stdout_text.splitlines() == ["EAFNOSUPPORT", "EAFNOSUPPORT"]
+    assert [(v.what, v.detail) for v in result.violations] == [
+        ("socket", "AF_INET, AF_INET6")
+    ]
+
+
+@pytest.mark.parametrize("network", ["loopback"])
 def test_own_loopback_works_host_loopback_does_not(network, workspace):
     v4 = TCPWitness("127.0.0.1")
     v6 = TCPWitness("::1") if ipv6_loopback_works() else None

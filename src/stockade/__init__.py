@@ -26,6 +26,7 @@ __all__ = [
     "SandboxResult",
     "SandboxUnavailableError",
     "StockadeError",
+    "SyscallFilter",
     "Termination",
     "Usage",
     "Violation",
@@ -47,12 +48,14 @@ _WHERE = {
     "CommandError": "errors",
     "SandboxUnavailableError": "errors",
     "create_sandbox_from_feature_flags": "flags",
+    "SyscallFilter": "linux.seccomp",
 }
 
 if TYPE_CHECKING:
     from .config import SandboxConfig, SandboxMode
     from .errors import CommandError, PolicyError, SandboxUnavailableError, StockadeError
     from .flags import create_sandbox_from_feature_flags
+    from .linux.seccomp import SyscallFilter
     from .manager import SandboxManager
     from .result import Protection, SandboxResult, Termination, Usage, Violation
 

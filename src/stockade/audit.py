@@ -64,7 +64,13 @@ class ExecutionLog:
                 "source": result.usage.source,
             },
             "violations": [
-                {"mechanism": v.mechanism, "what": v.what, "action": v.action, "count": v.count}
+                {
+                    "mechanism": v.mechanism,
+                    "what": v.what,
+                    "action": v.action,
+                    "count": v.count,
+                    "detail": v.detail,
+                }
                 for v in result.violations
             ],
             "protections": {p.name: p.status for p in result.protections},

@@ -99,6 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-log", action="store_true", help="do not append to the execution log")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
+    filters = sub.add_parser("filters", help="show the syscall filters")
+    filters_sub = filters.add_subparsers(dest="filters_cmd", metavar="ACTION")
+    show = filters_sub.add_parser(
+        "show", help="print what a mode's filter allows and denies"
+    )
+    show.add_argument("--mode", choices=["strict", "moderate", "permissive"])
+    show.add_argument(
+        "--network", default="none", help="network policy (default: none)"
+    )
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    doc = filters_sub.add_parser(
+        "doc", help="print the generated part of docs/filters.md"
+    )
+    doc.add_argument(
+        "--write", metavar="FILE", help="update the generated part of FILE in place"
+    )
     doctor = sub.add_parser(
         "doctor",
         help="what this host can enforce, protection by protection",
@@ -206,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.cmd == "run":
         return _run(args, parser)
+    if args.cmd == "filters":
+        return _filters(args, parser)
     if args.cmd == "doctor":
         return _doctor(args)
     parser.print_help(sys.stderr)
@@ -291,6 +309,45 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif not args.quiet:
         print(result.summary(), file=sys.stderr)
     return exit_status(result)
+
+
+def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .errors import StockadeError
+    from .linux import seccomp, seccomp_doc
+    from .linux.syscall_groups import MODES
+
+    if args.filters_cmd == "doc":
+        if not args.write:
+            sys.stdout.write(seccomp_doc.render_markdown())
+            return 0
+        with open(args.write, encoding="utf-8") as fh:
+            text = fh.read()
+        try:
+            updated = seccomp_doc.replace_generated(text)
+        except ValueError as err:
+            print(f"stockade: {args.write}: {err}", file=sys.stderr)
+            return 1
+        with open(args.write, "w", encoding="utf-8") as fh:
+            fh.write(updated)
+        return 0
+    if args.filters_cmd != "show":
+        parser.error("filters: choose an action: show or doc")
+    try:
+        modes = [args.mode] if args.mode else list(MODES)
+        built = {
+            mode: seccomp.SyscallFilter(mode, network=args.network) for mode in modes
+        }
+    except StockadeError as err:
+        print(f"stockade: {err}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    if args.json:
+        data = {mode: flt.describe() for mode, flt in built.items()}
+        print(json.dumps(data[args.mode] if args.mode else data, indent=2))
+    elif args.mode:
+        sys.stdout.write(seccomp_doc.render_text(built[args.mode]))
+    else:
+        sys.stdout.write(seccomp_doc.render_overview())
+    return 0
 
 
 def _network_changes(

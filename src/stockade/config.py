@@ -194,6 +194,20 @@ class SandboxConfig(BaseModel):
         ),
     )
     run_as_gid: int = Field(default=65534, ge=1)
+    syscalls_allow: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "System calls to allow on top of the mode's filter (names as in "
+            "`stockade filters show`). Calls denied in every mode cannot be "
+            "allowed; unknown names are an error."
+        ),
+    )
+    syscalls_deny: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "System calls to deny (EPERM, reported) although the mode allows them."
+        ),
+    )
     execution_log: Path | None | bool = Field(
         default=True,
         description=(

@@ -30,6 +30,7 @@ from .fs import run as _fsrun
 from .linux import bwrap as _bwrap
 from .linux import landlock as _landlock
 from .linux import limits as _limits
+from .linux import seccomp as _seccomp
 from .linux import tiers as _tiers
 from .linux.client import shared_launcher
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
@@ -68,6 +69,8 @@ class _Prepared:
     fs: _fs.FsPlan | None = None
     timings: dict[str, float] = field(default_factory=dict)
     overhead_tasks: int = 0
+    syscall_filter: _seccomp.SyscallFilter | None = None
+    use_filter: bool = False
 
 
 class SandboxManager:
@@ -259,6 +262,10 @@ class SandboxManager:
             decision = self.decide()
             decision.raise_if_blocked()
             prepared.tier = decision.tier
+            # a policy may accept running without the filter where the host
+            # cannot give it (allow_degraded); then none is installed
+            filter_row = decision.row("syscall_filter")
+            prepared.use_filter = filter_row.status == _tiers.ENFORCED
             second = decision.tier == _tiers.TIER_LANDLOCK
             prepared.fs = _fsrun.plan_run(
                 config,
@@ -274,7 +281,9 @@ class SandboxManager:
                 self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
             prepared.notes.extend(prepared.fs.notes)
             prepared.timings["fs_policy_ms"] = prepared.fs.elapsed_ms
-            prepared.protections = self._protections(decision, caller_is_root)
+            prepared.protections = self._protections(
+                decision, caller_is_root, prepared.syscall_filter
+            )
             prepared.protections += _fsrun.protection_rows(prepared.fs, second_tier=second)
         prepared.protections = _limits.merge_protections(prepared.protections, limit_plan.protections)
         prepared.overhead_tasks = _limits.finalize(prepared.spec, config)
@@ -384,6 +393,14 @@ class SandboxManager:
             cwd="/",
             env=env,
         )
+        syscall_filter = None
+        if prepared.use_filter:
+            syscall_filter = _seccomp.filter_for_config(config)
+        if syscall_filter is not None:
+            spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=True)
+            spec["no_new_privs"] = True
+            prepared.syscall_filter = syscall_filter
+            prepared.notes.extend(syscall_filter.warnings)
         if caller_is_root:
             idmaps = self._root_idmaps(workspace, extra_ro, fs)
             if idmaps:
@@ -451,12 +468,20 @@ class SandboxManager:
         # Cgroups (issue #4) need nothing of their own here: spec["cgroup_procs"]
         # is joined before the monitor forks, so the monitor and the whole tree
         # are in the run's cgroups.
-        # TODO(#3): install the mode's filter here too, with inet, packet and
-        # (below Landlock ABI 9) unix socket() denied, socketpair() allowed:
-        #   spec["seccomp"] = seccomp_spec(config.mode, network=False,
-        #                                  trust_monitor=False, ...)
-        # and set tiers.SECCOMP_FILTER_BUILT. Meanwhile the syscall_filter row
-        # is 'off' and the network row lists UDP and unix paths as open.
+        # The program shares the host's network namespace here: the filter
+        # refuses inet, netlink and packet sockets whatever the network
+        # policy, and socket(AF_UNIX) below Landlock ABI 9 (socketpair stays).
+        # The launcher child execs the program itself: its exec starts the
+        # program phase (trust_monitor False).
+        syscall_filter = None
+        if prepared.use_filter:
+            syscall_filter = _seccomp.filter_for_config(
+                config, tier=decision.tier, landlock_abi=decision.landlock_abi
+            )
+        if syscall_filter is not None:
+            spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=False)
+            prepared.syscall_filter = syscall_filter
+            prepared.notes.extend(syscall_filter.warnings)
         if caller_is_root:
             # The program itself runs in the launcher child's mount namespace
             # here, so the idmapped ancestors are what it traverses; the
@@ -576,7 +601,12 @@ class SandboxManager:
             Protection("never_root", "enforced" if uid != 0 else "off", f"runs as uid {uid}"),
         ]
 
-    def _protections(self, decision: _tiers.Decision, caller_is_root: bool) -> list[Protection]:
+    def _protections(
+        self,
+        decision: _tiers.Decision,
+        caller_is_root: bool,
+        syscall_filter: _seccomp.SyscallFilter | None = None,
+    ) -> list[Protection]:
         uid = self.config.run_as_uid if caller_is_root else os.getuid()
         rows = [
             Protection(
@@ -595,6 +625,16 @@ class SandboxManager:
             rows = [
                 Protection(r.name, r.status, _netpolicy.describe(self.config.network), r.required)
                 if r.name == "network" and r.status == "enforced" else r
+                for r in rows
+            ]
+        if syscall_filter is not None:
+            # the filter's own line: mode, calls allowed, sockets, size
+            rows = [
+                Protection(
+                    r.name, r.status, syscall_filter.protection_detail(), r.required
+                )
+                if r.name == "syscall_filter" and r.status == "enforced"
+                else r
                 for r in rows
             ]
         return [
@@ -700,7 +740,13 @@ class SandboxManager:
                 termination = Termination.CPU_LIMIT
 
         violations = [
-            Violation(v["mechanism"], v["what"], v["action"], int(v["count"]))
+            Violation(
+                v["mechanism"],
+                v["what"],
+                v["action"],
+                int(v["count"]),
+                v.get("detail", ""),
+            )
             for v in event.get("violations") or []
         ]
         traffic = prepared.traffic

@@ -68,6 +68,7 @@ class Violation:
     what: str               # e.g. the syscall name
     action: str             # "errno:EPERM", "kill", ...
     count: int = 1
+    detail: str = ""        # e.g. the arguments that made it denied: "AF_INET x2"
 
 
 @dataclass(frozen=True)

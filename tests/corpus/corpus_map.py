@@ -264,21 +264,19 @@ def termination_is(expected: str) -> Check:
 
 MAPPING: dict[str, Entry] = {
     # "Interactive terminal, defaults otherwise; no TIOCSTI into the caller's
-    # tty." Defaults: stockade passes the terminal through as stdio, and
+    # tty." Defaults: stockade passes the terminal through as stdio;
     # bubblewrap's --new-session (always on) starts the program in a session
-    # without a controlling terminal, so TIOCSTI on fds 0-2 fails (EPERM).
-    # TODO(#3): the filter will also refuse TIOCSTI/TIOCLINUX outright.
+    # without a controlling terminal, and every mode's syscall filter refuses
+    # TIOCSTI and TIOCLINUX outright (EPERM, low 32 bits of the request).
     "001": Entry(plain()),
     # "seccomp denies keyctl, add_key, request_key" is part of every enforcing
-    # mode's filter in issue 3; moderate is the default. This kernel has no
-    # x32 ABI, so only the native route is exercised.
-    "002": Entry(
-        plain(), todo=Todo(3, "no seccomp filter yet: native keyctl succeeds")
-    ),
+    # mode's filter; moderate is the default. keyctl gets EPERM natively; a
+    # call with the x32 bit fails the filter's architecture check and its
+    # process is killed (the probe runs in a forked child).
+    "002": Entry(plain()),
     # "Network denied; file system = workspace only": both are stockade's
     # defaults (empty network namespace; {outside} is not in the mount view),
-    # which already contain the io_uring routes: io_uring_setup still works
-    # (the payload warns) until issue 3's filter refuses io_uring.
+    # and every mode's syscall filter refuses io_uring_setup (EPERM).
     "004": Entry(plain()),
     # "Only stdin, stdout, stderr pass in": the launcher puts stdio (and
     # bubblewrap's own descriptors, closed before the program runs) in fixed
@@ -328,16 +326,9 @@ MAPPING: dict[str, Entry] = {
     "017": Entry(plain()),
     # "No tracing outside": the victim is not in the pid namespace.
     "018": Entry(plain()),
-    # "Hardened default seccomp profile": issue 3's always-denied set, in the
-    # default (moderate) mode.
-    "019": Entry(
-        plain(),
-        todo=Todo(
-            3,
-            "no seccomp filter yet: keyctl, userfaultfd, perf_event_open, "
-            "personality succeed",
-        ),
-    ),
+    # "Hardened default seccomp profile": the filter's always-denied set, in
+    # the default (moderate) mode.
+    "019": Entry(plain()),
     # "Processes/threads: at most 64 for the whole sandbox; wall 30 s":
     # --pids 64, the run's pids cgroup (issue 4). Never run unsandboxed.
     "020": Entry(
@@ -429,12 +420,12 @@ MAPPING: dict[str, Entry] = {
     ),
     # "The product's default policy, with a process limit of at least 32":
     # defaults (no process limit today; issue 4's default must stay >= 32).
-    # clone3 answers EINVAL today; issue 3's filter must answer ENOSYS.
+    # The filter answers clone3 with ENOSYS, so libc falls back to clone.
     "030": Entry(plain()),
     # "Network denied; writable workspace and private /tmp", while the
     # sandbox's own loopback must work: that is --network loopback (the host's
-    # loopback stays unreachable; 'none' will refuse inet sockets once issue
-    # 3's filter is in place). Workspace and private /tmp are defaults.
+    # loopback stays unreachable; 'none' refuses inet sockets in the syscall
+    # filter). Workspace and private /tmp are defaults.
     "031": Entry(plain("--network", "loopback")),
     # "Deny 2 files + 1 directory inside the workspace": hidden paths (issue
     # 6). First tier: an empty mode-000 file over each file, an empty

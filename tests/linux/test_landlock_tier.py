@@ -208,7 +208,9 @@ def test_escapes_fail_and_the_host_is_untouched(
 def test_second_tier_denials_are_landlock_ones(
     workspace, outside, listener, abstract_listener, victim
 ):
-    """Not merely "failed": refused by the ruleset (EACCES) or scoping (EPERM)."""
+    """Not merely "failed": refused by the ruleset (EACCES), scoping (EPERM) or
+    the syscall filter (EAFNOSUPPORT: the socket itself, before Landlock sees a
+    bind or connect)."""
     shutil.copy(HERE / "escape_payload.py", workspace / "payload.py")
     args = payload_args(outside, listener, abstract_listener, victim)
     result = manager(**SECOND_TIER).execute(
@@ -222,14 +224,16 @@ def test_second_tier_denials_are_landlock_ones(
         "truncate",
         "read_secret",
         "list_outside",
-        "tcp_connect",
-        "tcp_bind",
         "host_tmp_write",
         "victim_environ",
     ):
         assert out[name] == "errno:EACCES", (name, out)
-    for name in ("signal", "abstract"):
-        assert out[name] == "errno:EPERM", (name, out)
+    assert out["signal"] == "errno:EPERM", out
+    # below Landlock ABI 9 the filter refuses socket(AF_UNIX) too
+    for name in ("tcp_connect", "tcp_bind", "abstract"):
+        assert out[name] == "errno:EAFNOSUPPORT", (name, out)
+    denied = {(v.what, v.detail) for v in result.violations}
+    assert denied == {("socket", "AF_INET x2, AF_UNIX")}, denied
 
 
 # argv: seconds to sleep, a token. The grandchild leaves the session and is
@@ -310,10 +314,10 @@ def test_result_says_which_tier_ran_and_what_was_in_force(workspace):
     assert status["tree_kill"] == "enforced"
     assert status["namespaces"] == "off"
     assert status["mount_view"] == "degraded"
-    assert status["network"] == "degraded"
-    assert status["syscall_filter"] == "off"  # TODO(#3)
+    # the filter closes what Landlock ABI 7 leaves open: UDP, unix paths
+    assert status["network"] == "enforced"
+    assert status["syscall_filter"] == "enforced"
     assert "tier landlock" in result.summary()
-    assert "network (degraded)" in result.summary()
 
 
 def test_home_and_tmpdir_are_per_run_and_removed(workspace):
@@ -429,13 +433,9 @@ def test_a_ruleset_the_kernel_cannot_give_fails_the_run(monkeypatch, workspace):
     assert f"Landlock ABI {ABI} on this kernel" in (result.error or "")
 
 
-# -- known gaps, shown by tests (docs/hosts.md, "Known limitations") -----------------
+# -- what the syscall filter adds in the second tier, and known gaps ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TODO(#3): no syscall filter yet, UDP is not blocked in the second tier",
-)
 def test_udp_to_the_host_is_blocked(workspace):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.bind(("127.0.0.1", 0))
@@ -451,10 +451,6 @@ def test_udp_to_the_host_is_blocked(workspace):
             udp.recvfrom(16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TODO(#3): below Landlock ABI 9 only the filter stops unix sockets by path",
-)
 def test_host_unix_socket_by_path_is_blocked(workspace, outside):
     path = str(outside / "host.sock")
     with socket.socket(socket.AF_UNIX) as server:

@@ -91,20 +91,38 @@ def test_ubuntu_accepting_the_second_tier_still_needs_consent_for_abi4_gaps():
     decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
     assert decision.tier == "landlock"
     assert decision.landlock_abi == 4
-    # ABI 4: TCP is denied, but nothing scopes signals or abstract sockets;
-    # and no cgroup for the tree limits (issue #4)
-    assert blocking(decision) == ["network", "process_isolation", *NO_CGROUP]
+    # ABI 4: nothing scopes signals; the syscall filter closes the network
+    # (no inet sockets, no socket(AF_UNIX) below ABI 9); and no cgroup for
+    # the tree limits (issue #4)
+    assert blocking(decision) == ["process_isolation", *NO_CGROUP]
     assert (
         "signals reach every host process" in decision.row("process_isolation").detail
     )
-    assert "abstract unix sockets" in decision.row("network").detail
-    assert "TCP bind/connect denied" in decision.row("network").detail
+    network = decision.row("network")
+    assert network.status == "enforced"
+    assert "socket(AF_UNIX) refused by the syscall filter" in network.detail
     ok = tiers.decide(
-        probe, policy(allow_degraded=["namespaces", "network", "process_isolation", *NO_CGROUP])
+        probe, policy(allow_degraded=["namespaces", "process_isolation", *NO_CGROUP])
     )
     assert ok.ok and ok.tier == "landlock"
     assert statuses(ok)["landlock"] == "enforced"
+    assert statuses(ok)["syscall_filter"] == "enforced"
     assert statuses(ok)["tree_kill"] == "enforced"
+
+
+def test_second_tier_without_seccomp_user_notification_keeps_abi4_network_gaps():
+    probe = load("ubuntu-24.04-apparmor")
+    old = dataclasses.replace(
+        probe, seccomp=dataclasses.replace(probe.seccomp, user_notif=False)
+    )
+    decision = tiers.decide(old, policy(allow_degraded=["namespaces"]))
+    assert blocking(decision) == [
+        "syscall_filter", "network", "process_isolation", *NO_CGROUP
+    ]
+    assert "Linux 5.5" in decision.row("syscall_filter").fix
+    # without the filter: TCP is denied by Landlock, abstract sockets are not
+    assert "abstract unix sockets" in decision.row("network").detail
+    assert "TCP bind/connect denied" in decision.row("network").detail
 
 
 def test_ubuntu_forced_first_tier_offers_no_second_tier_hint():
@@ -137,14 +155,20 @@ def test_container_default_policy_names_the_container_profile():
     assert "seccomp=unconfined" in err.fix
 
 
-def test_container_second_tier_on_abi3_has_no_network_protection():
+def test_container_second_tier_on_abi3_gets_its_network_from_the_filter():
     probe = load("container-docker-no-userns")
     decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
     assert decision.tier == "landlock"
-    assert statuses(decision)["network"] == "unavailable"
-    assert blocking(decision) == ["network", "process_isolation", *NO_CGROUP]
-    everything = ["namespaces", "network", "process_isolation", *NO_CGROUP]
+    # Landlock ABI 3 denies no network at all; the filter refuses the sockets
+    assert statuses(decision)["network"] == "enforced"
+    assert blocking(decision) == ["process_isolation", *NO_CGROUP]
+    everything = ["namespaces", "process_isolation", *NO_CGROUP]
     assert tiers.decide(probe, policy(allow_degraded=everything)).ok
+    unfiltered = dataclasses.replace(
+        probe, seccomp=dataclasses.replace(probe.seccomp, user_notif=False)
+    )
+    bare = tiers.decide(unfiltered, policy(allow_degraded=["namespaces"]))
+    assert statuses(bare)["network"] == "unavailable"
 
 
 def test_second_tier_below_abi3_needs_consent_for_the_file_system():
@@ -195,7 +219,7 @@ def test_fedora_forced_second_tier_abi5_lacks_signal_scoping():
     decision = tiers.decide(load("fedora41-cgroup2-delegated"), policy(tier="landlock"))
     assert decision.tier == "landlock"
     assert statuses(decision)["namespaces"] == "off"
-    assert blocking(decision) == ["network", "process_isolation"]
+    assert blocking(decision) == ["process_isolation"]
 
 
 # -- this machine, recorded for real -------------------------------------------
@@ -209,17 +233,16 @@ def test_this_vm_as_root_runs_the_first_tier():
     assert "whole tree" in memory.detail and "cgroup v1" in memory.detail
 
 
-def test_this_vm_second_tier_blocks_only_on_the_network_until_the_filter_lands():
+def test_this_vm_second_tier_runs_with_the_filter_closing_the_network():
     decision = tiers.decide(load("debian12-vm-root"), policy(tier="landlock"))
     assert decision.landlock_abi == 7
-    assert blocking(decision) == ["network"]
+    assert decision.ok and blocking(decision) == []
     network = decision.row("network")
-    assert "UDP" in network.detail and "unix sockets by path" in network.detail
+    assert network.status == "enforced"
+    assert "inet, netlink and packet sockets refused" in network.detail
+    assert statuses(decision)["syscall_filter"] == "enforced"
     assert statuses(decision)["process_isolation"] == "degraded"
     assert decision.row("process_isolation").accepted
-    assert tiers.decide(
-        load("debian12-vm-root"), policy(tier="landlock", allow_degraded=["network"])
-    ).ok
 
 
 def test_this_vm_as_nobody_cannot_write_cgroups():
@@ -279,9 +302,11 @@ def test_allow_degraded_accepts_a_comma_separated_string():
 
 
 def test_error_offers_the_policy_knob_for_a_degradable_row():
-    err = tiers.decide(load("debian12-vm-root"), policy(tier="landlock")).error()
-    assert err.protection == "network"
-    assert "allow_degraded = ['network']" in err.fix
+    probe = load("ubuntu-24.04-apparmor")
+    err = tiers.decide(probe, policy(tier="landlock")).error()
+    assert err.protection == "process_isolation"
+    # the recorded host also lacks a cgroup for the tree limits (issue #4)
+    assert "allow_degraded = ['process_isolation', 'memory', 'pids', 'cpu']" in err.fix
 
 
 def test_decision_is_plain_data():

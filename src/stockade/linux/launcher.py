@@ -29,6 +29,7 @@ Stdlib only; imported by a fresh interpreter on every launcher start.
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
@@ -65,6 +66,12 @@ _RLIMITS = {
     "RLIMIT_DATA": resource.RLIMIT_DATA,
     "RLIMIT_NPROC": resource.RLIMIT_NPROC,
 }
+
+# Marks seccomp notification callbacks in the event loop (see serve), and
+# how long housekeeping may wait while only notifications arrive.
+_NOTIFY = "notify"
+TICK_AFTER_NOTIFY_SEC = 0.005
+_LISTENER_MESSAGE = [b'{"listener": true}']
 
 # Dispositions the launcher's interpreter set to "ignore" (SIGPIPE, SIGINT by
 # the launcher, SIGXFSZ by Python at start-up). An ignored signal stays
@@ -277,16 +284,15 @@ def _child_setup(
         seccomp = spec.get("seccomp")
         if seccomp:
             step = "seccomp"
-            import base64
-
-            bpf = base64.b64decode(seccomp["bpf"])
-            flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
-            listener = _sys.seccomp_set_filter(bpf, flags)
+            # prepared by the launcher before the fork (Run.start): nothing
+            # may be imported here (the stdlib may be unreadable after the
+            # drop), and every object touched now costs a page copy
+            listener = seccomp["program"].install()
             if seccomp.get("listener"):
                 # Only sendmsg, close and execve follow: every mode's filter
                 # must let sendmsg and close through without notification.
                 sock = socket.socket(fileno=report_fd)
-                socket.send_fds(sock, [b'{"listener": true}'], [listener])
+                socket.send_fds(sock, _LISTENER_MESSAGE, [listener])
                 sock.detach()
                 os.close(listener)
 
@@ -358,6 +364,12 @@ class Run:
         self._start_limits()
         if self.setup_error is not None:
             raise _SetupFailed()
+        seccomp = self.spec.get("seccomp")
+        if seccomp:
+            listener = seccomp.get("listener")
+            flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+            bpf = base64.b64decode(seccomp["bpf"])
+            seccomp["program"] = _sys.SeccompProgram(bpf, flags)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         json_w = None
         if self.spec.get("json_status"):
@@ -470,7 +482,8 @@ class Run:
                 monitor_pid=self.pid if seccomp.get("trust_monitor") else None,
                 on_kill=self.kill,
             )
-            self.launcher.sel.register(fds[0], selectors.EVENT_READ, (self.on_notify, None))
+            callback = (self.on_notify, _NOTIFY)
+            self.launcher.sel.register(fds[0], selectors.EVENT_READ, callback)
             for extra in fds[1:]:
                 os.close(extra)
         elif "error" in data:
@@ -702,6 +715,9 @@ class Run:
             "json_exit_code": self.json_exit_code,
             "exec_done": self.exec_done,
             "program_started": self.supervisor.program_started if self.supervisor else None,
+            "setup_calls": (
+                dict(self.supervisor.setup_calls) if self.supervisor else None
+            ),
             "setup_error": self.setup_error,
             "killed": self.killed,
             "violations": violations,
@@ -764,7 +780,12 @@ class _SetupFailed(Exception):
 class Launcher:
     def __init__(self, control: socket.socket):
         self.control = control
-        self.sel = selectors.DefaultSelector()
+        # poll(2), not epoll: a seccomp notification wakes a poll() waiter
+        # directly on the notifying task's CPU (SYNC_WAKE_UP, see
+        # supervise.py); through epoll the wake-up takes a detour via its
+        # callback and another CPU. A launcher watches few descriptors.
+        self.sel = selectors.PollSelector()
+        self._last_tick = 0.0
         self.runs: set[Run] = set()
         self.by_pid: dict[int, Run] = {}
         self.userns = _UsernsCache()
@@ -806,7 +827,9 @@ class Launcher:
         self._setup_cgroups()
         while not (self.stopping and not self.runs):
             timeout = self._next_timeout()
-            for key, _mask in self.sel.select(timeout):
+            events = self.sel.select(timeout)
+            only_notifications = bool(events)
+            for key, _mask in events:
                 # An earlier callback of this batch may have unregistered this
                 # descriptor (a run finished), and its number may already be
                 # reused: dispatch only keys that are still current.
@@ -814,11 +837,17 @@ class Launcher:
                 if current is not key:
                     continue
                 callback, arg = key.data
+                only_notifications = only_notifications and arg == _NOTIFY
                 try:
                     callback(arg)
                 except Exception:  # noqa: BLE001 - one run's bug must not end the others
                     traceback.print_exc()
-            self._tick()
+            # bubblewrap's set-up sends dozens of seccomp notifications in a
+            # row; the housekeeping can wait a few milliseconds for them.
+            now = time.monotonic()
+            if not only_notifications or now - self._last_tick > TICK_AFTER_NOTIFY_SEC:
+                self._last_tick = now
+                self._tick()
         if self.cgroups is not None:
             self.cgroups.close()
         os._exit(0)

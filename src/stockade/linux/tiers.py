@@ -49,11 +49,9 @@ TIER_NAMESPACES = "namespaces"
 TIER_LANDLOCK = "landlock"
 TIER_NONE = "none"
 
-# TODO(#3): the seccomp filter is built on issue 3. Until it is merged no tier
-# installs one: the syscall_filter row says 'off' and is not required, and
-# the second tier's network row counts no socket-family denial (UDP and unix
-# sockets by path stay reachable there; see docs/hosts.md).
-SECCOMP_FILTER_BUILT = False
+# Both tiers install the mode's syscall filter (linux/seccomp.py). Kept as a
+# switch so that the rows below say what a tier without one would lack.
+SECCOMP_FILTER_BUILT = True
 
 _FIX_LANDLOCK = (
     "a kernel with Landlock: Linux 5.13+ built with CONFIG_SECURITY_LANDLOCK and "
@@ -441,7 +439,10 @@ def _landlock_rows(
             "mount_view", DEGRADED, view, userns_fix, True, allowed, inherent=True
         )
 
-    network = _network_row(abi, allowed, userns_fix)
+    filter_ok = (
+        SECCOMP_FILTER_BUILT and probe.seccomp.available and probe.seccomp.user_notif
+    )
+    network = _network_row(abi, allowed, userns_fix, filter_ok)
 
     if abi >= _landlock.ABI_SCOPE:
         process = _row(
@@ -468,10 +469,17 @@ def _landlock_rows(
     return [ns, landlock_row, mount_view, network, process, _tree_kill_row()]
 
 
-def _network_row(abi: int, allowed: set[str], userns_fix: str) -> ProtectionStatus:
+def _network_row(
+    abi: int, allowed: set[str], userns_fix: str, filter_ok: bool
+) -> ProtectionStatus:
+    """The second tier's network row: the program shares the host's network
+    namespace, so what stops it is Landlock and, where the host allows it,
+    the syscall filter (``filter_ok``), which refuses inet, netlink and
+    packet sockets and, below Landlock ABI 9, ``socket(AF_UNIX)`` (see
+    ``seccomp.filter_for_config``)."""
     blocked, holes = [], []
-    if SECCOMP_FILTER_BUILT:
-        blocked.append("inet sockets refused by the syscall filter")
+    if filter_ok:
+        blocked.append("inet, netlink and packet sockets refused by the syscall filter")
     else:
         if abi >= _landlock.ABI_NET_TCP:
             blocked.append("TCP bind/connect denied (Landlock)")
@@ -480,20 +488,24 @@ def _network_row(abi: int, allowed: set[str], userns_fix: str) -> ProtectionStat
         if abi >= _landlock.ABI_NET_UDP:
             blocked.append("UDP denied (Landlock)")
         else:
-            holes.append(
-                "UDP and other socket families (needs the syscall filter, issue #3)"
-            )
-    if abi >= _landlock.ABI_SCOPE:
-        blocked.append("abstract unix sockets scoped")
-    else:
-        holes.append("abstract unix sockets (Landlock ABI 6, Linux 6.12)")
-    if abi >= _landlock.ABI_RESOLVE_UNIX:
-        blocked.append("unix sockets by path limited to the ruleset")
-    else:
-        holes.append(
-            "unix sockets by path: any socket file the run's uid may write, such as a "
-            "session bus (Landlock ABI 9, or the syscall filter)"
+            holes.append("UDP and other socket families (needs the syscall filter)")
+    if filter_ok and abi < _landlock.ABI_RESOLVE_UNIX:
+        blocked.append(
+            "socket(AF_UNIX) refused by the syscall filter (abstract and path "
+            "sockets alike; socketpair allowed)"
         )
+    else:
+        if abi >= _landlock.ABI_SCOPE:
+            blocked.append("abstract unix sockets scoped")
+        else:
+            holes.append("abstract unix sockets (Landlock ABI 6, Linux 6.12)")
+        if abi >= _landlock.ABI_RESOLVE_UNIX:
+            blocked.append("unix sockets by path limited to the ruleset")
+        else:
+            holes.append(
+                "unix sockets by path: any socket file the run's uid may write, such "
+                "as a session bus (Landlock ABI 9, or the syscall filter)"
+            )
     detail = "shares the host's network namespace; " + "; ".join(
         blocked or ["nothing blocked"]
     )
@@ -526,13 +538,24 @@ def _filter_row(
         else "unavailable"
     )
     if not SECCOMP_FILTER_BUILT:
-        return _row("syscall_filter", OFF, f"no syscall filter yet (issue #3); {host}")
+        return _row("syscall_filter", OFF, f"no syscall filter; {host}")
     if not seccomp.available:
         return _row(
             "syscall_filter",
             UNAVAILABLE,
             "the kernel has no seccomp filters",
             "a kernel built with CONFIG_SECCOMP_FILTER",
+            True,
+            allowed,
+        )
+    if not seccomp.user_notif:
+        # Every denial is answered (and named) by the launcher through a
+        # user notification: without it the filter cannot deny at all.
+        return _row(
+            "syscall_filter",
+            UNAVAILABLE,
+            "the kernel has no seccomp user notification",
+            "Linux 5.5 or newer (SECCOMP_RET_USER_NOTIF with CONTINUE)",
             True,
             allowed,
         )

@@ -3,7 +3,7 @@
 Modes:
 
 * ``none`` (default): an empty network namespace. The syscall filter
-  (issue #3) refuses inet sockets; ``allowed_socket_families`` tells it which.
+  refuses inet sockets; ``allowed_socket_families`` tells it which.
 * ``loopback``: the same empty namespace, but the program may create inet
   sockets and listen/connect on its own loopback. The host's loopback is a
   different interface in a different namespace and stays unreachable.
@@ -66,8 +66,8 @@ class NetworkMode(str, enum.Enum):
 def allowed_socket_families(mode: NetworkMode | str) -> frozenset[int]:
     """Socket address families the syscall filter should let ``socket()`` make.
 
-    For the seccomp builder (issue #3): every family not returned is refused
-    (EAFNOSUPPORT is what programs expect). ``AF_NETLINK`` is included in
+    For the syscall filter (``linux/seccomp.py``): every family not returned
+    is refused with EAFNOSUPPORT, and named in the result. ``AF_NETLINK`` is included in
     every mode because glibc's getaddrinfo asks NETLINK_ROUTE for the
     interface list; in the sandbox's own namespace it shows only ``lo``. The
     filter may narrow it to protocol NETLINK_ROUTE (0).
@@ -428,9 +428,7 @@ def proxy_environment() -> dict[str, str]:
 def describe(policy: NetworkPolicy) -> str:
     """One line for the result's ``network`` protection."""
     if policy.mode is NetworkMode.NONE:
-        # TODO(#3): the filter refusing inet sockets comes with the seccomp
-        # issue; meanwhile "none" behaves as "loopback".
-        return "none: empty network namespace (inet sockets not yet refused: issue #3)"
+        return "none: empty network namespace; the syscall filter refuses inet sockets"
     if policy.mode is NetworkMode.LOOPBACK:
         return "loopback: own network namespace with only lo; host network and loopback unreachable"
     pinned = f", {len(policy.hosts)} pinned names" if policy.hosts else ""

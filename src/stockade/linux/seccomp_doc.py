@@ -1,0 +1,179 @@
+"""Text and Markdown views of the syscall filters, made from the data.
+
+``stockade filters show`` prints ``render_text``/``SyscallFilter.describe``;
+``stockade filters doc`` prints ``render_markdown``, the generated part of
+docs/filters.md (a test fails when the committed page is stale).
+"""
+
+from __future__ import annotations
+
+from ..network.policy import allowed_socket_families
+from . import syscall_groups as data
+from .seccomp import SyscallFilter
+
+BEGIN = "<!-- BEGIN GENERATED: stockade filters doc --write docs/filters.md -->"
+END = "<!-- END GENERATED -->"
+
+
+def _cell(group: data.Group, mode: str) -> str:
+    if mode in group.allowed_in:
+        return "allow"
+    return group.deny
+
+
+def _args_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _family_names(network: str) -> list[str]:
+    names = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK"}
+    return [names.get(f, str(f)) for f in sorted(allowed_socket_families(network))]
+
+
+def render_markdown() -> str:
+    """The generated section of docs/filters.md (between BEGIN and END)."""
+    lines = [BEGIN, ""]
+    lines += [
+        "### Groups",
+        "",
+        "`allow`: the mode allows the group's calls; otherwise what a call "
+        "gets: an errno, or `kill` (the calling process is killed). Every "
+        "denial is reported by name in the result's `violations`.",
+        "",
+        "| group | what | strict | moderate | permissive | why denied | calls |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for group in data.GROUPS:
+        cells = [_cell(group, mode) for mode in data.MODES]
+        calls = " ".join(f"`{c}`" for c in group.calls)
+        lines.append(
+            f"| {group.name} | {group.summary} | {' | '.join(cells)} | "
+            f"{group.why or '-'} | {calls} |"
+        )
+    lines += [
+        "",
+        "### Calls allowed with some arguments only",
+        "",
+        "A call whose arguments match none of the allowed patterns is denied "
+        "(and named, with the arguments that made it denied).",
+        "",
+        "| calls | strict | moderate | permissive | otherwise | why |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for calls, per_mode in data.ARGUMENT_RULES.items():
+        errname, why = data.ARGUMENT_RULE_WHY[calls]
+        cells = [_args_cell(per_mode[mode]) for mode in data.MODES]
+        lines.append(f"| {calls} | {' | '.join(cells)} | {errname} | {why} |")
+    lines += [
+        "",
+        "### Special cases",
+        "",
+        "| calls | what the filter does | why |",
+        "| --- | --- | --- |",
+        f"| {', '.join(data.ENOSYS_IN_FILTER)} | ENOSYS, answered in the filter, "
+        "not reported | their flags and mode live in memory the filter cannot "
+        "read; libc falls back to clone/openat, whose arguments it checks |",
+        f"| {', '.join(data.NOTIFIED_ALWAYS)} | always reported to the supervisor, "
+        "always continue | the first one marks the program's start |",
+        f"| {', '.join(data.LAUNCHER_NEEDS)} | always allowed | the launcher "
+        "child sends the filter's listener before exec |",
+        "| x32 calls (nr with bit 0x40000000), i386 `int 0x80` calls | kill, "
+        "reported as `x32:<name>` / `i386:<name>` | foreign ABIs bypass "
+        "per-number rules |",
+        "| any call the tables do not know | ENOSYS | newer than this filter: "
+        "programs fall back as on an older kernel |",
+        "",
+        "Network policies and sockets (moderate and permissive; strict "
+        "creates no sockets): "
+        + ", ".join(
+            f"`{name}`: {', '.join(_family_names(name))}" for name in data.NETWORK_MODES
+        )
+        + ".",
+        "",
+        "### Compatibility matrix",
+        "",
+        "Measured by `tests/test_seccomp_compat.py` on the real kernel through "
+        "the real sandbox, in both tiers (bubblewrap's namespaces and the "
+        "Landlock tier); a cell that stops matching fails the suite.",
+        "",
+        "| program | strict | moderate | permissive |",
+        "| --- | --- | --- | --- |",
+    ]
+    for _key, (label, cells) in data.COMPATIBILITY.items():
+        lines.append(f"| {label} | {' | '.join(cells[m] for m in data.MODES)} |")
+    lines += ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def replace_generated(text: str) -> str:
+    """``text`` with its generated section replaced by the current one.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    start = text.find(BEGIN)
+    end = text.find(END)
+    if start < 0 or end < 0 or end < start:
+        raise ValueError("the page lacks the generated-section markers")
+    return text[:start] + render_markdown() + text[end + len(END) + 1 :]
+
+
+def render_text(flt: SyscallFilter) -> str:
+    """``stockade filters show --mode M``: what one filter allows and denies."""
+    described = flt.describe()
+    lines = [
+        f"mode {flt.mode}, network {flt.network}, {flt.machine}: "
+        f"{len(described['allowed'])} calls allowed",
+        "",
+    ]
+    by_group: dict[str, list[str]] = {}
+    denied_by_group: dict[str, list[str]] = {}
+    for decision in flt.decisions():
+        if decision.in_filter:
+            continue
+        target = by_group if decision.action == "allow" else denied_by_group
+        label = decision.name
+        if decision.action == "allow" and decision.conditions:
+            label += "*"
+        target.setdefault(decision.group, []).append(label)
+    lines.append("allowed (* = some arguments only):")
+    for group, names in by_group.items():
+        lines.append(f"  {group}: {' '.join(sorted(names))}")
+    lines += ["", "allowed with some arguments only:"]
+    for calls, per_mode in data.ARGUMENT_RULES.items():
+        lines.append(f"  {calls}: {per_mode[flt.mode]}")
+    lines += ["", "denied (answer; why):"]
+    groups = {g.name: g for g in data.GROUPS}
+    for group, names in denied_by_group.items():
+        info = groups.get(group)
+        answer = info.deny if info else "EPERM"
+        why = info.why if info else "denied by the policy"
+        lines.append(f"  {group} ({answer}; {why}): {' '.join(sorted(names))}")
+    lines += [
+        "",
+        f"answered ENOSYS in the filter: {' '.join(data.ENOSYS_IN_FILTER)}",
+        "foreign ABIs (x32, i386): kill; unknown calls: ENOSYS",
+    ]
+    for warning in flt.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
+def render_overview() -> str:
+    """``stockade filters show`` without a mode: groups by mode."""
+    width = max(len(g.name) for g in data.GROUPS)
+    header = f"{'group':<{width}}  {'strict':<8}{'moderate':<10}{'permissive':<11}"
+    lines = [header + "calls"]
+    for group in data.GROUPS:
+        cells = "".join(
+            f"{_cell(group, m):<{w}}" for m, w in zip(data.MODES, (8, 10, 11))
+        )
+        lines.append(f"{group.name:<{width}}  {cells}{len(group.calls)}")
+    lines += ["", "allowed with some arguments only:"]
+    for calls, per_mode in data.ARGUMENT_RULES.items():
+        lines.append(f"  {calls}:")
+        for mode in data.MODES:
+            lines.append(f"    {mode}: {per_mode[mode]}")
+    lines.append("")
+    lines.append("`stockade filters show --mode M` lists the calls of one mode.")
+    return "\n".join(lines) + "\n"
