@@ -229,7 +229,9 @@ class SandboxManager:
             "max_open_files": config.max_open_files,
             "max_output_bytes": config.max_output_bytes,
         }
-        # tree limits first: a limit the host cannot enforce fails closed here
+        # tree limits first: a limit the host cannot enforce fails closed here,
+        # judged by what the launcher (which makes the cgroups) may do
+        self._launcher.ensure_started()
         limit_plan = _limits.plan(config, workspace=workspace)
         spec: dict[str, Any] = {
             "run_id": run_id,

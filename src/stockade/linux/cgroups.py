@@ -122,6 +122,19 @@ class Backend:
     def __repr__(self) -> str:
         return f"Backend(v{self.version}, {self.parents!r}, {self.problems!r})"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "parents": dict(self.parents),
+            "problems": dict(self.problems),
+            "swap_accounting": self.swap_accounting,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Backend:
+        return cls(int(data["version"]), dict(data["parents"]), dict(data["problems"]),
+                   bool(data["swap_accounting"]))
+
 
 class Probe:
     """What the host offers this process: a v1 and a v2 backend, if any."""
@@ -131,6 +144,17 @@ class Probe:
     def __init__(self, v1: Backend | None, v2: Backend | None) -> None:
         self.v1 = v1
         self.v2 = v2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v1": self.v1.to_dict() if self.v1 else None,
+            "v2": self.v2.to_dict() if self.v2 else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Probe:
+        v1, v2 = data.get("v1"), data.get("v2")
+        return cls(Backend.from_dict(v1) if v1 else None, Backend.from_dict(v2) if v2 else None)
 
     def choose(
         self,
@@ -191,19 +215,67 @@ def _unavailable(
 
 _cached_probe: Probe | None = None
 
+# The leaf a launcher moves itself into when its own v2 cgroup is delegated
+# to it (see ``probe(leave_delegated=True)``). Not a run name: never removed
+# as stale.
+LAUNCHER_LEAF = "launcher"
 
-def probe(refresh: bool = False) -> Probe:
-    """Read this process's cgroups and what it may do with them (cached)."""
+
+def probe(refresh: bool = False, *, leave_delegated: bool = False) -> Probe:
+    """Read this process's cgroups and what it may do with them (cached).
+
+    Args:
+        refresh: probe again instead of using the cached answer.
+        leave_delegated: the launcher only. When this process sits alone in a
+            cgroup v2 delegated to its uid (``systemd-run --user --scope -p
+            Delegate=yes``, see ``client.py``), move it into a leaf beneath,
+            so that the delegated cgroup is empty and may give controllers to
+            the runs' cgroups made beside the leaf. Only this process moves.
+    """
     global _cached_probe
     if _cached_probe is None or refresh:
+        if leave_delegated:
+            _leave_delegated_cgroup(_PROC_MOUNTINFO, _PROC_CGROUP, os.geteuid())
         _cached_probe = _probe(_PROC_MOUNTINFO, _PROC_CGROUP, os.geteuid())
     return _cached_probe
+
+
+def use_probe(found: Probe) -> None:
+    """Install a probe made elsewhere: the caller adopts its launcher's view,
+    since the launcher, not the caller, makes the runs' cgroups."""
+    global _cached_probe
+    _cached_probe = found
 
 
 def _probe(mountinfo: str, proc_cgroup: str, euid: int) -> Probe:
     mounts = _cgroup_mounts(mountinfo)
     paths = _cgroup_paths(proc_cgroup)
     return Probe(_probe_v1(mounts, paths), _probe_v2(mounts, paths, euid))
+
+
+def _leave_delegated_cgroup(mountinfo: str, proc_cgroup: str, euid: int) -> str | None:
+    """Move this process into a leaf of its own delegated v2 cgroup, if it is
+    that cgroup's only process. Returns the leaf's path, or None."""
+    path = _cgroup_paths(proc_cgroup).get("")
+    if path is None:
+        return None
+    for fstype, mount, root, _options in _cgroup_mounts(mountinfo):
+        if fstype != "cgroup2":
+            continue
+        own = _inside(mount, root, path)
+        if own is None or _is_v2_root(own) or not _delegated(own, euid):
+            return None
+        members = _read(os.path.join(own, "cgroup.procs")).split()
+        if members != [str(os.getpid())]:
+            return None
+        leaf = os.path.join(own, LAUNCHER_LEAF)
+        try:
+            os.makedirs(leaf, exist_ok=True)
+            _write(os.path.join(leaf, "cgroup.procs"), "0")
+        except OSError:
+            return None
+        return leaf
+    return None
 
 
 def _unescape(field: str) -> str:

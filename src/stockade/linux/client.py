@@ -4,6 +4,19 @@ One launcher serves every SandboxManager of a process. It is started on the
 first run (or by ``SandboxManager.start()``), restarted if it died, and
 replaced in a child after ``os.fork()``. It exits by itself when this process
 exits, because its control socket then closes.
+
+Delegated cgroups for unprivileged callers. A user's shell usually sits in a
+cgroup it may not write (a login session's scope), so the tree limits would
+be refused. When the caller is not root, cgroup v2 is mounted and the user's
+systemd manager is reachable, the launcher is started through ``systemd-run
+--user --scope -p Delegate=yes``: systemd puts it in a fresh scope owned by
+the user, the launcher moves itself into a leaf of it, and makes the runs'
+cgroups beside that leaf (``cgroups.probe(leave_delegated=True)``). Which
+controllers the scope receives is the user manager's ``Delegate=`` setting;
+the launcher reports what it got in its first message, and the policy is
+judged against that. When systemd-run is missing or fails, the launcher
+starts as a plain child, and tree limits are judged by what that can do.
+``STOCKADE_SYSTEMD_SCOPE=0`` turns the scope off.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,10 +32,12 @@ import threading
 from typing import Any
 
 from ..errors import SandboxUnavailableError
+from . import cgroups
 
 log = logging.getLogger(__name__)
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HELLO_TIMEOUT_SEC = 30.0
 
 
 def _launcher_path() -> str:
@@ -41,12 +57,36 @@ def _launcher_path() -> str:
     return os.pathsep.join(entries)
 
 
+def systemd_scope_prefix() -> list[str] | None:
+    """argv prefix that starts the launcher in a delegated user scope, or None.
+
+    Only for unprivileged callers on a cgroup v2 host whose user systemd
+    manager is reachable; see the module docstring.
+    """
+    if os.environ.get("STOCKADE_SYSTEMD_SCOPE", "1") == "0" or os.geteuid() == 0:
+        return None
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return None  # not a unified (v2) host
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    systemd_run = shutil.which("systemd-run")
+    if not systemd_run or not runtime or not os.path.exists(os.path.join(runtime, "systemd", "private")):
+        return None
+    return [
+        systemd_run, "--user", "--scope", "--quiet", "--collect",
+        "-p", "Delegate=yes",
+        f"--unit=stockade-launcher-{os.getpid()}-{os.urandom(3).hex()}",
+        "--",
+    ]
+
+
 class LauncherClient:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._owner = -1
+        self._scope_failed = False
+        self.hello: dict[str, Any] = {}
 
     def _alive(self) -> bool:
         return (
@@ -67,16 +107,31 @@ class LauncherClient:
     def _start(self) -> None:
         if self._owner == os.getpid() and self._control is not None:
             self._control.close()
+        prefix = None if self._scope_failed else systemd_scope_prefix()
+        try:
+            self._spawn(prefix)
+        except SandboxUnavailableError:
+            if prefix is None:
+                raise
+            log.warning("systemd-run --user --scope did not start the launcher; starting it directly")
+            self._scope_failed = True
+            self._spawn(None)
+
+    def _spawn(self, prefix: list[str] | None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
-            "import sys; sys.path[0:0] = sys.argv[1].split(':'); "
+            "import sys; sys.path[:0] = sys.argv[1].split(':'); "
             "from stockade.linux.launcher import main; main(sys.argv[1:])"
         )
         env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}
+        for name in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"):
+            if prefix and name in os.environ:
+                env[name] = os.environ[name]  # systemd-run needs them; it execs with them
         debug = os.environ.get("STOCKADE_DEBUG_LAUNCHER")
+        argv = [sys.executable, "-S", "-c", code, _launcher_path(), str(theirs.fileno())]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-S", "-c", code, _launcher_path(), str(theirs.fileno())],
+                [*(prefix or []), *argv],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -92,10 +147,30 @@ class LauncherClient:
             ) from err
         finally:
             theirs.close()
+
+        # The first message says what the launcher may do with cgroups.
+        ours.settimeout(HELLO_TIMEOUT_SEC)
+        try:
+            hello = json.loads(ours.recv(1 << 16) or b"{}")
+        except (OSError, ValueError):
+            hello = {}
+        ours.settimeout(None)
+        if not hello.get("hello"):
+            ours.close()
+            proc.kill()
+            proc.wait()
+            raise SandboxUnavailableError(
+                "launcher",
+                "the launcher exited before it was ready",
+                "run with STOCKADE_DEBUG_LAUNCHER=1 to see its error output",
+            )
+        self.hello = hello
+        if hello.get("cgroups") is not None:
+            cgroups.use_probe(cgroups.Probe.from_dict(hello["cgroups"]))
         self._proc = proc
         self._control = ours
         self._owner = os.getpid()
-        log.debug("launcher started, pid %d", proc.pid)
+        log.debug("launcher started, pid %d%s", proc.pid, " in a systemd scope" if prefix else "")
 
     def submit(self, spec: dict[str, Any], stdin_fd: int, stdout_fd: int, stderr_fd: int) -> socket.socket:
         """Hand a run to the launcher; returns the caller's end of its report socket."""

@@ -800,7 +800,7 @@ class Launcher:
         """Probe the cgroups, remove what dead launchers left, make the first
         run's cgroup ahead of time."""
         try:
-            self.cgroups = RunCgroups(found or probe())
+            self.cgroups = RunCgroups(found or probe(leave_delegated=True))
             if not self.cgroups.backends():
                 self.cgroup_problem = "no writable cgroup hierarchy for this process"
                 self.cgroups = None
@@ -825,6 +825,15 @@ class Launcher:
         self.sel.register(self.control, selectors.EVENT_READ, (self.on_control, None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, (self.on_sigchld, None))
         self._setup_cgroups()
+        # Tell the caller what this process may do with cgroups: the runs'
+        # cgroups are made here, so the caller judges the policy's tree
+        # limits by this view, not by its own (they differ when the launcher
+        # was started in a delegated systemd scope).
+        found = self.cgroups.probe if self.cgroups is not None else probe()
+        try:
+            self.control.send(json.dumps({"hello": 1, "cgroups": found.to_dict()}).encode())
+        except OSError:
+            self._shutdown()
         while not (self.stopping and not self.runs):
             timeout = self._next_timeout()
             events = self.sel.select(timeout)
