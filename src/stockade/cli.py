@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         help="pin a name to an address for the proxy, without DNS (repeatable; needs --allow)",
     )
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
+    _path_options(run)
     _tier_options(run)
     run.add_argument("--json", action="store_true", help="capture output and print the result as JSON")
     run.add_argument("--max-output", type=int, metavar="MIB", help="captured bytes kept per stream (with --json)")
@@ -129,6 +130,65 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
     _tier_options(doctor)
     return parser
+
+
+def _path_options(parser: argparse.ArgumentParser) -> None:
+    from .fs.presets import PRESETS
+
+    group = parser.add_argument_group(
+        "paths",
+        "Relative paths resolve against the workspace, ~ against your home; the "
+        "most specific rule wins (docs/filesystem.md). Each option is repeatable.",
+    )
+    for option, text in (
+        ("--ro", "show PATH read-only"),
+        ("--rw", "make PATH writable (created if missing)"),
+        ("--hide", "hide PATH: no reading, no writing"),
+    ):
+        group.add_argument(
+            option, action="append", default=[], metavar="PATH", help=text
+        )
+    group.add_argument(
+        "--protect",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="keep PATH read-only inside writable places (added to the default list)",
+    )
+    group.add_argument(
+        "--no-protect",
+        action="store_true",
+        help="drop the default protected paths (.git/hooks, .git/config, ...)",
+    )
+    group.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        choices=list(PRESETS),
+        help="policy include for a tool: "
+        + "; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()),
+    )
+
+
+def _path_changes(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """Path rules the options add to the policy's."""
+    import os
+
+    changes: dict[str, Any] = {}
+    for option, key in (("ro", "read_only"), ("rw", "writable"), ("hide", "hidden")):
+        items = getattr(args, option)
+        if items:
+            changes[key] = (*getattr(config, key), *items)
+    protected = () if args.no_protect else tuple(config.protected)
+    protected += tuple(args.protect)
+    if args.config and not args.no_protect:
+        # the policy file itself, when it lies in a writable place
+        protected += (os.path.abspath(args.config),)
+    if protected != tuple(config.protected):
+        changes["protected"] = tuple(dict.fromkeys(protected))
+    if args.preset:
+        changes["presets"] = tuple(dict.fromkeys([*config.presets, *args.preset]))
+    return changes
 
 
 def _tier_options(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +280,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.no_log:
             changes["execution_log"] = False
         changes.update(_tier_changes(args, config))
+        changes.update(_path_changes(args, config))
         if (args.max_output is not None or args.truncate_output) and not args.json:
             parser.error("run: --max-output and --truncate-output apply to captured output (--json)")
         if args.max_output is not None:

@@ -1,10 +1,11 @@
 """The policy: SandboxConfig, SandboxMode, and loading it from files.
 
 A policy is everything one run is allowed: the mode, the limits, the
-workspace, the environment and the network. ``SandboxConfig`` is its public name (kept
-from the original request). It is immutable and validated: unknown keys,
-wrong types, zero or negative limits and unknown modes raise ``PolicyError``
-naming the key and the value, before anything runs.
+workspace and path rules, the environment and the network. ``SandboxConfig``
+is its public name (kept from the original request). It is immutable and
+validated: unknown keys, wrong types, zero or negative limits and unknown
+modes raise ``PolicyError`` naming the key and the value, before anything
+runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from .errors import PolicyError
+from .fs.presets import PRESETS
 from .network.policy import NetworkPolicy
 
 MIB = 1024 * 1024
@@ -41,6 +43,21 @@ DEGRADABLE_PROTECTIONS = (
     "memory",
     "pids",
     "cpu",
+    "protected_paths",
+)
+
+
+# Paths kept read-only inside each writable place (``protected``): git runs
+# hooks and config-named commands on the host later; a stockade policy kept
+# in the workspace would loosen the next run.
+DEFAULT_PROTECTED = (
+    ".git/hooks",
+    ".git/config",
+    ".git/config.worktree",
+    ".git/commondir",
+    ".stockade.toml",
+    ".stockade.yaml",
+    ".stockade.yml",
 )
 
 
@@ -205,6 +222,47 @@ class SandboxConfig(BaseModel):
             "{...}} enforced by the host-side proxy; see docs/network.md."
         ),
     )
+    read_only: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Host paths the run sees read-only, at the same path. Relative paths "
+            "resolve against the workspace, '~' against the caller's home; globs "
+            "(*, ?, [..]; not **) match what exists at launch. A path that does not "
+            "exist is an error. See docs/filesystem.md."
+        ),
+    )
+    writable: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Host paths the run may change, at the same path, besides the "
+            "workspace. A path that does not exist is created as a directory."
+        ),
+    )
+    hidden: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Paths the run can neither read nor write, even inside a visible or "
+            "writable one (the most specific path wins). A missing path is skipped, "
+            "unless it would lie in a writable place: then it is an error."
+        ),
+    )
+    protected: tuple[str, ...] = Field(
+        default=DEFAULT_PROTECTED,
+        description=(
+            "Paths kept read-only inside every writable place (relative to each), "
+            "so that the run cannot plant code the host runs later. Default: git "
+            "hooks and config and the workspace's own stockade policy. Empty: "
+            "nothing protected."
+        ),
+    )
+    presets: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Policy includes for common tools: 'python' (writable pip cache and "
+            "active virtual environment), 'node' (writable npm cache), 'git' (your "
+            "git identity). See docs/filesystem.md."
+        ),
+    )
     bwrap_path: Path | None = Field(
         default=None, description="bubblewrap binary; None: found on PATH."
     )
@@ -250,6 +308,43 @@ class SandboxConfig(BaseModel):
             if unknown:
                 choices = ", ".join(DEGRADABLE_PROTECTIONS)
                 raise ValueError(f"unknown protection(s) {unknown}; choose from {choices}")
+        return value
+
+    @field_validator("read_only", "writable", "hidden", "protected", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            value = [
+                os.fspath(item) if isinstance(item, os.PathLike) else item
+                for item in value
+            ]
+            for item in value:
+                if isinstance(item, str) and (not item or "\0" in item):
+                    raise ValueError(f"invalid path {item!r}")
+        return value
+
+    @field_validator("protected")
+    @classmethod
+    def _protected_inside(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not os.path.isabs(item) and ".." in Path(item).parts:
+                raise ValueError(
+                    f"protected path {item!r} leaves the writable place ('..')"
+                )
+        return value
+
+    @field_validator("presets", mode="before")
+    @classmethod
+    def _preset_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            unknown = [name for name in value if name not in PRESETS]
+            if unknown:
+                choices = ", ".join(PRESETS)
+                raise ValueError(f"unknown preset(s) {unknown}; choose from {choices}")
         return value
 
     @field_validator("env")

@@ -25,6 +25,8 @@ from . import _io
 from .audit import ExecutionLog, resolve_log_path
 from .config import SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
+from .fs import policy as _fs
+from .fs import run as _fsrun
 from .linux import bwrap as _bwrap
 from .linux import landlock as _landlock
 from .linux import limits as _limits
@@ -64,6 +66,8 @@ class _Prepared:
     prepare_ms: float = 0.0
     uses_proxy: bool = False
     traffic: RunTraffic | None = None
+    fs: _fs.FsPlan | None = None
+    timings: dict[str, float] = field(default_factory=dict)
     overhead_tasks: int = 0
     syscall_filter: _seccomp.SyscallFilter | None = None
     use_filter: bool = False
@@ -157,6 +161,9 @@ class SandboxManager:
         try:
             io = self._submit(prepared, stdin, capture_output)
             _io.drive_sync(io)
+        except BaseException:
+            _fsrun.warn_unchecked(prepared.fs)
+            raise
         finally:
             self._cleanup(prepared)
             if prepared.uses_proxy and self._proxy is not None:
@@ -180,6 +187,9 @@ class SandboxManager:
         try:
             io = self._submit(prepared, stdin, capture_output)
             await _io.drive_async(io)
+        except BaseException:
+            _fsrun.warn_unchecked(prepared.fs)
+            raise
         finally:
             self._cleanup(prepared)
             if prepared.uses_proxy and self._proxy is not None:
@@ -246,6 +256,7 @@ class SandboxManager:
             spec["creds"] = {"uid": config.run_as_uid, "gid": config.run_as_gid}
 
         if config.mode is SandboxMode.DISABLED:
+            _fsrun.check_disabled(config, run_env)
             self._prepare_disabled(prepared, argv, run_env, caller_is_root)
         else:
             # The same decision `stockade doctor` prints; it refuses the run
@@ -257,13 +268,25 @@ class SandboxManager:
             # cannot give it (allow_degraded); then none is installed
             filter_row = decision.row("syscall_filter")
             prepared.use_filter = filter_row.status == _tiers.ENFORCED
-            if decision.tier == _tiers.TIER_LANDLOCK:
+            second = decision.tier == _tiers.TIER_LANDLOCK
+            prepared.fs = _fsrun.plan_run(
+                config,
+                workspace=workspace,
+                cwd=run_cwd,
+                system=_bwrap.base_plan(config.mode, workspace).visible_ro,
+                env=run_env,
+                second_tier=second,
+            )
+            if second:
                 self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
             else:
                 self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+            prepared.notes.extend(prepared.fs.notes)
+            prepared.timings["fs_policy_ms"] = prepared.fs.elapsed_ms
             prepared.protections = self._protections(
                 decision, caller_is_root, prepared.syscall_filter
             )
+            prepared.protections += _fsrun.protection_rows(prepared.fs, second_tier=second)
         prepared.protections = _limits.merge_protections(prepared.protections, limit_plan.protections)
         prepared.overhead_tasks = _limits.finalize(prepared.spec, config)
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
@@ -337,14 +360,17 @@ class SandboxManager:
         info = _bwrap.find_bwrap(str(config.bwrap_path) if config.bwrap_path else None)
 
         plan = _bwrap.base_plan(config.mode, workspace)
-        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
+        fs = prepared.fs
+        assert fs is not None
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
+        mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup)
 
         args = _bwrap.build_args(
             config,
             plan,
             workspace=workspace,
             cwd=prepared.cwd,
-            extra_ro=extra_ro,
+            mounts=mounts,
             info=info,
             fd_first_bind=FD_FIRST_BIND,
             fd_json_status=FD_JSON_STATUS,
@@ -365,6 +391,7 @@ class SandboxManager:
             args_data=args,
             json_status=True,
             bind_paths=plan.bind_paths,
+            bind_ids=plan.bind_ids,
             cwd="/",
             env=env,
         )
@@ -377,7 +404,7 @@ class SandboxManager:
             prepared.syscall_filter = syscall_filter
             prepared.notes.extend(syscall_filter.warnings)
         if caller_is_root:
-            idmaps = self._root_idmaps(workspace, extra_ro)
+            idmaps = self._root_idmaps(workspace, extra_ro, fs)
             if idmaps:
                 spec["idmaps"] = idmaps
                 prepared.notes.extend(m["why"] for m in idmaps)
@@ -402,7 +429,10 @@ class SandboxManager:
         """
         config = self.config
         plan = _bwrap.base_plan(config.mode, workspace)
-        resolution, extra_ro = _resolve_visible(argv, prepared, env, plan)
+        fs = prepared.fs
+        assert fs is not None
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
+        grants = _fsrun.grants_for(fs, extra_ro)
 
         run_dir = tempfile.mkdtemp(prefix="stockade-run-")
         home, tmp = os.path.join(run_dir, "home"), os.path.join(run_dir, "tmp")
@@ -420,10 +450,11 @@ class SandboxManager:
 
         rules = _landlock.second_tier_rules(
             mode=config.mode.value,
-            system=list(plan.visible_ro),
-            read_only=extra_ro,
-            workspace=workspace,
+            system=[],
+            read_only=[],
+            workspace=None,
             run_dir=run_dir,
+            paths=grants,
         )
         spec = prepared.spec
         spec.update(
@@ -457,7 +488,7 @@ class SandboxManager:
             # The program itself runs in the launcher child's mount namespace
             # here, so the idmapped ancestors are what it traverses; the
             # ruleset still allows only the paths listed above.
-            idmaps = self._root_idmaps(workspace, extra_ro)
+            idmaps = self._root_idmaps(workspace, extra_ro, fs)
             if idmaps:
                 spec["idmaps"] = idmaps
                 prepared.notes.extend(m["why"] for m in idmaps)
@@ -488,7 +519,9 @@ class SandboxManager:
                 self._proxy = proxy
             return self._proxy
 
-    def _root_idmaps(self, workspace: str, read_only: Sequence[str]) -> list[dict[str, Any]]:
+    def _root_idmaps(
+        self, workspace: str, read_only: Sequence[str], fs: _fs.FsPlan
+    ) -> list[dict[str, Any]]:
         """Idmapped mounts a root caller needs, deepest path first.
 
         The program runs as ``run_as_uid``, not as the workspace's owner, so
@@ -520,7 +553,19 @@ class SandboxManager:
                 f"workspace owned by uid {st.st_uid}: idmapped to the sandbox uid {uid}; "
                 f"files it writes belong to uid {st.st_uid}",
             )
-        for path in (workspace, *read_only):
+        # the policy's other writable directories, the outermost of each tree
+        for rule in fs.writable_roots():
+            path = rule.path
+            cover = fs.rule_for(path, strict=True)
+            inside = cover is not None and cover.access is rule.access
+            if path == workspace or not rule.is_dir or inside:
+                continue
+            st = os.stat(path)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                idmap(path, f"{path} owned by uid {st.st_uid}: idmapped to uid {uid}")
+        hidden = _fs.Access.HIDDEN
+        sources = [r.path for r in fs.rules.values() if r.access is not hidden]
+        for path in dict.fromkeys((workspace, *read_only, *sources)):
             parent = os.path.dirname(path)
             while parent not in ("/", ""):
                 if not _may_traverse(os.stat(parent), uid, gid):
@@ -715,8 +760,15 @@ class SandboxManager:
                     f"network: {traffic.dropped_records} more connections than the "
                     f"{len(traffic.connections)} listed (denials still counted in violations)"
                 )
+        if prepared.fs is not None and prepared.fs.guard:
+            found, notes, guard_ms = _fsrun.after_run(prepared.fs, prepared.run_id)
+            violations += found
+            prepared.notes += notes
+            prepared.timings["fs_guard_ms"] = guard_ms
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
+        for key, value in prepared.timings.items():
+            timings[key] = round(value, 3)
         for key, value in times.items():
             timings[key] = round(float(value), 3)
 
@@ -764,15 +816,15 @@ _RESULT_STATUS = {
 
 
 def _resolve_visible(
-    argv: list[str], prepared: _Prepared, env: Mapping[str, str], plan: _bwrap.MountPlan
+    argv: list[str], prepared: _Prepared, env: Mapping[str, str], visible: Any
 ) -> tuple[Any, list[str]]:
     """The program's path, and the installations it needs made visible
     read-only (its own, and absolute PYTHONPATH entries)."""
-    resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=plan.visible)
+    resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=visible)
     extra_ro = list(resolution.read_only)
     prepared.notes.extend(resolution.notes)
     for entry in env.get("PYTHONPATH", "").split(os.pathsep):
-        if entry and os.path.isabs(entry) and os.path.exists(entry) and not plan.visible(entry):
+        if entry and os.path.isabs(entry) and os.path.exists(entry) and not visible(entry):
             if entry not in extra_ro:
                 extra_ro.append(entry)
                 prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")

@@ -59,7 +59,28 @@ KNOWN_RUN_OPTIONS = frozenset(
         "--quiet",
         "-q",
         "--no-log",
+        "--ro",
+        "--rw",
+        "--hide",
+        "--protect",
+        "--no-protect",
+        "--preset",
     }
+)
+
+# The second tier, forced (this host has user namespaces). Its network row
+# is enforced here with issue 3's filter; accepting it degraded keeps these
+# runs going on a host whose Landlock cannot deny UDP and has no filter.
+SECOND_TIER = ("--tier", "landlock", "--allow-degraded", "network")
+
+
+_HIDE_032 = (
+    "--hide",
+    "{workspace}/secrets/a.env",
+    "--hide",
+    "{workspace}/secrets/b.json",
+    "--hide",
+    "{workspace}/private",
 )
 
 
@@ -279,15 +300,24 @@ MAPPING: dict[str, Entry] = {
     ),
     # "Read/write: {workspace}; {outside} denied": the default mount view shows
     # the workspace and system directories only, so links into {outside}
-    # dangle. (Issue 6 adds explicit hidden paths; none are needed here.)
-    "012": Entry(plain()),
-    # "Workspace writable except .git/hooks and .git/config": issue 6 makes
-    # these read-only by default, so no option is needed.
+    # dangle; the second tier grants nothing there. "hide" names {outside}
+    # explicitly (it is not visible in the first place: nothing to mount).
+    "012": Entry(
+        {
+            "": RunPlan(()),
+            "hide": RunPlan(("--hide", "{outside}")),
+            "landlock": RunPlan(SECOND_TIER),
+        }
+    ),
+    # "Workspace writable except .git/hooks and .git/config": protected paths
+    # by default (issue 6), so no option is needed. First tier: read-only
+    # mounts, .git pinned; second tier: Landlock keeps them read-only (the
+    # workspace root then accepts no new entries, docs/filesystem.md).
     "015": Entry(
-        plain(),
-        todo=Todo(
-            6, ".git/hooks and .git/config are writable like the rest of the workspace"
-        ),
+        {
+            "": RunPlan(()),
+            "landlock": RunPlan(SECOND_TIER),
+        }
     ),
     # "Only PATH, HOME, LANG/LC_*, TERM pass in; secrets invisible also in
     # helpers' environ/cmdline": the default scrubbed environment (PATH,
@@ -398,19 +428,14 @@ MAPPING: dict[str, Entry] = {
     # loopback stays unreachable; 'none' refuses inet sockets in the syscall
     # filter). Workspace and private /tmp are defaults.
     "031": Entry(plain("--network", "loopback")),
-    # "Deny 2 files + 1 directory inside the workspace": issue 6's hidden paths;
-    # --hide is the option this entry expects.
+    # "Deny 2 files + 1 directory inside the workspace": hidden paths (issue
+    # 6). First tier: an empty mode-000 file over each file, an empty
+    # read-only mode-000 tmpfs over the directory (writes fail, none lands
+    # silently); second tier: no Landlock right on them.
     "032": Entry(
-        plain(
-            "--hide",
-            "{workspace}/secrets/a.env",
-            "--hide",
-            "{workspace}/secrets/b.json",
-            "--hide",
-            "{workspace}/private",
-        ),
-        todo=Todo(
-            6, "no hidden paths inside the workspace yet: stockade run has no --hide"
-        ),
+        {
+            "": RunPlan(_HIDE_032),
+            "landlock": RunPlan((*SECOND_TIER, *_HIDE_032)),
+        }
     ),
 }

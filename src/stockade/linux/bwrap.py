@@ -14,8 +14,10 @@ The mount view, outermost first (bubblewrap applies them in order):
   (null, zero, full, random, urandom, tty, pts).
 * Private, size-capped tmpfs at ``/tmp``, ``/var/tmp``, ``/dev/shm`` (POSIX
   semaphores for multiprocessing) and the private HOME.
-* Installations the command needs read-only (see ``resolve.py``).
-* The workspace, writable, at its own path.
+* The path rules, outermost first (``fs/mounts.py``): the workspace,
+  writable, at its own path; the policy's read-only, writable and hidden
+  paths; protected paths read-only; installations the command needs
+  read-only (see ``resolve.py``).
 
 Nothing else: no ``/home``, ``/root``, ``/run``, ``/var``, ``/mnt``,
 ``/media``, and none of the host's sockets (they live under ``/run`` and
@@ -30,9 +32,13 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import SandboxConfig, SandboxMode
 from ..errors import SandboxUnavailableError
+
+if TYPE_CHECKING:
+    from ..fs.mounts import Mount
 
 HOME_IN_SANDBOX = "/home/sandbox"
 
@@ -43,6 +49,10 @@ _SYSTEM_RO = {
     SandboxMode.PERMISSIVE: ("/usr", "/etc", "/opt", "/sys", "/var/lib", "/var/cache"),
 }
 _PRIVATE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm")
+# Size of the empty tmpfs over a hidden directory: it only holds mount points.
+HIDDEN_TMPFS_BYTES = 4096
+# Directories the sandbox gets fresh and empty: no path rule may cover them.
+PRIVATE_AREAS = (*_PRIVATE_TMPFS, HOME_IN_SANDBOX, "/proc", "/dev")
 
 # Paths that must never become the writable workspace.
 _FORBIDDEN_WORKSPACES = (
@@ -106,6 +116,8 @@ class MountPlan:
 
     args: list[str] = field(default_factory=list)
     bind_paths: list[str] = field(default_factory=list)   # opened O_PATH by the launcher
+    # [st_dev, st_ino] each bind source must still have when the launcher opens it
+    bind_ids: list[list[int] | None] = field(default_factory=list)
     visible_ro: list[str] = field(default_factory=list)
     writable: list[str] = field(default_factory=list)
 
@@ -143,23 +155,58 @@ def base_plan(mode: SandboxMode, workspace: str) -> MountPlan:
     return plan
 
 
+def mount_args(
+    mounts: Sequence[Mount], plan: MountPlan, *, info: BwrapInfo, fd_first_bind: int
+) -> list[str]:
+    """bubblewrap options for the path rules' mounts.
+
+    Bind sources go through descriptors the launcher opens once
+    (``--ro-bind-fd``/``--bind-fd``) when this bubblewrap supports it: the
+    path is resolved a single time (and its identity checked), and a root
+    caller's launcher can open paths the sandbox uid could not traverse.
+    """
+    args: list[str] = []
+    next_fd = fd_first_bind + len(plan.bind_paths)
+    for mount in mounts:
+        if mount.kind in ("bind", "ro-bind"):
+            assert mount.source is not None
+            if mount.kind == "ro-bind" and mount.dest not in plan.visible_ro:
+                plan.visible_ro.append(mount.dest)
+            if info.has_bind_fd:
+                plan.bind_paths.append(mount.source)
+                plan.bind_ids.append(list(mount.ident) if mount.ident else None)
+                args += [f"--{mount.kind}-fd", str(next_fd), mount.dest]
+                next_fd += 1
+            else:
+                args += [f"--{mount.kind}", mount.source, mount.dest]
+        elif mount.kind == "tmpfs":
+            args += ["--perms", f"{mount.perms or 0:04o}"]
+            if info.has_size:
+                args += ["--size", str(HIDDEN_TMPFS_BYTES)]
+            args += ["--tmpfs", mount.dest]
+        elif mount.kind == "remount-ro":
+            args += ["--remount-ro", mount.dest]
+        else:  # pragma: no cover - fs/mounts.py makes only the kinds above
+            raise ValueError(f"unknown mount kind {mount.kind!r}")
+    return args
+
+
 def build_args(
     config: SandboxConfig,
     plan: MountPlan,
     *,
     workspace: str,
     cwd: str,
-    extra_ro: Sequence[str],
+    mounts: Sequence[Mount],
     info: BwrapInfo,
     fd_first_bind: int,
     fd_json_status: int,
 ) -> list[str]:
     """bubblewrap's options (without the command), in mount order.
 
-    User paths (installations, the workspace) are bound through descriptors
-    the launcher opens once (``--ro-bind-fd``/``--bind-fd``) when this
-    bubblewrap supports it: the path is resolved a single time, and a root
-    caller's launcher can open paths the sandbox uid could not traverse.
+    ``mounts`` are the path rules (``fs/mounts.py``: the workspace, the
+    policy's paths, protected paths, installations), applied after the
+    system directories and private areas.
     """
     args: list[str] = [
         "--unshare-user",
@@ -194,22 +241,7 @@ def build_args(
         args += ["--size", size]
     args += ["--tmpfs", HOME_IN_SANDBOX]
 
-    plan.visible_ro.extend(p for p in extra_ro if p not in plan.visible_ro)
-    next_fd = fd_first_bind
-    for path in extra_ro:
-        if info.has_bind_fd:
-            plan.bind_paths.append(path)
-            args += ["--ro-bind-fd", str(next_fd), path]
-            next_fd += 1
-        else:
-            args += ["--ro-bind", path, path]
-    if info.has_bind_fd:
-        plan.bind_paths.append(workspace)
-        args += ["--bind-fd", str(next_fd), workspace]
-        next_fd += 1
-    else:
-        args += ["--bind", workspace, workspace]
-
+    args += mount_args(mounts, plan, info=info, fd_first_bind=fd_first_bind)
     args += ["--chdir", cwd]
     plan.args = args
     return args

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from typing import Any
 
 try:  # pragma: no branch - landlockpy is a declared dependency
@@ -74,6 +75,9 @@ ACCESS_NAMES: dict[str, tuple[str, ...]] = {
         "REFER",
     ),
     "unix": ("RESOLVE_UNIX",),
+    # finer names for the path rules' spine directories (fs/ruleset.py)
+    "read_file": ("READ_FILE",),
+    "list": ("READ_DIR",),
 }
 
 # Shorthands used by the manager's plan.
@@ -122,9 +126,10 @@ def second_tier_rules(
     mode: str,
     system: list[str],
     read_only: list[str],
-    workspace: str,
+    workspace: str | None,
     run_dir: str,
-) -> list[tuple[str, list[str]]]:
+    paths: list[dict[str, Any]] | None = None,
+) -> list[Any]:
     """The second tier's file-system rules: the first tier's mount view as
     a ruleset.
 
@@ -132,11 +137,13 @@ def second_tier_rules(
         mode: the policy's mode name (strict, moderate, permissive).
         system: the system directories the mode shows (``bwrap.base_plan``).
         read_only: installations the command needs (``resolve.py``).
-        workspace: the writable workspace.
+        workspace: the writable workspace (None: it is in ``paths``).
         run_dir: the run's own directory (HOME and TMPDIR live in it).
+        paths: the path rules as spec items (``fs/ruleset.py``), added as
+            they are.
 
     Returns:
-        (path, access names) pairs for ``ruleset_spec``.
+        (path, access names) pairs and spec items for ``ruleset_spec``.
 
     ``/proc`` is readable: without a pid namespace it is the host's, but a
     process's own entries are needed (``/proc/self``); other processes'
@@ -145,14 +152,16 @@ def second_tier_rules(
     host's and writable in moderate and permissive, where POSIX semaphores
     (Python's multiprocessing) need it.
     """
-    rules: list[tuple[str, list[str]]] = [(path, READ_EXEC) for path in system]
+    rules: list[Any] = [(path, READ_EXEC) for path in system]
     rules += [(path, READ_EXEC) for path in read_only]
+    rules += list(paths or [])
     rules.append(("/proc", READ_ONLY))
     rules += [(path, READ_WRITE) for path in _DEVICES_RW]
     rules += [(path, READ_ONLY) for path in _DEVICES_RO]
     if mode != "strict":
         rules.append(("/dev/shm", SHARED_MEMORY))
-    rules.append((workspace, WRITABLE))
+    if workspace is not None:
+        rules.append((workspace, WRITABLE))
     rules.append((run_dir, WRITABLE))
     return rules
 
@@ -160,27 +169,40 @@ def second_tier_rules(
 def ruleset_spec(
     *,
     abi: int,
-    rules: list[tuple[str, list[str]]],
+    rules: list[Any],
     deny_network: bool,
 ) -> dict[str, Any]:
     """The JSON spec ``apply`` enforces.
 
     Args:
         abi: the Landlock ABI the decision was made for (from the probe).
-        rules: (path, access names) pairs; a directory covers its subtree.
+        rules: (path, access names) pairs, or items ``{"path", "access",
+            "id", "each", "skip"}``; a directory covers its subtree. A rule
+            with an identity ``id`` (st_dev, st_ino) is opened without
+            following a final symbolic link and must still be that file. A
+            rule with ``each`` also grants each entry of the directory those
+            rights, except symbolic links and the entries whose identity is
+            in ``skip`` (the path rules' spine directories, fs/ruleset.py).
         deny_network: handle TCP (ABI 4+) and UDP (ABI 10+) with no port
             granted.
 
     Returns:
-        ``{"abi", "rules": [{"path", "access"}], "deny_network", "scope"}``.
+        ``{"abi", "rules": [...], "deny_network", "scope"}``.
     """
-    for _path, access in rules:
-        unknown = [name for name in access if name not in ACCESS_NAMES]
-        if unknown:
-            raise ValueError(f"unknown Landlock access names {unknown}")
+    out = []
+    for rule in rules:
+        if isinstance(rule, dict):
+            item = dict(rule)
+        else:
+            item = {"path": rule[0], "access": list(rule[1])}
+        for names in (item["access"], item.get("each") or []):
+            unknown = [name for name in names if name not in ACCESS_NAMES]
+            if unknown:
+                raise ValueError(f"unknown Landlock access names {unknown}")
+        out.append(item)
     return {
         "abi": abi,
-        "rules": [{"path": path, "access": list(access)} for path, access in rules],
+        "rules": out,
         "deny_network": deny_network,
         "scope": abi >= ABI_SCOPE,
     }
@@ -191,11 +213,15 @@ def apply(spec: dict[str, Any]) -> None:
 
     Paths that do not exist, or that the process cannot reach (EACCES on a
     directory above them), get no rule: the process could not use them
-    either way, so nothing is granted or lost by skipping them.
+    either way, so nothing is granted or lost by skipping them. A rule with
+    an identity is opened without following a final symbolic link; if the
+    path now leads to another file (replaced since the policy was
+    resolved), the run stops rather than grant that file the rule's rights.
 
     Raises:
-        OSError: the kernel offers less than ``spec["abi"]``, or a Landlock
-            call failed (errno and the call in the message).
+        OSError: the kernel offers less than ``spec["abi"]``, a path was
+            replaced (ESTALE), or a Landlock call failed (errno and the
+            call in the message).
     """
     if _ll is None:
         raise OSError(errno.ENOSYS, _IMPORT_ERROR or "landlockpy missing")
@@ -222,6 +248,12 @@ def apply(spec: dict[str, Any]) -> None:
         for rule in spec.get("rules") or []:
             access = _access_flags(rule["access"]) & handled_fs
             try:
+                if "each" in rule:
+                    _allow_entries(ruleset, rule, access, handled_fs, file_rights)
+                    continue
+                if "id" in rule:
+                    _allow_identified(ruleset, rule, access, file_rights)
+                    continue
                 if not os.path.isdir(rule["path"]):
                     # the kernel refuses directory rights on other files
                     access &= file_rights
@@ -229,10 +261,79 @@ def apply(spec: dict[str, Any]) -> None:
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
                     continue
+                if err.errno == errno.ESTALE:
+                    raise
                 raise OSError(
                     err.errno, f"landlock_add_rule({rule['path']!r}): {err.strerror}"
                 ) from None
         ruleset.restrict(no_new_privs=True)
+
+
+def _allow_identified(
+    ruleset: Any, rule: dict[str, Any], access: Any, file_rights: Any
+) -> None:
+    """Add a rule on the file the path names now, if it is still the one the
+    policy was resolved against (``rule["id"]``)."""
+    assert _ll is not None
+    fd = os.open(rule["path"], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if [st.st_dev, st.st_ino] != list(rule["id"]) or stat.S_ISLNK(st.st_mode):
+            raise OSError(
+                errno.ESTALE,
+                f"{rule['path']!r} was replaced between policy resolution and the "
+                f"ruleset; run again",
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            access &= file_rights
+        _add_fd(ruleset, fd, access)
+    finally:
+        os.close(fd)
+
+
+def _allow_entries(
+    ruleset: Any, rule: dict[str, Any], access: Any, handled_fs: Any, file_rights: Any
+) -> None:
+    """A spine directory: its own (reduced) rights, and a rule for each of
+    its entries, listed now, except links and the entries in ``skip``."""
+    assert _ll is not None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(rule["path"], flags)
+    try:
+        st = os.fstat(dir_fd)
+        if "id" in rule and [st.st_dev, st.st_ino] != list(rule["id"]):
+            raise OSError(
+                errno.ESTALE,
+                f"{rule['path']!r} was replaced between policy resolution and the "
+                f"ruleset; run again",
+            )
+        if access:
+            _add_fd(ruleset, dir_fd, access)
+        each = _access_flags(rule["each"]) & handled_fs
+        skip = {tuple(ident) for ident in rule.get("skip") or []}
+        for name in os.listdir(dir_fd):
+            try:
+                fd = os.open(
+                    name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                continue
+            try:
+                entry = os.fstat(fd)
+                if stat.S_ISLNK(entry.st_mode) or (entry.st_dev, entry.st_ino) in skip:
+                    continue
+                is_dir = stat.S_ISDIR(entry.st_mode)
+                _add_fd(ruleset, fd, each if is_dir else each & file_rights)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _add_fd(ruleset: Any, fd: int, access: Any) -> None:
+    if access:
+        attr = _ll_syscall.PathBeneathAttr(allowed_access=int(access), parent_fd=fd)
+        _ll_syscall.add_path_beneath(ruleset.fileno(), attr)
 
 
 def _file_rights() -> Any:
@@ -248,6 +349,14 @@ def _access_flags(names: list[str]) -> Any:
         for flag_name in ACCESS_NAMES[name]:
             flags |= getattr(_ll.AccessFS, flag_name)
     return flags
+
+
+# Combinations fs/ruleset.py makes for spine directories and their entries.
+_SPINE = (
+    ["list"],
+    ["exec", "list", "read_file"],
+    ["create", "exec", "list", "read_file", "unix", "write"],
+)
 
 
 def _warm_flag_cache() -> None:
@@ -266,7 +375,8 @@ def _warm_flag_cache() -> None:
         _ll.net_for_abi(abi)
         _ll.scope_for_abi(abi)
         _ll.restrict_for_abi(abi)
-        for names in (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY):
+        shorthands = (READ_EXEC, READ_ONLY, READ_WRITE, WRITABLE, SHARED_MEMORY)
+        for names in (*shorthands, *_SPINE):
             access = _access_flags(names) & handled
             access & file_rights & handled  # noqa: B018 - creates the pseudo-member
 

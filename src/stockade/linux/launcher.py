@@ -150,7 +150,8 @@ def _child_setup(
     Steps, in this order because each needs the one before:
       1. new session (modes without bubblewrap, so the group can be killed)
       2. idmapped mounts for a root-owned workspace (needs root)
-      3. O_PATH descriptors for bind sources (needs the caller's rights)
+      3. O_PATH descriptors for bind sources (needs the caller's rights),
+         each checked against the identity the policy was resolved with
       4. join the run's cgroups (needs write access to cgroup.procs)
       4b. second tier: fork the run's monitor (``reaper.py``), which stays
          here with the launcher's credentials; the child goes on
@@ -192,11 +193,19 @@ def _child_setup(
 
         step = "open bind sources"
         bind_fds = []
-        for path in spec.get("bind_paths") or []:
+        bind_ids = spec.get("bind_ids") or []
+        for index, path in enumerate(spec.get("bind_paths") or []):
             try:
                 bind_fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
             except OSError as err:
                 raise OSError(err.errno, f"open({path!r}, O_PATH): {err.strerror}") from None
+            # resolved once: the file the policy was resolved against, or no run
+            want = bind_ids[index] if index < len(bind_ids) else None
+            st = os.fstat(bind_fds[-1])
+            if want is not None and [st.st_dev, st.st_ino] != want:
+                raise OSError(
+                    errno.ESTALE, f"{path!r} was replaced after the policy was resolved"
+                )
 
         for procs in spec.get("cgroup_procs") or []:
             step = f"join cgroup ({procs})"

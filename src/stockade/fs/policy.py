@@ -1,0 +1,582 @@
+"""Path rules: what of the host a run sees, and how.
+
+A policy names paths in four ways: the workspace (writable), ``writable``,
+``read_only`` and ``hidden``, plus presets that add writable paths, and the
+mode's system directories (read-only). One rule decides what a path gets:
+
+    **the most specific rule wins**: the rule on the path itself, else the
+    rule on its nearest ancestor; when two rules name the same path, the
+    more restrictive one wins (hidden, then read-only, then writable).
+
+A path no rule covers is not there (first tier) or not accessible (second
+tier). ``resolve`` turns the policy into an ``FsPlan`` once per run:
+
+1. expand ``~`` (the caller's home), relative paths (against the workspace)
+   and globs (``*``, ``?``, ``[...]`` in any component, never ``**``: each
+   wildcard component lists one directory, nothing walks a tree);
+2. check existence as each field documents: ``read_only`` must exist,
+   ``writable`` is created as a directory, ``hidden`` is skipped when
+   missing unless it would lie in a writable place (then it is an error,
+   since the run could create it);
+3. resolve symlinks (``realpath``) once; from here on every rule is a
+   canonical path with the identity (device, inode) it had, which the
+   launcher checks again when it opens the path;
+4. find the protected paths (``protected``) inside every writable place:
+   those that exist become read-only rules; those that do not are watched
+   and checked after the run (``guard.py``); on the second tier a policy
+   may accept checking instead of read-only (``allow_degraded``
+   ``protected_paths``), so git can still commit there;
+5. refuse what the rules cannot keep: a read-only or hidden file with other
+   hard links (another name could change or show it), a writable system
+   directory, rules over ``/``, ``/proc``, ``/dev`` or the sandbox's private
+   areas.
+"""
+
+from __future__ import annotations
+
+import enum
+import glob
+import os
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import PolicyError
+from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
+from . import presets as _presets
+from .guard import Guard
+
+if TYPE_CHECKING:
+    from ..config import SandboxConfig
+
+# At most this many rules per run (each is a mount, or a few Landlock rules):
+# enough for real policies, and a bound on set-up time and descriptors.
+MAX_RULES = 512
+MAX_GLOB_MATCHES = 256
+
+# Directories the program may never write, whatever the policy says.
+_SYSTEM_TREES = (
+    "/usr",
+    "/etc",
+    "/boot",
+    "/sys",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+)
+
+
+class Access(enum.IntEnum):
+    """What a rule grants; lower is more restrictive (ties go to the lower)."""
+
+    HIDDEN = 0
+    READ_ONLY = 1
+    WRITABLE = 2
+
+
+@dataclass(frozen=True)
+class PathRule:
+    """One rule on one canonical host path.
+
+    Attributes:
+        path: canonical absolute path (symlinks resolved).
+        access: hidden, read-only or writable.
+        origin: where the rule comes from: ``workspace``, ``read_only``,
+            ``writable``, ``hidden``, ``protected``, ``preset python``,
+            ``installation`` (an interpreter the command needs) or
+            ``system``.
+        is_dir: the path is a directory.
+        ident: (st_dev, st_ino) at resolution; None for system directories.
+    """
+
+    path: str
+    access: Access
+    origin: str
+    is_dir: bool = True
+    ident: tuple[int, int] | None = None
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.path == "/" else self.path.count("/")
+
+
+@dataclass
+class FsPlan:
+    """The resolved file-system policy of one run.
+
+    Attributes:
+        workspace: canonical workspace path.
+        rules: rules by path (workspace, user rules, presets, protected
+            paths, installations); ``system`` holds the mode's system
+            directories.
+        guard: protected paths checked after the run.
+        env: variables the presets set.
+        protected: protected paths kept read-only by rules.
+        guarded: protected paths checked after the run instead.
+        notes: what the result should tell the caller.
+        elapsed_ms: time spent resolving.
+    """
+
+    workspace: str
+    rules: dict[str, PathRule] = field(default_factory=dict)
+    system: dict[str, PathRule] = field(default_factory=dict)
+    guard: Guard = field(default_factory=Guard)
+    env: dict[str, str] = field(default_factory=dict)
+    protected: list[str] = field(default_factory=list)
+    guarded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    elapsed_ms: float = 0.0
+
+    def rule_for(self, path: str, *, strict: bool = False) -> PathRule | None:
+        """The rule that decides ``path`` (the most specific one), or None.
+
+        Args:
+            path: absolute, normalized path.
+            strict: skip a rule on ``path`` itself (its nearest ancestor's).
+        """
+        current = path
+        first = True
+        while True:
+            if not (first and strict):
+                rule = self.rules.get(current) or self.system.get(current)
+                if rule is not None:
+                    return rule
+            first = False
+            if current == "/":
+                return None
+            current = os.path.dirname(current)
+
+    def access_of(self, path: str) -> Access | None:
+        """What ``path`` gets, or None when no rule covers it."""
+        rule = self.rule_for(os.path.normpath(path))
+        return rule.access if rule is not None else None
+
+    def visible(self, path: str) -> bool:
+        """Whether the run sees the host path as it is (read-only or writable)."""
+        access = self.access_of(path)
+        return access is not None and access is not Access.HIDDEN
+
+    def add(self, rule: PathRule) -> None:
+        """Add a rule; on the same path the more restrictive one stays."""
+        old = self.rules.get(rule.path)
+        if old is None or rule.access < old.access:
+            self.rules[rule.path] = rule
+
+    def add_installation(self, path: str) -> None:
+        """A directory the command needs read-only (``resolve.py``)."""
+        real = os.path.realpath(path)
+        if self.visible(real) and self.visible(path):
+            return
+        st = os.stat(real)
+        self.add(
+            PathRule(
+                real,
+                Access.READ_ONLY,
+                "installation",
+                stat.S_ISDIR(st.st_mode),
+                (st.st_dev, st.st_ino),
+            )
+        )
+
+    def writable_roots(self) -> list[PathRule]:
+        return sorted(
+            (r for r in self.rules.values() if r.access is Access.WRITABLE),
+            key=lambda r: r.path,
+        )
+
+    def ordered(self) -> list[PathRule]:
+        """Rules outermost first (a mount must precede those beneath it)."""
+        return sorted(self.rules.values(), key=lambda r: (r.depth, r.path))
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for rule in self.rules.values():
+            if rule.origin in ("workspace", "installation", "protected"):
+                continue  # the workspace is implied; protected paths have a row
+            name = {
+                Access.HIDDEN: "hidden",
+                Access.READ_ONLY: "read-only",
+                Access.WRITABLE: "writable",
+            }[rule.access]
+            counts[name] = counts.get(name, 0) + 1
+        return ", ".join(f"{n} {name}" for name, n in counts.items()) or "none"
+
+
+def resolve(
+    config: SandboxConfig,
+    *,
+    workspace: str,
+    system: Iterable[str],
+    home: str,
+    environ: Mapping[str, str],
+    guard_protected: bool = False,
+) -> FsPlan:
+    """Resolve the policy's path rules for one run (steps in the module doc).
+
+    Args:
+        config: the policy.
+        workspace: canonical workspace directory.
+        system: the mode's system directories (``bwrap.base_plan``).
+        home: the caller's home (``~``).
+        environ: the caller's environment (presets read ``VIRTUAL_ENV``).
+        guard_protected: keep protected paths writable during the run and
+            check them after it (the second tier, when the policy accepts
+            ``protected_paths`` degraded) instead of making them read-only.
+
+    Returns:
+        The plan; writable paths that did not exist have been created.
+
+    Raises:
+        PolicyError: a path the rules cannot keep, naming the field, the
+            path and what to change.
+    """
+    t0 = time.monotonic()
+    plan = FsPlan(workspace=workspace)
+    for path in system:
+        plan.system[path] = PathRule(path, Access.READ_ONLY, "system")
+    st = os.stat(workspace)
+    plan.add(
+        PathRule(workspace, Access.WRITABLE, "workspace", True, (st.st_dev, st.st_ino))
+    )
+
+    expansion = _presets.expand(config.presets, home=home, environ=environ)
+    plan.env.update(expansion.env)
+    plan.notes.extend(expansion.notes)
+    wanted: list[tuple[str, Access, str]] = [
+        (path, Access.WRITABLE, f"preset {name}") for path, name in expansion.writable
+    ]
+    wanted += [(p, Access.READ_ONLY, "read_only") for p in config.read_only]
+    wanted += [(p, Access.WRITABLE, "writable") for p in config.writable]
+    wanted += [(p, Access.HIDDEN, "hidden") for p in config.hidden]
+
+    missing_hidden: list[tuple[str, str]] = []
+    for given, access, origin in wanted:
+        for path in _expand(
+            given, origin, workspace=workspace, home=home, notes=plan.notes
+        ):
+            if not os.path.lexists(path):
+                if access is Access.HIDDEN:
+                    missing_hidden.append((given, path))
+                    continue
+                if access is Access.READ_ONLY:
+                    raise PolicyError(
+                        f"read_only: {path} does not exist (given as {given!r}); "
+                        f"create it or drop the rule",
+                        key="read_only",
+                        value=given,
+                    )
+                why = _refused(os.path.realpath(path), access, home)
+                if why:
+                    raise PolicyError(
+                        f"{origin}: {path} (given as {given!r}): {why}",
+                        key=_key(origin),
+                        value=given,
+                    )
+                _create_dir(path, given, origin)
+                plan.notes.append(f"{origin}: created {path}")
+            plan.add(_rule(path, access, origin, given, home))
+
+    workspace_rule = plan.rules[workspace]
+    if workspace_rule.access is Access.HIDDEN:
+        raise PolicyError(
+            f"hidden: {workspace} is the workspace; a run cannot work in a hidden "
+            f"directory",
+            key="hidden",
+            value=workspace,
+        )
+    for given, path in missing_hidden:
+        _missing_hidden(plan, given, path)
+
+    _protect(plan, config.protected, guard_protected=guard_protected)
+    _check_links(plan)
+    if len(plan.rules) > MAX_RULES:
+        raise PolicyError(
+            f"{len(plan.rules)} path rules: at most {MAX_RULES} per run (each is a "
+            f"mount); name directories instead of many files, or narrow the globs",
+            key="read_only",
+            value=len(plan.rules),
+        )
+    plan.elapsed_ms = (time.monotonic() - t0) * 1000
+    return plan
+
+
+# -- expansion and checks -------------------------------------------------------
+
+
+def _expand(
+    given: str, origin: str, *, workspace: str, home: str, notes: list[str]
+) -> list[str]:
+    """Absolute, normalized paths for one entry (several for a glob).
+
+    Only the entry as written may hold wildcards: the workspace's and the
+    home's own names are taken literally.
+    """
+    pattern = given
+    base = ""
+    if pattern == "~" or pattern.startswith("~/"):
+        base, pattern = home, pattern[2:]
+    elif pattern.startswith("~"):
+        expanded = os.path.expanduser(pattern)
+        if expanded != pattern:
+            base, pattern = expanded, ""
+    elif not os.path.isabs(pattern):
+        base = workspace
+    path = os.path.normpath(os.path.join(base, pattern) if base else pattern)
+    if not glob.has_magic(pattern):
+        return [path]
+    if "**" in pattern:
+        raise PolicyError(
+            f"{origin}: {given!r}: '**' would walk whole trees on every run; name "
+            f"the directories, or use '*' within one",
+            key=_key(origin),
+            value=given,
+        )
+    literal = glob.escape(base) if base else ""
+    matches = sorted(
+        os.path.normpath(m)
+        for m in glob.glob(os.path.join(literal, pattern) if literal else pattern)
+    )
+    if len(matches) > MAX_GLOB_MATCHES:
+        raise PolicyError(
+            f"{origin}: {given!r} matches {len(matches)} paths, more than "
+            f"{MAX_GLOB_MATCHES}; name their directory instead",
+            key=_key(origin),
+            value=given,
+        )
+    if not matches:
+        notes.append(f"{origin}: {given!r} matches nothing at launch")
+    return matches
+
+
+def _key(origin: str) -> str:
+    return "presets" if origin.startswith("preset") else origin
+
+
+def _create_dir(path: str, given: str, origin: str) -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise PolicyError(
+            f"{origin}: cannot create {path} (given as {given!r}): {err.strerror}",
+            key=_key(origin),
+            value=given,
+        ) from err
+
+
+def _rule(path: str, access: Access, origin: str, given: str, home: str) -> PathRule:
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError as err:
+        raise PolicyError(
+            f"{origin}: cannot use {real} (given as {given!r}): {err.strerror}",
+            key=_key(origin),
+            value=given,
+        ) from err
+    why = _refused(real, access, home)
+    if why:
+        raise PolicyError(
+            f"{origin}: {real} (given as {given!r}): {why}",
+            key=_key(origin),
+            value=given,
+        )
+    return PathRule(
+        real, access, origin, stat.S_ISDIR(st.st_mode), (st.st_dev, st.st_ino)
+    )
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _refused(path: str, access: Access, home: str) -> str | None:
+    """Why no rule of this kind may name ``path``, or None."""
+    if path == "/":
+        return "a rule on / would cover the whole mount view; name directories"
+    for area in ("/proc", "/dev"):
+        if _under(path, area):
+            return f"{area} is the sandbox's own; no rule may change it"
+    if access is Access.HIDDEN:
+        return None
+    for area in PRIVATE_AREAS:
+        if _under(area, path):
+            return (
+                f"it would cover {area}, which the sandbox gets fresh and private; "
+                f"name the directories beside it"
+            )
+    if access is Access.WRITABLE:
+        why = forbidden_workspace(path, home)
+        if why:
+            return f"{why}; it may not be writable"
+        for tree in _SYSTEM_TREES:
+            if _under(path, tree):
+                return f"system directories ({tree}) are never writable"
+    return None
+
+
+def _missing_hidden(plan: FsPlan, given: str, path: str) -> None:
+    """A hidden path that does not exist: an error where the run could
+    create it, otherwise nothing to hide."""
+    parent = path
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    real = os.path.realpath(parent)
+    if plan.access_of(real) is Access.WRITABLE:
+        raise PolicyError(
+            f"hidden: {path} does not exist, and it lies in a writable place ({real}) "
+            f"where the run could create it; create it (an empty directory or file) "
+            f"or drop the rule",
+            key="hidden",
+            value=given,
+        )
+    plan.notes.append(f"hidden: {path} does not exist; nothing to hide")
+
+
+# -- protected paths -------------------------------------------------------------
+
+
+def _protect(plan: FsPlan, entries: tuple[str, ...], *, guard_protected: bool) -> None:
+    """Protected paths inside each writable root (module doc, step 4)."""
+    for root in plan.writable_roots():
+        if not root.is_dir:
+            continue
+        for entry in entries:
+            if os.path.isabs(entry):
+                entry = os.path.normpath(entry)
+                if not _under(entry, root.path) or entry == root.path:
+                    continue
+                rel = os.path.relpath(entry, root.path)
+            else:
+                rel = os.path.normpath(entry)
+            parts = tuple(p for p in rel.split("/") if p not in ("", "."))
+            if parts:
+                _protect_one(plan, root, parts, guard_protected=guard_protected)
+
+
+def _protect_one(
+    plan: FsPlan, root: PathRule, parts: tuple[str, ...], *, guard_protected: bool
+) -> None:
+    current = root.path
+    for index, name in enumerate(parts):
+        path = os.path.join(current, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            # Not there yet: the run may create it; checked after the run.
+            if plan.access_of(current) is Access.WRITABLE:
+                assert root.ident is not None
+                plan.guard.watch_absent(
+                    root.path, root.ident, parts, missing_from=index
+                )
+                plan.guarded.append(os.path.join(root.path, *parts))
+            return
+        except OSError:
+            return
+        last = index == len(parts) - 1
+        if stat.S_ISLNK(st.st_mode):
+            # A link cannot be mounted over; it is checked after the run,
+            # and what it points to is kept read-only when it is writable.
+            if plan.access_of(current) is Access.WRITABLE:
+                assert root.ident is not None
+                plan.guard.watch_snapshot(root.path, root.ident, parts[: index + 1])
+                plan.guarded.append(path)
+                plan.notes.append(
+                    f"protected: {path} is a symbolic link; it is checked after the "
+                    f"run (a link cannot be made read-only)"
+                )
+                target = os.path.realpath(path)
+                if os.path.exists(target) and plan.access_of(target) is Access.WRITABLE:
+                    _make_read_only(plan, target, root, None, guard_protected=False)
+            return
+        if last or not stat.S_ISDIR(st.st_mode):
+            # the path itself, or a file where a directory was expected
+            # (``.git`` of a worktree names the real git directory)
+            _make_read_only(
+                plan, path, root, parts[: index + 1], guard_protected=guard_protected
+            )
+            return
+        current = path
+
+
+def _make_read_only(
+    plan: FsPlan,
+    path: str,
+    root: PathRule,
+    parts: tuple[str, ...] | None,
+    *,
+    guard_protected: bool,
+) -> None:
+    if plan.access_of(path) is not Access.WRITABLE:
+        return  # already read-only or hidden by a rule
+    if guard_protected and parts is not None:
+        assert root.ident is not None
+        plan.guard.watch_snapshot(root.path, root.ident, parts)
+        plan.guarded.append(path)
+        return
+    st = os.stat(path)
+    plan.add(
+        PathRule(
+            path,
+            Access.READ_ONLY,
+            "protected",
+            stat.S_ISDIR(st.st_mode),
+            (st.st_dev, st.st_ino),
+        )
+    )
+    plan.protected.append(path)
+
+
+# -- hard links --------------------------------------------------------------------
+
+
+def _check_links(plan: FsPlan) -> None:
+    """A read-only or hidden file that has another name is refused where
+    that other name could change it or show it (step 5).
+
+    Protected directories are checked one level deep (``.git/hooks`` is
+    flat); other read-only directories are not walked (docs: known
+    limitations).
+    """
+    for rule in list(plan.rules.values()):
+        if rule.access is Access.WRITABLE:
+            continue
+        cover = plan.rule_for(rule.path, strict=True)
+        if cover is None or cover.access is Access.HIDDEN:
+            continue
+        if rule.access is Access.READ_ONLY and cover.access is not Access.WRITABLE:
+            continue
+        if not rule.is_dir:
+            _one_link(rule.path, rule.access, rule.origin)
+        elif rule.origin == "protected":
+            try:
+                entries = list(os.scandir(rule.path))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    _one_link(entry.path, rule.access, rule.origin)
+
+
+def _one_link(path: str, access: Access, origin: str) -> None:
+    try:
+        links = os.lstat(path).st_nlink
+    except OSError:
+        return
+    if links <= 1:
+        return
+    read_only = access is Access.READ_ONLY
+    harm = "change it" if read_only else "show its content"
+    state = "read-only" if read_only else "hidden"
+    raise PolicyError(
+        f"{origin}: {path} has {links} hard links: another name for the same file "
+        f"could {harm} while this one is {state}. "
+        f"Give it a name of its own (cp -p {path} {path}.new && mv {path}.new {path}) "
+        f"or drop the rule",
+        key="protected" if origin == "protected" else origin,
+        value=path,
+    )

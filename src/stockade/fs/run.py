@@ -1,0 +1,204 @@
+"""What the manager calls for the file-system policy, once per run.
+
+``plan_run`` before the launch (resolve the rules, set the presets'
+variables), then ``mounts_for`` (first tier) or ``grants_for`` (second
+tier), ``protection_rows`` for the result, ``after_run`` once the program's
+tree is gone (the guard); ``check_disabled`` for mode ``disabled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..errors import PolicyError
+from ..result import Protection, Violation
+from . import presets as _presets
+from .mounts import Mount, plan_mounts
+from .policy import FsPlan, resolve
+from .ruleset import translate
+
+if TYPE_CHECKING:
+    from ..config import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+
+def plan_run(
+    config: SandboxConfig,
+    *,
+    workspace: str,
+    cwd: str,
+    system: Iterable[str],
+    env: dict[str, str],
+    second_tier: bool,
+) -> FsPlan:
+    """Resolve the run's path rules and add the presets' variables to ``env``
+    (the policy's and the call's own variables win).
+
+    Raises:
+        PolicyError: a rule cannot be kept, or it hides the working directory.
+    """
+    plan = resolve(
+        config,
+        workspace=workspace,
+        system=system,
+        home=os.path.expanduser("~"),
+        environ=os.environ,
+        guard_protected=second_tier and "protected_paths" in config.allow_degraded,
+    )
+    if not plan.visible(cwd):
+        raise PolicyError(
+            f"cwd {cwd!r} is hidden by the path rules", key="hidden", value=cwd
+        )
+    for key, value in plan.env.items():
+        env.setdefault(key, value)
+    return plan
+
+
+def mounts_for(
+    plan: FsPlan, installations: Iterable[str], cleanup: list[str]
+) -> list[Mount]:
+    """First tier: the mounts of the rules, with the installations the
+    command needs (``resolve.py``) added read-only."""
+    t0 = time.monotonic()
+    for path in installations:
+        plan.add_installation(path)
+    mounts = plan_mounts(plan, empty_file=EmptyFile(cleanup))
+    plan.elapsed_ms += (time.monotonic() - t0) * 1000
+    return mounts
+
+
+def grants_for(plan: FsPlan, installations: Iterable[str]) -> list[dict[str, object]]:
+    """Second tier: the rules as ``landlock.ruleset_spec`` items."""
+    t0 = time.monotonic()
+    for path in installations:
+        plan.add_installation(path)
+    translation = translate(plan)
+    plan.notes.extend(
+        f"tier landlock: {path} accepts no new entries: it holds a read-only or "
+        "hidden path, and Landlock rights cover whole trees (docs/filesystem.md)"
+        for path in translation.fixed
+    )
+    plan.elapsed_ms += (time.monotonic() - t0) * 1000
+    return [grant.spec() for grant in translation.grants]
+
+
+def check_disabled(config: SandboxConfig, env: dict[str, str]) -> None:
+    """Mode ``disabled`` enforces no path rule: explicit ones are refused;
+    presets only set their variables.
+
+    Raises:
+        PolicyError: the policy has read_only, writable or hidden paths.
+    """
+    for key in ("read_only", "writable", "hidden"):
+        if getattr(config, key):
+            raise PolicyError(
+                f"{key}: mode 'disabled' enforces no path rules; use another mode or "
+                f"drop the rule",
+                key=key,
+                value=list(getattr(config, key)),
+            )
+    expansion = _presets.expand(
+        config.presets, home=os.path.expanduser("~"), environ=os.environ
+    )
+    for key, value in expansion.env.items():
+        env.setdefault(key, value)
+
+
+class EmptyFile:
+    """The empty, mode 000 file bound over hidden files on the first tier:
+    made on first use, one per run; its directory goes to ``cleanup``."""
+
+    def __init__(self, cleanup: list[str]) -> None:
+        self._cleanup = cleanup
+        self._made: tuple[str, tuple[int, int]] | None = None
+
+    def __call__(self) -> tuple[str, tuple[int, int]]:
+        if self._made is None:
+            directory = tempfile.mkdtemp(prefix="stockade-fs-")
+            self._cleanup.append(directory)
+            # bubblewrap, running as the sandbox uid, resolves the source path
+            os.chmod(directory, 0o711)
+            path = os.path.join(directory, "hidden")
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o000)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            self._made = (path, (st.st_dev, st.st_ino))
+        return self._made
+
+
+def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
+    """Result rows: ``path_rules`` and ``protected_paths``."""
+    how = "Landlock rules" if second_tier else "mounts"
+    rows = [Protection("path_rules", "enforced", f"{plan.summary()} ({how})")]
+
+    def short(path: str) -> str:
+        inside = path.startswith(plan.workspace + "/")
+        return os.path.relpath(path, plan.workspace) if inside else path
+
+    names = [short(p) for p in plan.protected]
+    guarded = [short(p) for p in plan.guarded]
+    if not names and not guarded:
+        rows.append(Protection("protected_paths", "off", "none configured or present"))
+        return rows
+    parts = []
+    if names:
+        parts.append(f"read-only: {', '.join(names)}")
+    if guarded:
+        parts.append(f"checked after the run: {', '.join(guarded)}")
+    # paths that exist but are only checked after the run (a symbolic link;
+    # the second tier when the policy accepts it) are writable during it
+    degraded = any(w.snapshot is not None for w in plan.guard.watches)
+    detail = "; ".join(parts)
+    if degraded:
+        detail += " (existing ones writable during the run, restored after it)"
+    rows.append(
+        Protection("protected_paths", "degraded" if degraded else "enforced", detail)
+    )
+    return rows
+
+
+def warn_unchecked(plan: FsPlan | None) -> None:
+    """A run that ended by an exception in the caller (cancelled, interrupted)
+    is not checked: its exit is not awaited, and checking while its processes
+    may still write would prove nothing.
+
+    TODO(#6): check such runs once the launcher reports their exit; meanwhile
+    this warning names the protected paths left unchecked.
+    """
+    if plan is None or not plan.guard:
+        return
+    paths = ", ".join(os.path.join(w.root, *w.parts) for w in plan.guard.watches)
+    log.warning(
+        "the run was interrupted before it ended; protected paths it "
+        "could have created or changed were not checked: %s",
+        paths,
+    )
+
+
+def after_run(
+    plan: FsPlan | None, run_id: str
+) -> tuple[list[Violation], list[str], float]:
+    """The guard's check, once the run's processes are gone.
+
+    Returns:
+        (violations, notes, milliseconds spent).
+    """
+    if plan is None or not plan.guard:
+        return [], [], 0.0
+    t0 = time.monotonic()
+    violations, notes = [], []
+    for found in plan.guard.check(run_id):
+        violations.append(
+            Violation("filesystem", f"{found.path}: {found.what}", found.action)
+        )
+        notes.append(f"protected: {found.path} {found.what}; {found.action}")
+    return violations, notes, (time.monotonic() - t0) * 1000
