@@ -72,6 +72,12 @@ def test_host_tmp_is_invisible_and_private_tmp_is_thrown_away(workspace):
         host_marker.unlink()
 
 
+def test_sandbox_root_is_read_only_outside_the_private_areas(workspace):
+    result = run(workspace, "sh", "-c", "touch /stockade-probe; mkdir /var/new; echo x > /tmp/ok && echo TMP-OK")
+    assert "TMP-OK" in result.stdout_text
+    assert result.stderr_text.count("Read-only file system") == 2, result.stderr_text
+
+
 def test_host_sockets_and_run_are_not_mounted(workspace):
     result = run(workspace, "sh", "-c", "ls -A /run /var/run 2>&1; ls /root 2>&1; ls /home")
     assert "sandbox" in result.stdout_text

@@ -18,6 +18,8 @@ The mount view, outermost first (bubblewrap applies them in order):
   writable, at its own path; the policy's read-only, writable and hidden
   paths; protected paths read-only; installations the command needs
   read-only (see ``resolve.py``).
+* Finally the tmpfs root itself is remounted read-only: nothing can be
+  written outside the areas above (and their size caps).
 
 Nothing else: no ``/home``, ``/root``, ``/run``, ``/var``, ``/mnt``,
 ``/media``, and none of the host's sockets (they live under ``/run`` and
@@ -242,6 +244,11 @@ def build_args(
     args += ["--tmpfs", HOME_IN_SANDBOX]
 
     args += mount_args(mounts, plan, info=info, fd_first_bind=fd_first_bind)
+    # bubblewrap builds the view on a tmpfs root; once every mount point
+    # exists, make that root read-only (not recursive: the private areas and
+    # the workspace keep their own flags), or a program could fill RAM with
+    # files outside every size cap.
+    args += ["--remount-ro", "/"]
     args += ["--chdir", cwd]
     plan.args = args
     return args
