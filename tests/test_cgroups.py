@@ -350,6 +350,15 @@ def test_clean_stale_removes_dead_launchers_cgroups_only(tmp_path):
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="writes the host's cgroups: needs root")
 
 
+@pytest.fixture
+def _private_cgroup_names(monkeypatch):
+    """The cgroups these tests make are owned by the test process, not by a
+    launcher, so a launcher starting meanwhile (another suite on the same
+    host) would judge them stale and remove them: give them names no
+    launcher's clean-up matches."""
+    monkeypatch.setattr(cgroups, "NAME_PREFIX", "stockade-test-")
+
+
 def _real_backend(version: int) -> Backend:
     found = cgroups.probe(refresh=True)
     backend = found.v1 if version == 1 else found.v2
@@ -381,6 +390,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 
 @needs_root
 @pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.usefixtures("_private_cgroup_names")
 def test_real_cgroup_lifecycle(version):
     """create -> limits -> join -> CPU usage -> kill -> remove, on the host's
     real hierarchy. v2 here has no controllers (they are bound to v1), so
@@ -417,6 +427,7 @@ def test_real_cgroup_lifecycle(version):
 
 
 @needs_root
+@pytest.mark.usefixtures("_private_cgroup_names")
 def test_real_v1_refused_fork_and_oom_are_counted():
     backend = _real_backend(1)
     owner = RunCgroups(Probe(backend, None))
