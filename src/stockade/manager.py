@@ -395,20 +395,36 @@ class SandboxManager:
             cwd="/",
             env=env,
         )
-        syscall_filter = None
         if prepared.use_filter:
-            syscall_filter = _seccomp.filter_for_config(config)
-        if syscall_filter is not None:
-            spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=True)
-            spec["no_new_privs"] = True
-            prepared.syscall_filter = syscall_filter
-            prepared.notes.extend(syscall_filter.warnings)
+            self._install_filter(prepared, _seccomp.filter_for_config(config), trust_monitor=True)
         if caller_is_root:
-            idmaps = self._root_idmaps(workspace, extra_ro, fs)
-            if idmaps:
-                spec["idmaps"] = idmaps
-                prepared.notes.extend(m["why"] for m in idmaps)
+            self._add_root_idmaps(prepared, workspace, extra_ro, fs)
         log.debug("bwrap %s", shlex.join(args))
+
+    @staticmethod
+    def _install_filter(
+        prepared: _Prepared, syscall_filter: _seccomp.SyscallFilter | None, *, trust_monitor: bool
+    ) -> None:
+        """Put the mode's seccomp filter into the run's spec (both tiers).
+
+        ``trust_monitor``: bubblewrap's monitor, outside the sandbox, makes
+        calls the program may not; in the second tier there is no such
+        process and the launcher child's own exec starts the program phase.
+        """
+        if syscall_filter is None:
+            return
+        prepared.spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=trust_monitor)
+        prepared.spec["no_new_privs"] = True
+        prepared.syscall_filter = syscall_filter
+        prepared.notes.extend(syscall_filter.warnings)
+
+    def _add_root_idmaps(
+        self, prepared: _Prepared, workspace: str, read_only: Sequence[str], fs: Any
+    ) -> None:
+        idmaps = self._root_idmaps(workspace, read_only, fs)
+        if idmaps:
+            prepared.spec["idmaps"] = idmaps
+            prepared.notes.extend(m["why"] for m in idmaps)
 
     def _prepare_landlock(
         self,
@@ -475,23 +491,16 @@ class SandboxManager:
         # policy, and socket(AF_UNIX) below Landlock ABI 9 (socketpair stays).
         # The launcher child execs the program itself: its exec starts the
         # program phase (trust_monitor False).
-        syscall_filter = None
         if prepared.use_filter:
             syscall_filter = _seccomp.filter_for_config(
                 config, tier=decision.tier, landlock_abi=decision.landlock_abi
             )
-        if syscall_filter is not None:
-            spec["seccomp"] = syscall_filter.launcher_spec(trust_monitor=False)
-            prepared.syscall_filter = syscall_filter
-            prepared.notes.extend(syscall_filter.warnings)
+            self._install_filter(prepared, syscall_filter, trust_monitor=False)
         if caller_is_root:
             # The program itself runs in the launcher child's mount namespace
             # here, so the idmapped ancestors are what it traverses; the
             # ruleset still allows only the paths listed above.
-            idmaps = self._root_idmaps(workspace, extra_ro, fs)
-            if idmaps:
-                spec["idmaps"] = idmaps
-                prepared.notes.extend(m["why"] for m in idmaps)
+            self._add_root_idmaps(prepared, workspace, extra_ro, fs)
         prepared.notes.append(
             f"tier landlock: HOME={home}, TMPDIR={tmp} (removed after the run); the host's "
             "/tmp is not writable"
