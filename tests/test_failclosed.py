@@ -83,10 +83,30 @@ def test_not_executable(workspace):
         SandboxManager(SandboxConfig(execution_log=False)).execute(["./s.sh"], cwd=workspace)
 
 
-@pytest.mark.parametrize("path", ["/", "/etc", "/home", "/tmp"])
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/etc", "/home", "/tmp", "/var/tmp", "/usr/local/bin", "/bin", "/var/lib", "/etc/ssh", "/opt", "/srv"],
+)
 def test_system_directories_cannot_be_the_workspace(path):
+    # /bin is a symlink to /usr/bin on merged-usr hosts: judged resolved
+    if not os.path.isdir(path):
+        pytest.skip(f"{path} does not exist here")
     with pytest.raises(PolicyError, match="workspace"):
         SandboxManager(SandboxConfig(execution_log=False)).execute(["true"], cwd=path)
+
+
+def test_hidden_directories_of_a_home_cannot_be_the_workspace():
+    home = os.path.expanduser("~")
+    hidden = os.path.join(home, f".stockade-test-{os.getpid()}")
+    os.makedirs(os.path.join(hidden, "sub"))
+    try:
+        for path in (hidden, os.path.join(hidden, "sub")):
+            with pytest.raises(PolicyError, match="hidden directory"):
+                SandboxManager(SandboxConfig(execution_log=False)).execute(["true"], cwd=path)
+    finally:
+        import shutil
+
+        shutil.rmtree(hidden)
 
 
 def test_home_cannot_be_the_workspace():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -339,3 +340,22 @@ def test_result_to_dict_is_json_ready(workspace):
     assert data["stdout"] == "hi\n"
     assert {p["name"] for p in data["protections"]} >= {"namespaces", "mount_view", "never_root"}
     assert data["run_id"] == result.run_id
+
+
+def test_program_outside_system_dirs_exposes_only_itself(workspace):
+    outside = Path(tempfile.mkdtemp(prefix="stockade-test-outside-", dir="/var/tmp"))
+    try:
+        os.chmod(outside, 0o755)
+        secret = outside / "secret.txt"
+        secret.write_text("host secret\n")
+        tool = outside / "mycat"
+        tool.write_bytes(Path("/bin/cat").read_bytes())
+        tool.chmod(0o755)
+        result = run(workspace, str(tool), str(secret))
+        assert "host secret" not in result.stdout_text
+        ok = run(workspace, str(tool), "/etc/hostname")
+        assert ok.success, ok.stderr_text
+    finally:
+        import shutil
+
+        shutil.rmtree(outside)

@@ -56,21 +56,6 @@ if TYPE_CHECKING:
 MAX_RULES = 512
 MAX_GLOB_MATCHES = 256
 
-# Directories the program may never write, whatever the policy says.
-_SYSTEM_TREES = (
-    "/usr",
-    "/etc",
-    "/boot",
-    "/sys",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-)
-
-
 class Access(enum.IntEnum):
     """What a rule grants; lower is more restrictive (ties go to the lower)."""
 
@@ -410,12 +395,9 @@ def _refused(path: str, access: Access, home: str) -> str | None:
                 f"name the directories beside it"
             )
     if access is Access.WRITABLE:
-        why = forbidden_workspace(path, home)
+        why = forbidden_workspace(path, home, cache_ok=True)
         if why:
             return f"{why}; it may not be writable"
-        for tree in _SYSTEM_TREES:
-            if _under(path, tree):
-                return f"system directories ({tree}) are never writable"
     return None
 
 

@@ -57,10 +57,18 @@ HIDDEN_TMPFS_BYTES = 4096
 PRIVATE_AREAS = (*_PRIVATE_TMPFS, HOME_IN_SANDBOX, "/proc", "/dev")
 
 # Paths that must never become the writable workspace.
-_FORBIDDEN_WORKSPACES = (
-    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/var",
-    "/proc", "/sys", "/dev", "/run", "/boot", "/home", "/root", "/tmp",
+# Trees the program may never write, whatever the policy or the cwd says:
+# their files are run or trusted by the host (a root caller's idmapped
+# workspace would even make them root-owned on the host).
+_SYSTEM_TREES = (
+    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/boot", "/opt", "/proc", "/sys", "/dev", "/run", "/snap", "/var",
 )
+# /var is refused except below /var/tmp, a place for users' files.
+_VAR_TMP = "/var/tmp"
+# Directories that hold other people's or other programs' files: never the
+# workspace themselves (their subdirectories may be).
+_SHARED_TOPS = ("/", "/home", "/root", "/tmp", "/var/tmp", "/mnt", "/media", "/srv")
 
 
 @dataclass(frozen=True)
@@ -101,15 +109,70 @@ def find_bwrap(explicit: str | None = None) -> BwrapInfo:
     )
 
 
-def forbidden_workspace(path: str, home: str | None) -> str | None:
-    """Why a directory may not be the writable workspace, or None."""
-    if home and os.path.normpath(home) == path:
-        return f"{path} is your home directory"
-    if path in _FORBIDDEN_WORKSPACES:
-        return f"{path} is a system directory"
-    if home and os.path.normpath(home).startswith(path.rstrip("/") + "/"):
-        return f"{path} contains your home directory"
+# Hidden directories of a home that hold only caches tools rebuild: a
+# ``writable`` rule (the python and node presets) may name them, the
+# workspace may not be one.
+HOME_CACHES = (".cache", ".npm", ".m2/repository", ".gradle/caches", ".cargo/registry",
+               ".cargo/git", ".yarn/cache", ".pnpm-store")
+
+
+def forbidden_workspace(path: str, home: str | None, *, cache_ok: bool = False) -> str | None:
+    """Why a directory may not be writable in the sandbox (the workspace or a
+    ``writable`` rule), or None. ``path`` must already be resolved.
+
+    Refused: system trees and everything below them (but /var/tmp's
+    subdirectories); shared top directories themselves (/, /home, /tmp, ...);
+    any user's home directory, an ancestor of one, and the hidden entries of
+    a home (~/.ssh, ~/.config, ...), where login shells and tools read
+    configuration they then act on. With ``cache_ok`` (writable rules, not the
+    workspace), the cache directories of ``HOME_CACHES`` are allowed.
+    """
+    path = os.path.normpath(path)
+    homes = _home_directories(home)
+    if path in homes:
+        if home and os.path.normpath(os.path.realpath(home)) == path:
+            return f"{path} is your home directory"
+        return f"{path} is a user's home directory"
+    if path in _SHARED_TOPS:
+        return f"{path} is a shared system directory"
+    for tree in _SYSTEM_TREES:
+        if _under(path, tree) and not (tree == "/var" and _under(path, _VAR_TMP)):
+            return f"{path} is in a system directory ({tree}), never writable"
+    for user_home in homes:
+        if _under(user_home, path):
+            return f"{path} contains the home directory {user_home}"
+        if _under(path, user_home):
+            rest = path[len(user_home):].lstrip("/")
+            first = rest.split("/", 1)[0]
+            if first.startswith("."):
+                if cache_ok and any(_under(rest, cache) for cache in HOME_CACHES):
+                    continue
+                hidden = os.path.join(user_home, first)
+                return f"{path} is in {hidden}, a hidden directory of a home"
     return None
+
+
+def _under(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+@functools.lru_cache(maxsize=4)
+def _home_directories(home: str | None) -> tuple[str, ...]:
+    """Every home directory of the password database, plus the caller's."""
+    import pwd
+
+    homes = set()
+    try:
+        for entry in pwd.getpwall():
+            directory = entry.pw_dir
+            if directory and directory != "/" and os.path.isabs(directory):
+                homes.add(os.path.normpath(os.path.realpath(directory)))
+    except OSError:
+        pass
+    if home:
+        homes.add(os.path.normpath(os.path.realpath(home)))
+    # system accounts' homes inside system trees are covered already
+    return tuple(sorted(h for h in homes if not any(_under(h, t) for t in _SYSTEM_TREES) or _under(h, _VAR_TMP)))
 
 
 @dataclass

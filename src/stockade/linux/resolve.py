@@ -5,8 +5,9 @@ up: in the sandbox's PATH, among directories the mount view shows. An
 interpreter that lives elsewhere (a pyenv or conda Python, a virtual
 environment made from one, a tool in ``~/.local``) is made visible
 read-only: its installation's ``bin``, ``lib``, ``lib64``, ``libexec`` and a
-virtual environment's ``pyvenv.cfg`` and base interpreter, never the rest of
-the directory it sits in. Shebang scripts are followed to their interpreter.
+virtual environment's ``pyvenv.cfg`` and base interpreter; a program outside
+any such layout is made visible alone, as a single file, never the
+directory it sits in. Shebang scripts are followed to their interpreter.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def _expose(
         if not visible(link):
             _expose_installation(link, result, visible)
             if not _covered(link, result):
-                result.add(os.path.dirname(link), f"holds {link}")
+                # only the program itself, never the directory it sits in
+                # (that may be /tmp with the host's sockets, or Downloads)
+                result.add(link, "the program itself")
 
     real = os.path.realpath(path)
     interpreter = _shebang(real)
