@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,7 +41,6 @@ def test_timeout_gives_124(workspace):
 @pytest.mark.parametrize(
     "args",
     [
-        ["run", "--no-log", "--", "no-such-command-anywhere"],
         ["run", "--no-log", "--memory", "0", "--", "true"],
         ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
     ],
@@ -92,3 +92,63 @@ def test_execution_log_records_runs(workspace, tmp_path):
     first = lines[0]
     assert first["command"] == ["sh", "-c", "exit 4"] and first["mode"] == "moderate"
     assert first["termination"] == "exited" and "usage" in first and first["cwd"] == str(workspace)
+
+
+def test_command_not_found_gives_127(workspace):
+    proc = cli("run", "--no-log", "--", "no-such-command-anywhere", cwd=workspace)
+    assert proc.returncode == 127
+    assert b"command not found" in proc.stderr
+
+
+def test_a_limit_the_program_survived_is_not_exit_0(workspace):
+    # the program's forks are refused at the process limit; it shrugs, exits 0
+    code = (
+        "import os, time\n"
+        "for i in range(20):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(3); os._exit(0)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    proc = cli("run", "--no-log", "--pids", "8", "--timeout", "30", "--json", "--",
+               "python3", "-c", code, cwd=workspace)
+    data = json.loads(proc.stdout)
+    assert data["termination"] == "pids_limit", data["termination"]
+    assert proc.returncode == 3
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_signal_to_the_cli_stops_the_run_and_checks_protected_paths(workspace, signame):
+    import signal
+    import time
+
+    tag = f"stockade-cli-signal-{os.getpid()}-{signame}"
+    cli_proc = subprocess.Popen(
+        [sys.executable, "-m", "stockade.cli", "run", "--no-log", "--", "bash", "-c",
+         f"git init -q && git config core.fsmonitor 'touch {workspace}/PLANTED' && exec -a {tag} sleep 60"],
+        cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    config = workspace / ".git" / "config"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (config.exists() and "fsmonitor" in config.read_text()):
+        time.sleep(0.05)
+    assert config.exists(), "the run did not start"
+    time.sleep(0.3)
+    cli_proc.send_signal(getattr(signal, signame))
+    out, err = cli_proc.communicate(timeout=60)
+    assert cli_proc.returncode == 128 + getattr(signal, signame), err.decode()
+    assert b"Traceback" not in err
+    assert f"{signame}: the run was stopped".encode() in err
+    # the planted config did not stay where git would act on it
+    assert not config.exists() or "fsmonitor" not in config.read_text()
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, tag)]
+    assert leftovers == []
+
+
+def _cmdline_has(pid: str, tag: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return tag.encode() in fh.read()
+    except OSError:
+        return False

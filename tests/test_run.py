@@ -359,3 +359,42 @@ def test_program_outside_system_dirs_exposes_only_itself(workspace):
         import shutil
 
         shutil.rmtree(outside)
+
+
+def test_large_arguments_and_environment_reach_the_program(workspace):
+    # together far more than one launcher message holds (about 200 KiB)
+    big = ["x" * 100_000, "y" * 100_000, "z" * 100_000]
+    manager = SandboxManager(SandboxConfig(execution_log=False))
+    result = manager.execute(
+        ["python3", "-c", "import os, sys; print(sum(map(len, sys.argv[1:])), len(os.environ['BIG']))", *big],
+        cwd=workspace,
+        env={"BIG": "b" * 120_000},
+    )
+    assert result.success, result.stderr_text
+    assert result.stdout_text.split() == ["300000", "120000"]
+
+
+def test_more_arguments_than_bubblewrap_takes_is_a_clear_error(workspace):
+    from stockade import CommandError
+
+    with pytest.raises(CommandError, match="at most 9000"):
+        SandboxManager(SandboxConfig(execution_log=False)).execute(["true", *map(str, range(10_000))], cwd=workspace)
+
+
+@pytest.mark.parametrize("tier", ["namespaces", "landlock"])
+def test_workspace_with_a_name_that_is_not_utf8(tier):
+    base = tempfile.mkdtemp(prefix="stockade-test-", dir="/var/tmp")
+    odd = os.path.join(os.fsencode(base), b"bad\xff\xfe dir")
+    os.mkdir(odd)
+    os.chmod(base, 0o755)
+    try:
+        config = {"tier": tier}
+        if tier == "landlock":
+            config["allow_degraded"] = ["network"]
+        result = run(Path(os.fsdecode(odd)), "sh", "-c", "echo ok > made.txt && cat made.txt", **config)
+        assert result.success, (result.error, result.stderr_text)
+        assert os.path.exists(os.path.join(odd, b"made.txt"))
+    finally:
+        import shutil
+
+        shutil.rmtree(base)

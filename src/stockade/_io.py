@@ -187,8 +187,19 @@ class RunIO:
         self.report.close()
 
 
+# After the caller is interrupted, how long to wait for the killed run's exit
+# event: what runs after (the protected-path check) must see it gone.
+STOP_WAIT_SEC = 10.0
+
+
 def drive_sync(io: RunIO) -> None:
-    """Serve the run's descriptors in this thread until it is finished."""
+    """Serve the run's descriptors in this thread until it is finished.
+
+    When the wait is interrupted (KeyboardInterrupt, a signal turned into an
+    exception), the run is killed and its exit awaited (at most
+    ``STOP_WAIT_SEC``) before the exception goes on: ``io.event`` then says
+    whether the run is known to be over.
+    """
     sel = selectors.DefaultSelector()
     try:
         sel.register(io.report, selectors.EVENT_READ, "report")
@@ -196,29 +207,42 @@ def drive_sync(io: RunIO) -> None:
             sel.register(fd, selectors.EVENT_READ, "out")
         if io.stdin_fd is not None:
             sel.register(io.stdin_fd, selectors.EVENT_WRITE, "in")
-        while True:
-            now = time.monotonic()
-            if io.finished(now):
-                return
-            timeout = None
-            if io.event_time is not None:
-                timeout = max(0.0, io.event_time + EOF_GRACE_SEC - now)
-            for key, _mask in sel.select(timeout):
-                if key.data == "report":
-                    io.on_report()
-                    if io.event is not None:
-                        sel.unregister(io.report)
-                elif key.data == "out":
-                    fd = key.fd
-                    if not io.on_readable(fd):
-                        sel.unregister(fd)
-                else:
-                    fd = key.fd
-                    if not io.on_writable():
-                        sel.unregister(fd)
+        try:
+            _serve(io, sel, deadline=None)
+        except BaseException:
+            io.request_kill("cancelled")
+            try:
+                _serve(io, sel, deadline=time.monotonic() + STOP_WAIT_SEC)
+            except BaseException:  # noqa: BLE001 - a second interrupt: stop waiting
+                pass
+            raise
     finally:
         sel.close()
         io.close_all()
+
+
+def _serve(io: RunIO, sel: selectors.BaseSelector, *, deadline: float | None) -> None:
+    while True:
+        now = time.monotonic()
+        if io.finished(now) or (deadline is not None and (now >= deadline or io.event is not None)):
+            return
+        timeout = None if deadline is None else deadline - now
+        if io.event_time is not None:
+            grace = max(0.0, io.event_time + EOF_GRACE_SEC - now)
+            timeout = grace if timeout is None else min(timeout, grace)
+        for key, _mask in sel.select(timeout):
+            if key.data == "report":
+                io.on_report()
+                if io.event is not None:
+                    sel.unregister(io.report)
+            elif key.data == "out":
+                fd = key.fd
+                if not io.on_readable(fd):
+                    sel.unregister(fd)
+            else:
+                fd = key.fd
+                if not io.on_writable():
+                    sel.unregister(fd)
 
 
 async def drive_async(io: RunIO) -> None:
@@ -266,9 +290,23 @@ async def drive_async(io: RunIO) -> None:
         loop.add_writer(io.stdin_fd, on_in, io.stdin_fd)
         registered_w.append(io.stdin_fd)
     try:
-        await done
+        # shielded: a cancellation must not cancel ``done``, which the kill
+        # below still needs to learn that the run is over
+        await asyncio.shield(done)
     except asyncio.CancelledError:
+        # kill the run and wait for its exit (bounded), so that what runs
+        # after the cancellation sees it gone
         io.request_kill("cancelled")
+        if io.event is None:
+            stop = loop.create_future()
+            waiter = loop.call_later(STOP_WAIT_SEC, lambda: stop.done() or stop.set_result(None))
+            done.add_done_callback(lambda _f: stop.done() or stop.set_result(None))
+            try:
+                await stop
+            except asyncio.CancelledError:
+                pass
+            finally:
+                waiter.cancel()
         raise
     finally:
         if grace_handle is not None:

@@ -2,8 +2,11 @@
 
 Exit status of ``stockade run``: the program's own; 128+N when it was killed
 by signal N (a limit included); 124 on timeout (as timeout(1)); 125 when the
-sandbox itself could not start (bad policy, missing command, a protection the
-host cannot give); 126 when the command exists but cannot be executed.
+sandbox itself could not start (bad policy, a protection the host cannot
+give); 126 when the command exists but cannot be executed; 127 when it is not
+found (as shells do); 3 when a limit ended the run although the program
+itself exited 0 (e.g. its forks were refused at the process limit); 128+N
+when the CLI itself got signal N (SIGINT, SIGTERM, SIGHUP) and stopped the run.
 
 Exit status of ``stockade doctor``: 0 when runs under the policy (the
 default one, or ``--config`` and the options given) can start on this host,
@@ -13,14 +16,18 @@ default one, or ``--config`` and the options given) can start on this host,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
 
+EXIT_NOT_FOUND = 127
+EXIT_LIMIT_SURVIVED = 3
 EXIT_TIMEOUT = 124
 EXIT_SANDBOX_ERROR = 125
 EXIT_NOT_EXECUTABLE = 126
@@ -290,19 +297,24 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if changes:
             config = config.with_changes(**changes)
         manager = SandboxManager(config)
-        result = manager.execute(
-            command,
-            cwd=args.cwd,
-            stdin=None if args.json else sys.stdin,
-            capture_output=bool(args.json),
-        )
+        with _signals_interrupt():
+            result = manager.execute(
+                command,
+                cwd=args.cwd,
+                stdin=None if args.json else sys.stdin,
+                capture_output=bool(args.json),
+            )
     except CommandError as err:
         print(f"stockade: {err}", file=sys.stderr)
-        not_exec = "not executable" in str(err)
-        return EXIT_NOT_EXECUTABLE if not_exec else EXIT_SANDBOX_ERROR
+        return {"not_found": EXIT_NOT_FOUND, "not_executable": EXIT_NOT_EXECUTABLE}.get(
+            err.reason, EXIT_SANDBOX_ERROR
+        )
     except StockadeError as err:
         print(f"stockade: {err}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
+    except Interrupted as err:
+        print(f"stockade: {err.name}: the run was stopped", file=sys.stderr)
+        return 128 + err.signum
 
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -393,6 +405,33 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if data["ok"] else 1
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP reached the CLI while a run was going on."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into ``Interrupted`` while a run goes on, so
+    that the run is killed, awaited and checked (protected paths) before the
+    CLI exits, instead of the CLI dying on the spot."""
+
+    def raise_interrupted(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, raise_interrupted) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def exit_status(result: Any) -> int:
     """The CLI's exit status for a result (see the module docstring)."""
     from .result import Termination
@@ -402,6 +441,10 @@ def exit_status(result: Any) -> int:
     if result.termination is Termination.SANDBOX_ERROR:
         return EXIT_SANDBOX_ERROR
     if result.exit_code is not None:
+        if result.exit_code == 0 and not result.success:
+            # a limit ended the run though the program exited 0 by itself
+            # (a refused fork, output dropped past the cap): never report 0
+            return EXIT_LIMIT_SURVIVED
         return int(result.exit_code)
     if result.signal is not None:
         return 128 + int(result.signal)

@@ -42,11 +42,14 @@ class CommandError(StockadeError):
 
     Attributes:
         command: the argv that was asked for.
+        reason: ``"not_found"``, ``"not_executable"`` or ``"invalid"``
+            (the CLI exits 127, 126 or 125, as shells do for the first two).
     """
 
-    def __init__(self, message: str, *, command: list[str] | None = None):
+    def __init__(self, message: str, *, command: list[str] | None = None, reason: str = "invalid"):
         super().__init__(message)
         self.command = command
+        self.reason = reason
 
 
 class SandboxUnavailableError(StockadeError):

@@ -158,11 +158,13 @@ class SandboxManager:
             anything runs. Failures during the run are results.
         """
         prepared = self._prepare(command, cwd, env, timeout)
+        io: _io.RunIO | None = None
         try:
             io = self._submit(prepared, stdin, capture_output)
             _io.drive_sync(io)
         except BaseException:
-            _fsrun.warn_unchecked(prepared.fs)
+            if io is not None:  # it started: check what it may have planted
+                _fsrun.check_interrupted(prepared.fs, prepared.run_id, over=io.event is not None)
             raise
         finally:
             self._cleanup(prepared)
@@ -184,11 +186,13 @@ class SandboxManager:
         Cancelling the awaiting task kills the run.
         """
         prepared = self._prepare(command, cwd, env, timeout)
+        io: _io.RunIO | None = None
         try:
             io = self._submit(prepared, stdin, capture_output)
             await _io.drive_async(io)
         except BaseException:
-            _fsrun.warn_unchecked(prepared.fs)
+            if io is not None:  # it started: check what it may have planted
+                _fsrun.check_interrupted(prepared.fs, prepared.run_id, over=io.event is not None)
             raise
         finally:
             self._cleanup(prepared)
@@ -385,6 +389,13 @@ class SandboxManager:
             spec["net_bridge"] = {"port": _netpolicy.PROXY_PORT, "block_slot": block_slot}
             env.update(_netpolicy.proxy_environment())
             prepared.uses_proxy = True
+        if len(args) + len(argv) + 4 > _bwrap.MAX_ARGS:
+            raise CommandError(
+                f"{len(argv)} arguments: bubblewrap accepts at most {_bwrap.MAX_ARGS} in all "
+                f"(its options included, {len(args)} here); pass long lists through a file "
+                f"or stdin",
+                command=argv[:3],
+            )
         spec.update(
             path=info.path,
             argv=["bwrap", "--args", "3", "--", resolution.path, *argv[1:]],

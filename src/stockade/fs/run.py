@@ -166,13 +166,29 @@ def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
     return rows
 
 
-def warn_unchecked(plan: FsPlan | None) -> None:
-    """A run that ended by an exception in the caller (cancelled, interrupted)
-    is not checked: its exit is not awaited, and checking while its processes
-    may still write would prove nothing.
+def check_interrupted(plan: FsPlan | None, run_id: str, *, over: bool) -> None:
+    """The guard's check for a run the caller interrupted (cancelled task,
+    Ctrl-C, a signal to the CLI). The run was killed and its exit awaited
+    (``_io.STOP_WAIT_SEC``); when its exit is known (``over``) the check runs
+    as after a normal run and each finding is logged, since no result is
+    returned. Otherwise checking would prove nothing while its processes may
+    still write, so the unchecked paths are named instead.
+    """
+    if plan is None or not plan.guard:
+        return
+    if not over:
+        warn_unchecked(plan)
+        return
+    _violations, notes, _ms = after_run(plan, run_id)
+    for note in notes:
+        log.warning("run %s was interrupted; %s", run_id, note)
 
-    TODO(#6): check such runs once the launcher reports their exit; meanwhile
-    this warning names the protected paths left unchecked.
+
+def warn_unchecked(plan: FsPlan | None) -> None:
+    """Name the protected paths of a run whose end could not be awaited.
+
+    TODO(#6): a run the launcher did not report as over within
+    ``_io.STOP_WAIT_SEC`` of the kill stays unchecked; this warning says so.
     """
     if plan is None or not plan.guard:
         return

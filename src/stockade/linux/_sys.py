@@ -131,9 +131,9 @@ def unshare(flags: int) -> None:
 def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
     _check(
         _libc.mount(
-            source.encode() if source else None,
-            target.encode(),
-            fstype.encode() if fstype else None,
+            os.fsencode(source) if source else None,
+            os.fsencode(target),
+            os.fsencode(fstype) if fstype else None,
             ctypes.c_ulong(flags),
             None,
         ),
@@ -143,7 +143,7 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int) -> No
 
 def open_tree(path: str, flags: int) -> int:
     return _check(
-        _libc.syscall(NR_OPEN_TREE, AT_FDCWD, path.encode(), ctypes.c_uint(flags)),
+        _libc.syscall(NR_OPEN_TREE, AT_FDCWD, os.fsencode(path), ctypes.c_uint(flags)),
         f"open_tree({path!r}, {flags:#x})",
     )
 
@@ -168,7 +168,7 @@ def mount_setattr_idmap(tree_fd: int, userns_fd: int, extra: int = 0) -> None:
 
 def move_mount(tree_fd: int, target: str) -> None:
     _check(
-        _libc.syscall(NR_MOVE_MOUNT, tree_fd, b"", AT_FDCWD, target.encode(),
+        _libc.syscall(NR_MOVE_MOUNT, tree_fd, b"", AT_FDCWD, os.fsencode(target),
                       MOVE_MOUNT_F_EMPTY_PATH),
         f"move_mount(-> {target!r})",
     )

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from ..fs.mounts import Mount
 
 HOME_IN_SANDBOX = "/home/sandbox"
+# bubblewrap refuses more arguments than this, its options and the command's
+# together (MAX_ARGS in bubblewrap.c).
+MAX_ARGS = 9000
 
 _MERGED_USR_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_RO = {

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELLO_TIMEOUT_SEC = 30.0
+# Specs larger than this go in a memfd rather than in the message itself.
+INLINE_SPEC_MAX = 64 * 1024
 
 
 def _launcher_path() -> str:
@@ -175,12 +177,28 @@ class LauncherClient:
     def submit(self, spec: dict[str, Any], stdin_fd: int, stdout_fd: int, stderr_fd: int) -> socket.socket:
         """Hand a run to the launcher; returns the caller's end of its report socket."""
         payload = json.dumps(spec).encode()
+        spec_fd = None
+        if len(payload) > INLINE_SPEC_MAX:
+            # a long argv or environment: one SEQPACKET message holds only
+            # about 200 KiB, so the spec travels in a memfd
+            spec_fd = os.memfd_create("stockade-spec", os.MFD_CLOEXEC)
+            os.write(spec_fd, payload)
+            os.lseek(spec_fd, 0, os.SEEK_SET)
+            payload = b'{"spec_in_fd": true}'
+        try:
+            return self._send(payload, [stdin_fd, stdout_fd, stderr_fd], spec_fd)
+        finally:
+            if spec_fd is not None:
+                os.close(spec_fd)
+
+    def _send(self, payload: bytes, stdio: list[int], spec_fd: int | None) -> socket.socket:
         for attempt in range(2):
             self.ensure_started()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            fds = [*stdio, theirs.fileno()] + ([spec_fd] if spec_fd is not None else [])
             try:
                 assert self._control is not None
-                socket.send_fds(self._control, [payload], [stdin_fd, stdout_fd, stderr_fd, theirs.fileno()])
+                socket.send_fds(self._control, [payload], fds)
             except OSError as err:
                 ours.close()
                 theirs.close()

@@ -243,7 +243,7 @@ def _child_setup(
         if args_data is not None:
             # bubblewrap's layout: FD_ARGS, FD_JSON_STATUS, then bind sources
             args_fd = os.memfd_create("stockade-bwrap-args", 0)
-            os.write(args_fd, "\0".join(args_data).encode() + b"\0")
+            os.write(args_fd, b"".join(os.fsencode(a) + b"\0" for a in args_data))
             os.lseek(args_fd, 0, os.SEEK_SET)
             assert json_w is not None
             slots += [args_fd, json_w, *bind_fds]
@@ -903,6 +903,11 @@ class Launcher:
             return
         try:
             spec = json.loads(msg)
+            if spec.get("spec_in_fd") and len(fds) == 5:
+                # too large for one message (long argv or environment): the
+                # spec came in a memfd
+                with os.fdopen(fds.pop(), "rb") as fh:
+                    spec = json.loads(fh.read())
             if len(fds) != 4:
                 raise ValueError(f"expected 4 descriptors, got {len(fds)}")
         except ValueError as err:

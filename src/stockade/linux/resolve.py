@@ -94,6 +94,7 @@ def _locate(
         f"command not found: {name!r} is in none of the PATH directories "
         f"({search_path or 'empty PATH'})",
         command=list(argv),
+        reason="not_found",
     )
 
 
@@ -101,7 +102,9 @@ def _check_executable(path: str, name: str, argv: Sequence[str]) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise CommandError(f"command not found: {path} does not exist", command=list(argv)) from None
+        raise CommandError(
+            f"command not found: {path} does not exist", command=list(argv), reason="not_found"
+        ) from None
     except OSError as err:
         raise CommandError(f"cannot use {path}: {err.strerror}", command=list(argv)) from None
     if not stat.S_ISREG(st.st_mode):
@@ -111,6 +114,7 @@ def _check_executable(path: str, name: str, argv: Sequence[str]) -> None:
             f"{path} is not executable (mode {stat.filemode(st.st_mode)}); "
             f"run it through its interpreter or chmod +x it",
             command=list(argv),
+            reason="not_executable",
         )
 
 

@@ -139,6 +139,11 @@ class SyscallFilter:
         unix_sockets: with ``host_network``, whether ``socket(AF_UNIX)`` is
             allowed: only when something else confines unix socket paths
             (Landlock ABI 9). ``socketpair(AF_UNIX)`` is always allowed.
+        disk_budget: the policy bounds the workspace's growth (``disk_mb``).
+            That budget is measured by polling, and ``fallocate`` reserves
+            gigabytes between two polls; it then answers EOPNOTSUPP in the
+            filter (as on a file system without it), and libc's
+            ``posix_fallocate`` falls back to writing, which the budget sees.
         machine: the architecture (``platform.machine()`` when None).
 
     Raises:
@@ -155,6 +160,7 @@ class SyscallFilter:
     deny: tuple[str, ...] = ()
     host_network: bool = False
     unix_sockets: bool = True
+    disk_budget: bool = False
     machine: str | None = None
     warnings: list[str] = field(default_factory=list, init=False)
     _decisions: dict[str, Decision] = field(
@@ -305,6 +311,15 @@ class SyscallFilter:
                     name, nr, "compat", "ENOSYS", "ENOSYS", in_filter=True,
                     why="answered in the filter so that libc falls back",
                 )
+        if self.disk_budget:
+            nr = self.number("fallocate")
+            if nr is not None and decisions.get("fallocate", None) is not None:
+                if decisions["fallocate"].action == ALLOW:
+                    decisions["fallocate"] = Decision(
+                        "fallocate", nr, "files", "EOPNOTSUPP", "EOPNOTSUPP", in_filter=True,
+                        why="disk budget: reserving space would outrun its measurement; "
+                        "libc falls back to writing",
+                    )
         for name in data.LAUNCHER_NEEDS:
             assert decisions[name].action == ALLOW and not decisions[name].conditions
         self._decisions = decisions
@@ -390,7 +405,7 @@ class SyscallFilter:
                 pass  # libseccomp < 2.5
             for d in self.decisions():
                 if d.in_filter:
-                    flt.add_rule(sc.ERRNO(errno.ENOSYS), d.number)
+                    flt.add_rule(sc.ERRNO(getattr(errno, d.action)), d.number)
                 elif d.action != ALLOW or d.name in data.NOTIFIED_ALWAYS:
                     continue  # the default: notify
                 elif not d.conditions:
@@ -590,6 +605,7 @@ def filter_for(
     deny: tuple[str, ...] = (),
     host_network: bool = False,
     unix_sockets: bool = True,
+    disk_budget: bool = False,
 ) -> SyscallFilter:
     """The filter of a policy, built and compiled once per process.
 
@@ -603,6 +619,7 @@ def filter_for(
         deny=deny,
         host_network=host_network,
         unix_sockets=unix_sockets,
+        disk_budget=disk_budget,
     )
     flt.compile()
     return flt
@@ -639,6 +656,7 @@ def filter_for_config(
         tuple(config.syscalls_deny),
         host_network,
         not host_network or landlock_abi >= LANDLOCK_ABI_UNIX_PATHS,
+        config.disk_mb is not None,
     )
 
 
