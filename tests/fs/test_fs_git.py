@@ -315,18 +315,26 @@ def test_cli_protects_the_policy_file_in_the_workspace(workspace):
     assert policy.read_text() == "mode: moderate\n"
 
 
-async def test_a_cancelled_run_warns_that_it_was_not_checked(workspace, caplog):
+async def test_a_cancelled_run_is_checked_after_it_was_stopped(workspace, caplog):
     import asyncio
     import logging
 
     mgr = manager({"tier": "namespaces"})
-    task = asyncio.create_task(mgr.execute_async(["sleep", "30"], cwd=workspace))
-    await asyncio.sleep(0.5)
+    script = (
+        "git init -q && printf '#!/bin/sh\\ntouch PLANTED\\n' > .git/hooks/pre-commit && "
+        "chmod +x .git/hooks/pre-commit && sleep 30"
+    )
+    task = asyncio.create_task(mgr.execute_async(["sh", "-c", script], cwd=workspace))
+    hook = workspace / ".git" / "hooks" / "pre-commit"
+    for _ in range(200):
+        if hook.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert hook.exists(), "the run did not plant its hook"
     task.cancel()
     with caplog.at_level(logging.WARNING, logger="stockade"):
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert any(
-        ".git/hooks" in r.getMessage() and "not checked" in r.getMessage()
-        for r in caplog.records
-    )
+    # stopped, awaited, then checked: the planted hook does not stay
+    assert not hook.exists()
+    assert any("interrupted" in r.getMessage() for r in caplog.records)
