@@ -152,3 +152,23 @@ def _cmdline_has(pid: str, tag: str) -> bool:
             return tag.encode() in fh.read()
     except OSError:
         return False
+
+
+def test_json_keeps_binary_output_exactly(workspace):
+    import base64
+
+    proc = cli("run", "--no-log", "--json", "--", "printf", "\\377\\376ok", cwd=workspace)
+    data = json.loads(proc.stdout)
+    assert base64.b64decode(data["stdout_base64"]) == b"\xff\xfeok"
+    assert "stderr_base64" not in data
+
+
+def test_limits_take_none(workspace):
+    proc = cli("run", "--no-log", "--json", "--memory", "none", "--cpu-time", "none", "--", "true", cwd=workspace)
+    data = json.loads(proc.stdout)
+    assert data["limits"]["memory_mb"] is None and data["limits"]["cpu_time_sec"] is None
+
+
+def test_python_dash_m_stockade(workspace):
+    proc = subprocess.run([sys.executable, "-m", "stockade", "--version"], capture_output=True)
+    assert proc.returncode == 0 and proc.stdout.startswith(b"stockade ")

@@ -33,6 +33,29 @@ EXIT_SANDBOX_ERROR = 125
 EXIT_NOT_EXECUTABLE = 126
 
 
+class _Unlimited:
+    """The value of a limit option given as ``none``."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+UNLIMITED = _Unlimited()
+
+
+def _limit(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "off", "unlimited"):
+            return UNLIMITED
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'none', not {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stockade",
@@ -50,22 +73,24 @@ def _parser() -> argparse.ArgumentParser:
             "through and a one-line summary goes to stderr."
         ),
     )
+    run.set_defaults(run_parser=run)
     run.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
-    run.add_argument("--timeout", type=float, metavar="SEC", help="wall-clock limit in seconds")
-    run.add_argument("--cpu-time", type=float, metavar="SEC", help="CPU seconds of the whole process tree")
-    run.add_argument("--memory", type=int, metavar="MIB", help="memory of the whole process tree, MiB")
+    # every limit also takes "none": not limited by stockade
+    run.add_argument("--timeout", type=_limit(float), metavar="SEC", help="wall-clock limit in seconds")
+    run.add_argument("--cpu-time", type=_limit(float), metavar="SEC", help="CPU seconds of the whole process tree")
+    run.add_argument("--memory", type=_limit(int), metavar="MIB", help="memory of the whole process tree, MiB")
     run.add_argument(
         "--pids",
         "--max-processes",
         dest="max_processes",
-        type=int,
+        type=_limit(int),
         metavar="N",
         help="processes and threads of the whole tree at once",
     )
-    run.add_argument("--cpus", type=float, metavar="CORES", help="CPU quota in cores, e.g. 0.5")
+    run.add_argument("--cpus", type=_limit(float), metavar="CORES", help="CPU quota in cores, e.g. 0.5")
     run.add_argument(
         "--disk",
-        type=int,
+        type=_limit(int),
         metavar="MIB",
         help="disk budget, MiB: each private tmpfs, the largest file, workspace growth",
     )
@@ -272,7 +297,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ):
             value = getattr(args, option)
             if value is not None:
-                changes[field] = value
+                changes[field] = None if value is UNLIMITED else value
         env = {}
         for item in args.env:
             name, sep, value = item.partition("=")
@@ -289,7 +314,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         changes.update(_tier_changes(args, config))
         changes.update(_path_changes(args, config))
         if (args.max_output is not None or args.truncate_output) and not args.json:
-            parser.error("run: --max-output and --truncate-output apply to captured output (--json)")
+            args.run_parser.error("--max-output and --truncate-output apply to captured output (--json)")
         if args.max_output is not None:
             changes["max_output_bytes"] = args.max_output * 1024 * 1024
         if args.truncate_output:

@@ -211,7 +211,9 @@ class SandboxManager:
     ) -> _Prepared:
         t0 = time.monotonic()
         config = self.config
-        argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+        argv = shlex.split(command) if isinstance(command, str) else [
+            os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in command
+        ]
         if not argv or not argv[0]:
             raise CommandError("empty command: nothing to run", command=argv)
         if timeout is not None and timeout <= 0:
@@ -327,7 +329,7 @@ class SandboxManager:
             if why:
                 raise PolicyError(
                     f"refusing {workspace!r} as the writable workspace: {why}. Run from a "
-                    f"project directory or pass workspace=<dir>",
+                    f"project directory, or name one (CLI --workspace DIR, API workspace=DIR)",
                     key="workspace",
                     value=workspace,
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import signal as _signal
@@ -177,6 +178,12 @@ class SandboxResult:
         if include_output:
             data["stdout"] = self.stdout_text
             data["stderr"] = self.stderr_text
+            # text replaces what is not UTF-8; keep such output exactly too
+            for name, raw in (("stdout", self.stdout), ("stderr", self.stderr)):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    data[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
         else:
             del data["stdout"], data["stderr"]
         return data

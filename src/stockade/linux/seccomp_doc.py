@@ -162,12 +162,17 @@ def render_text(flt: SyscallFilter) -> str:
 def render_overview() -> str:
     """``stockade filters show`` without a mode: groups by mode."""
     width = max(len(g.name) for g in data.GROUPS)
-    header = f"{'group':<{width}}  {'strict':<8}{'moderate':<10}{'permissive':<11}"
+    # each column as wide as its longest cell, plus two spaces
+    widths = [
+        max(len(mode), *(len(_cell(g, mode)) for g in data.GROUPS)) + 2
+        for mode in data.MODES
+    ]
+    header = f"{'group':<{width}}  " + "".join(
+        f"{mode:<{w}}" for mode, w in zip(data.MODES, widths)
+    )
     lines = [header + "calls"]
     for group in data.GROUPS:
-        cells = "".join(
-            f"{_cell(group, m):<{w}}" for m, w in zip(data.MODES, (8, 10, 11))
-        )
+        cells = "".join(f"{_cell(group, m):<{w}}" for m, w in zip(data.MODES, widths))
         lines.append(f"{group.name:<{width}}  {cells}{len(group.calls)}")
     lines += ["", "allowed with some arguments only:"]
     for calls, per_mode in data.ARGUMENT_RULES.items():
