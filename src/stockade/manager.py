@@ -7,21 +7,25 @@ one event loop, and ``execute`` may be called from many threads.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
 import shutil
 import signal as _signal
+import socket
 import sys
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import _io
+from . import pool as _pool
 from .audit import ExecutionLog, resolve_log_path
 from .config import SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
@@ -33,6 +37,7 @@ from .linux import limits as _limits
 from .linux import seccomp as _seccomp
 from .linux import tiers as _tiers
 from .linux.client import shared_launcher
+from .linux import waiter as _waiter
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
 from .linux.resolve import resolve_command
 from .network import policy as _netpolicy
@@ -71,6 +76,8 @@ class _Prepared:
     overhead_tasks: int = 0
     syscall_filter: _seccomp.SyscallFilter | None = None
     use_filter: bool = False
+    pooled: bool = False
+    pool_note: str | None = None
 
 
 class SandboxManager:
@@ -79,17 +86,34 @@ class SandboxManager:
     Args:
         config: the policy; ``SandboxConfig()`` (moderate, default limits)
             when omitted.
+        prewarm: keep this many sandboxes of the policy prepared ahead of
+            time (``stockade.pool``), so that a run pays little more than
+            the exec of its program. Each still serves one run only. They
+            are prepared for ``config.workspace`` at once, or else for the
+            workspace of the first run; ``close()`` ends them.
         **overrides: fields replacing those of ``config``, validated.
 
     Raises:
-        PolicyError: on an invalid override.
+        PolicyError: on an invalid override, or ``prewarm`` out of range or
+            with mode ``disabled``.
+        SandboxUnavailableError: ``prewarm`` without a system ``python3``
+            (the prepared sandboxes' waiter).
     """
 
-    def __init__(self, config: SandboxConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: SandboxConfig | None = None, *, prewarm: int = 0, **overrides: Any
+    ) -> None:
         config = config or SandboxConfig()
         if overrides:
             config = config.with_changes(**overrides)
         self.config = config
+        self._prewarm = self._check_prewarm(prewarm, config)
+        self._pool: _pool.PreparedPool | None = None
+        self._pool_lock = threading.Lock()
+        self._pool_holder: list[_pool.PreparedPool] = []
+        if self._prewarm:
+            # the pool's sandboxes end with the manager, closed or not
+            weakref.finalize(self, _close_pools, self._pool_holder)
         log_path = resolve_log_path(config.execution_log)
         self._log = ExecutionLog(log_path) if log_path else None
         self._launcher = shared_launcher()
@@ -103,6 +127,32 @@ class SandboxManager:
                 "stockade mode 'disabled': commands run WITHOUT namespaces or a syscall "
                 "filter; only the timeout, rlimits and the execution log apply"
             )
+        if self._prewarm and config.workspace is not None:
+            self._start_pool(os.fspath(config.workspace))
+
+    @staticmethod
+    def _check_prewarm(prewarm: int, config: SandboxConfig) -> int:
+        if isinstance(prewarm, bool) or not isinstance(prewarm, int):
+            raise PolicyError(f"prewarm = {prewarm!r}: must be an integer", key="prewarm", value=prewarm)
+        if not 0 <= prewarm <= _pool.MAX_PREWARM:
+            raise PolicyError(
+                f"prewarm = {prewarm}: must be between 0 and {_pool.MAX_PREWARM}",
+                key="prewarm",
+                value=prewarm,
+            )
+        if prewarm and config.mode is SandboxMode.DISABLED:
+            raise PolicyError(
+                "prewarm: mode 'disabled' has no sandbox to prepare; use prewarm=0",
+                key="prewarm",
+                value=prewarm,
+            )
+        if prewarm and _waiter.interpreter() is None:
+            raise SandboxUnavailableError(
+                "prewarm",
+                f"no python3 in {_waiter.SEARCH_PATH} to wait in the prepared sandboxes",
+                "install the system's python3 package, or use prewarm=0",
+            )
+        return prewarm
 
     # -- public API ----------------------------------------------------------
 
@@ -111,7 +161,13 @@ class SandboxManager:
         self._launcher.ensure_started()
 
     def close(self) -> None:
-        """Stop the manager's network proxy, if one was started. Idempotent."""
+        """End the prepared sandboxes and stop the network proxy, if any.
+        Idempotent."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+            self._pool_holder.clear()
+        if pool is not None:
+            pool.close()
         with self._proxy_lock:
             proxy, self._proxy = self._proxy, None
         if proxy is not None:
@@ -693,7 +749,13 @@ class SandboxManager:
                         pass
                 out_w = _fileno(sys.stdout, 1)
                 err_w = _fileno(sys.stderr, 2)
-            report = self._launcher.submit(prepared.spec, stdin_child, out_w, err_w)
+            report = None
+            if self._prewarm:
+                report = self._submit_pooled(prepared, stdin_child, out_w, err_w)
+            if report is None:
+                report = self._launcher.submit(prepared.spec, stdin_child, out_w, err_w)
+                if self._prewarm:
+                    self._after_cold_run(prepared)
             on_message = None
             if prepared.uses_proxy:
                 on_message = self._bridge_handler(prepared.run_id)
@@ -715,6 +777,113 @@ class SandboxManager:
             on_message=on_message,
             kill_at_cap=self.config.output_limit_action == "kill",
         )
+
+    # -- prewarmed sandboxes ---------------------------------------------------
+
+    def _poolable(self, prepared: _Prepared) -> str | None:
+        """Why this run cannot use a prepared sandbox (None: it can)."""
+        if prepared.tier != _tiers.TIER_NAMESPACES or "args_data" not in prepared.spec:
+            return f"the {prepared.tier} tier has no prepared sandboxes"
+        if prepared.uses_proxy:
+            return "network allowlist runs get their proxy bridge at start"
+        return None
+
+    def _submit_pooled(
+        self, prepared: _Prepared, stdin_fd: int, out_w: int, err_w: int
+    ) -> Any:
+        """Give the run to a prepared sandbox; None: run it cold (the reason
+        is in ``prepared.pool_note``)."""
+        why = self._poolable(prepared)
+        if why is not None:
+            prepared.pool_note = f"not pooled: {why}"
+            return None
+        key, chdir = _pool.shape(prepared.spec)
+        with self._pool_lock:
+            pool = self._pool
+            if pool is not None and pool.pid != os.getpid():
+                pool.close()  # inherited through fork: the parent's
+                self._pool = pool = None
+                self._pool_holder.clear()
+        if pool is None:
+            prepared.pool_note = "not pooled: the pool is being prepared"
+            return None
+        if pool.broken:
+            prepared.pool_note = f"not pooled: the pool stopped ({pool.broken})"
+            return None
+        if pool.key != key:
+            prepared.pool_note = (
+                f"not pooled: the prepared sandboxes are for another mount view "
+                f"(workspace {pool.workspace}; this run needs other paths visible)"
+            )
+            return None
+        spec = prepared.spec
+        request = {
+            "op": "go",
+            "run_id": prepared.run_id,
+            "timeout": spec.get("timeout"),
+            "path": spec["argv"][4],
+            "argv": spec["argv"][4:],
+            "env": spec["env"],
+            "cwd": chdir or prepared.cwd,
+        }
+        payload = json.dumps(request).encode()
+        if len(payload) > _waiter.MAX_REQUEST:
+            prepared.pool_note = "not pooled: argv and environment too large for a prepared sandbox"
+            return None
+        sock = pool.take()
+        if sock is None:
+            prepared.pool_note = f"not pooled: none of the {pool.size} prepared sandboxes was ready"
+            return None
+        try:
+            socket.send_fds(sock, [payload], [stdin_fd, out_w, err_w])
+        except OSError as err:
+            sock.close()
+            prepared.pool_note = f"not pooled: the prepared sandbox was gone ({err.strerror})"
+            return None
+        prepared.pooled = True
+        return sock
+
+    def _after_cold_run(self, prepared: _Prepared) -> None:
+        """The first run of a manager without a workspace tells the pool's."""
+        if self._pool is None and self._poolable(prepared) is None:
+            workspace = (prepared.spec.get("disk_budget") or {}).get("path") or prepared.cwd
+            try:
+                self._start_pool(prepared.cwd, expect=_pool.shape(prepared.spec)[0])
+            except (PolicyError, CommandError, SandboxUnavailableError) as err:
+                log.warning("stockade: no prewarm pool for %s: %s", workspace, err)
+
+    def _start_pool(self, cwd: str, expect: Any = None) -> None:
+        """Prepare ``prewarm`` sandboxes for runs in ``cwd``'s workspace."""
+        python = _waiter.interpreter()
+        assert python is not None
+        template = self._prepare(_waiter.argv(python, 0), cwd, None, None)
+        why = self._poolable(template)
+        if why is not None:
+            self._cleanup(template)
+            log.warning("stockade: prewarm does nothing here: %s", why)
+            return
+        spec = template.spec
+        slot = FD_FIRST_BIND + len(spec.get("bind_paths") or [])
+        spec["argv"][-1] = str(slot)
+        spec["pool"] = {"slot": slot}
+        spec["timeout"] = None
+        spec["rlimits"] = _waiter.pooled_cpu_limit(spec.get("rlimits") or [])
+        spec["run_id"] = f"pool-{template.run_id}"
+        key, _chdir = _pool.shape(spec)
+        if expect is not None and key != expect:
+            # the runs' command needs more visible than the waiter: a pool of
+            # this shape would never fit them
+            self._cleanup(template)
+            log.info("stockade: prewarm: the runs' mount view differs from a prepared one")
+            return
+        with self._pool_lock:
+            if self._pool is not None:
+                self._cleanup(template)
+                return
+            self._pool = _pool.PreparedPool(
+                self._launcher.open_pool, spec, key, self._prewarm, template.cleanup, _remove_tree
+            )
+            self._pool_holder.append(self._pool)
 
     def _bridge_handler(self, run_id: str) -> Any:
         """Hands the run's listener (from the launcher) to the proxy."""
@@ -787,6 +956,7 @@ class SandboxManager:
             violations += found
             prepared.notes += notes
             prepared.timings["fs_guard_ms"] = guard_ms
+        prepared.notes += _pool_notes(prepared, event)
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
         for key, value in prepared.timings.items():
@@ -815,10 +985,30 @@ class SandboxManager:
             notes=prepared.notes,
             timings_ms=timings,
             connections=list(traffic.connections) if traffic is not None else [],
+            pooled=prepared.pooled,
         )
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
+
+
+def _close_pools(holder: list[_pool.PreparedPool]) -> None:
+    for pool in holder:
+        pool.close()
+    holder.clear()
+
+
+def _pool_notes(prepared: _Prepared, event: Mapping[str, Any]) -> list[str]:
+    if not prepared.pooled:
+        return [prepared.pool_note] if prepared.pool_note else []
+    notes = ["pooled: ran in a sandbox prepared ahead of time (prewarm)"]
+    baseline = (event.get("cgroup") or {}).get("baseline")
+    if baseline is None or not baseline.get("peak_reset"):
+        notes.append(
+            "pooled: peak memory includes the waiter the sandbox held before the "
+            "program (about 10 MiB); CPU time does not"
+        )
+    return notes
 
 
 def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:

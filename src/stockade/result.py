@@ -120,6 +120,8 @@ class SandboxResult:
     ``tier`` is how the sandbox was built: ``namespaces`` (bubblewrap),
     ``landlock`` (the second tier, for hosts without user namespaces) or
     ``none`` (mode disabled); ``protections`` says what was in force.
+    ``pooled`` is true when the run used a sandbox prepared ahead of time
+    (``SandboxManager(prewarm=N)``).
     """
 
     run_id: str
@@ -142,6 +144,7 @@ class SandboxResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     connections: list[Connection] = field(default_factory=list)
     tier: str = "none"
+    pooled: bool = False
 
     @property
     def success(self) -> bool:

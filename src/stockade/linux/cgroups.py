@@ -509,6 +509,11 @@ class RunCgroup:
         self._fds: dict[str, int] = {}
         self.pids_samples_peak = 0
         self.cpu_rate = float(len(os.sched_getaffinity(0)) or 1)
+        # a prepared sandbox's waiter ran here before the program: its CPU
+        # time is subtracted and the memory peak restarts (set_baseline)
+        self.base_cpu: dict[str, float] = {}
+        self.peak_reset: bool | None = None
+        self._peak_fd: int | None = None
 
     # -- set-up ----------------------------------------------------------------
 
@@ -627,13 +632,43 @@ class RunCgroup:
         text = self._counter("cpu")
         if not text:
             return None
+        base = int(self.base_cpu.get("total", 0.0) * 1e9)
         if self.version == 2:
             usec = _keyed(text).get("usage_usec")
-            return None if usec is None else usec * 1000
+            return None if usec is None else max(0, usec * 1000 - base)
         try:
-            return int(text.strip())
+            return max(0, int(text.strip()) - base)
         except ValueError:
             return None
+
+    def set_baseline(self) -> None:
+        """Count usage from now on: a prepared sandbox's program starts after
+        its waiter (``waiter.py``) did. The CPU time so far is subtracted
+        from what ``usage`` and the CPU limit see; the memory peak restarts
+        where the kernel allows it (v1 always; v2 from Linux 6.12, where a
+        write to ``memory.peak`` restarts the peak seen through that file
+        descriptor), else ``peak_reset`` stays False and the peak includes
+        the waiter."""
+        before = self.usage(cpu_only=True)
+        self.base_cpu = {
+            key: float(before.get(f"cpu_{key}_sec") or 0.0) for key in ("user", "system", "total")
+        }
+        if MEMORY not in self.dirs:
+            return
+        try:
+            if self.version == 2:
+                fd = os.open(os.path.join(self.dirs[CPUACCT], "memory.peak"), os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"reset")
+                except OSError:
+                    os.close(fd)
+                    raise
+                self._peak_fd = fd
+            else:
+                _write(os.path.join(self.dirs[MEMORY], "memory.max_usage_in_bytes"), "0")
+            self.peak_reset = True
+        except OSError:
+            self.peak_reset = False
 
     def check(self) -> tuple[str | None, float | None]:
         """Read the counters a limit acts on.
@@ -678,34 +713,56 @@ class RunCgroup:
 
     # -- the end -------------------------------------------------------------------
 
-    def usage(self) -> dict[str, Any]:
-        """Usage of the run's tree, as JSON-ready numbers (None: unknown)."""
+    def usage(self, cpu_only: bool = False) -> dict[str, Any]:
+        """Usage of the run's tree, as JSON-ready numbers (None: unknown).
+
+        ``cpu_only``: the CPU figures alone, before any baseline."""
         out: dict[str, Any] = {"version": self.version, "name": self.name}
         if self.version == 2:
-            d = self.dirs[CPUACCT]
-            stat = _keyed(_read(os.path.join(d, "cpu.stat")))
+            stat = _keyed(_read(os.path.join(self.dirs[CPUACCT], "cpu.stat")))
             out["cpu_user_sec"] = stat.get("user_usec", 0) / 1e6
             out["cpu_system_sec"] = stat.get("system_usec", 0) / 1e6
             out["cpu_total_sec"] = stat.get("usage_usec", 0) / 1e6
-            mem = _read(os.path.join(d, "memory.peak")).strip() if MEMORY in self.dirs else ""
-            pids = _read(os.path.join(d, "pids.peak")).strip() if PIDS in self.dirs else ""
-        else:
-            if CPUACCT in self.dirs:
-                d = self.dirs[CPUACCT]
-                user = _read(os.path.join(d, "cpuacct.usage_user")).strip()
-                system = _read(os.path.join(d, "cpuacct.usage_sys")).strip()
-                total = _read(os.path.join(d, "cpuacct.usage")).strip()
-                out["cpu_user_sec"] = int(user) / 1e9 if user.isdigit() else None
-                out["cpu_system_sec"] = int(system) / 1e9 if system.isdigit() else None
-                out["cpu_total_sec"] = int(total) / 1e9 if total.isdigit() else None
-            mem = _read(os.path.join(self.dirs[MEMORY], "memory.max_usage_in_bytes")).strip() if MEMORY in self.dirs else ""
-            pids = _read(os.path.join(self.dirs[PIDS], "pids.peak")).strip() if PIDS in self.dirs else ""
+        elif CPUACCT in self.dirs:
+            d = self.dirs[CPUACCT]
+            user = _read(os.path.join(d, "cpuacct.usage_user")).strip()
+            system = _read(os.path.join(d, "cpuacct.usage_sys")).strip()
+            total = _read(os.path.join(d, "cpuacct.usage")).strip()
+            out["cpu_user_sec"] = int(user) / 1e9 if user.isdigit() else None
+            out["cpu_system_sec"] = int(system) / 1e9 if system.isdigit() else None
+            out["cpu_total_sec"] = int(total) / 1e9 if total.isdigit() else None
         user, system, total = out.get("cpu_user_sec"), out.get("cpu_system_sec"), out.get("cpu_total_sec")
         if user is not None and system is not None and total and user + system > 0:
             # the user/system split is sampled (ticks), the total is exact:
             # scale the split so that it adds up to the total
             scale = total / (user + system)
             out["cpu_user_sec"], out["cpu_system_sec"] = user * scale, system * scale
+        if cpu_only:
+            return out
+        base = self.base_cpu
+        if base:
+            for key in ("user", "system", "total"):
+                value = out.get(f"cpu_{key}_sec")
+                if value is not None:
+                    out[f"cpu_{key}_sec"] = max(0.0, value - base[key])
+            out["baseline"] = {"cpu_total_sec": base["total"], "peak_reset": self.peak_reset}
+
+        mem = pids = ""
+        if self.version == 2:
+            d = self.dirs[CPUACCT]
+            if MEMORY in self.dirs:
+                if self._peak_fd is not None:
+                    try:
+                        mem = os.pread(self._peak_fd, 64, 0).decode().strip()
+                    except OSError:
+                        mem = ""
+                else:
+                    mem = _read(os.path.join(d, "memory.peak")).strip()
+            pids = _read(os.path.join(d, "pids.peak")).strip() if PIDS in self.dirs else ""
+        else:
+            if MEMORY in self.dirs:
+                mem = _read(os.path.join(self.dirs[MEMORY], "memory.max_usage_in_bytes")).strip()
+            pids = _read(os.path.join(self.dirs[PIDS], "pids.peak")).strip() if PIDS in self.dirs else ""
         out["memory_peak_bytes"] = int(mem) if mem.isdigit() else None
         if pids.isdigit():
             out["pids_peak"] = int(pids)
@@ -761,6 +818,9 @@ class RunCgroup:
             except OSError:
                 pass
         self._fds.clear()
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+            self._peak_fd = None
 
     def remove(self) -> bool:
         """Remove the directories. Returns False while some are still busy."""

@@ -191,6 +191,27 @@ class LauncherClient:
             if spec_fd is not None:
                 os.close(spec_fd)
 
+    def open_pool(self, request: dict[str, Any], pool_fd: int) -> None:
+        """Ask the launcher for a pool of prepared sandboxes (``stockade.pool``)."""
+        payload = json.dumps(request).encode()
+        spec_fd = None
+        if len(payload) > INLINE_SPEC_MAX:
+            spec_fd = os.memfd_create("stockade-pool", os.MFD_CLOEXEC)
+            os.write(spec_fd, payload)
+            os.lseek(spec_fd, 0, os.SEEK_SET)
+            payload = b'{"spec_in_fd": true}'
+        try:
+            self.ensure_started()
+            assert self._control is not None
+            fds = [pool_fd] + ([spec_fd] if spec_fd is not None else [])
+            try:
+                socket.send_fds(self._control, [payload], fds)
+            except OSError as err:
+                raise SandboxUnavailableError("launcher", f"cannot reach the launcher: {err}", "retry") from err
+        finally:
+            if spec_fd is not None:
+                os.close(spec_fd)
+
     def _send(self, payload: bytes, stdio: list[int], spec_fd: int | None) -> socket.socket:
         for attempt in range(2):
             self.ensure_started()

@@ -83,6 +83,10 @@ _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGXFSZ)
 # bubblewrap's monitor exited, before reporting without its usage.
 INIT_REAP_GRACE_SEC = 2.0
 
+# How long a pool waits, after giving a sandbox a program, before preparing
+# its replacement while that program still runs (see Pool.on_dispatched).
+REFILL_DELAY_SEC = 0.02
+
 # How often a workspace's disk budget is checked (one statvfs).
 LIMIT_POLL_SEC = 0.05
 
@@ -251,6 +255,9 @@ def _child_setup(
             if bridge and bridge.get("block_slot") != len(slots):
                 # bubblewrap would read another descriptor and not wait
                 raise OSError(errno.EINVAL, f"--block-fd slot {bridge.get('block_slot')} != {len(slots)}")
+            waiter = spec.get("pool")
+            if waiter and waiter.get("slot") != len(slots) + len(extra_fds) - 1:
+                raise OSError(errno.EINVAL, f"waiter slot {waiter.get('slot')} is not last")
             slots += extra_fds
         # Lift every source above the slots first, so that a dup2 into a slot
         # never clobbers a source still needed.
@@ -357,6 +364,19 @@ class Run:
         self.disk: DiskBudget | None = None
         self.next_poll: float | None = None
         self.limit_error: dict[str, Any] | None = None
+        # a prepared sandbox of a pool (stockade.pool): its waiter's socket,
+        # and what the waiter's own start used (subtracted from the usage)
+        self.pool: Pool | None = None
+        self.waiter: socket.socket | None = None
+        self.waiter_ready = False
+        self.waiter_cpu: tuple[float, float] | None = None
+        self.dispatched = False
+        self.refills: Pool | None = None  # refilled when this run ends
+        self.t_go: float | None = None
+        self.t_handed: float | None = None
+        self.t_json_exit: float | None = None
+        if spec.get("pool"):
+            self.deadline = None  # the clock starts when a program is given
 
     # -- start ---------------------------------------------------------------
 
@@ -379,6 +399,10 @@ class Run:
         if self.spec.get("net_bridge"):
             block_r, self.block_w = os.pipe2(os.O_CLOEXEC)
             extra_fds.append(block_r)
+        waiter_child = None
+        if self.spec.get("pool"):
+            self.waiter, waiter_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            extra_fds.append(waiter_child.fileno())
         try:
             pid = os.fork()
         except OSError:
@@ -387,6 +411,9 @@ class Run:
                     os.close(fd)
             parent_sock.close()
             child_sock.close()
+            if self.waiter is not None:
+                self.waiter.close()
+                self.waiter = None
             raise
         if pid == 0:  # pragma: no cover - child
             parent_sock.close()
@@ -395,6 +422,8 @@ class Run:
         child_sock.close()
         if json_w is not None:
             os.close(json_w)
+        if waiter_child is not None:
+            waiter_child.detach()  # closed with extra_fds
         for fd in extra_fds:
             os.close(fd)
         for fd in self.stdio:
@@ -406,6 +435,8 @@ class Run:
         if self.json_r is not None:
             sel.register(self.json_r, selectors.EVENT_READ, (self.on_json, None))
         sel.register(self.report, selectors.EVENT_READ, (self.on_report, None))
+        if self.waiter is not None:
+            sel.register(self.waiter, selectors.EVENT_READ, (self.on_waiter, None))
         self.launcher.by_pid[pid] = self
 
     def _start_limits(self) -> None:
@@ -429,6 +460,8 @@ class Run:
                     return
             if self.cgroup is not None:
                 self.spec["cgroup_procs"] = self.cgroup.join_paths
+        if self.spec.get("pool"):
+            return  # the rest starts with the program (on_go)
         budget = self.spec.get("disk_budget")
         if budget:
             self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
@@ -540,6 +573,7 @@ class Run:
                     self.open_bridge()
             if "exit-code" in data:
                 self.json_exit_code = int(data["exit-code"])
+                self.t_json_exit = time.monotonic()
 
     def open_bridge(self) -> None:
         """Create the proxy's listener in the sandbox, hand it over, start the program.
@@ -575,11 +609,14 @@ class Run:
         self.block_w = None
 
     def on_report(self, _arg: Any) -> None:
+        fds: list[int] = []
         try:
-            msg = self.report.recv(65536)
+            msg, fds, _flags, _addr = socket.recv_fds(self.report, MAX_MESSAGE, 3)
         except OSError:
             msg = b""
         if not msg:
+            for fd in fds:
+                os.close(fd)
             # The caller went away (cancelled, or died): end the run.
             self.launcher.sel.unregister(self.report)
             self.kill("cancelled")
@@ -587,9 +624,74 @@ class Run:
         try:
             data = json.loads(msg)
         except ValueError:
+            data = {}
+        if data.get("op") == "go" and self.spec.get("pool") and not self.dispatched:
+            self.on_go(data, fds)
             return
+        for fd in fds:
+            os.close(fd)
         if data.get("op") == "kill":
             self.kill(str(data.get("reason") or "cancelled"))
+
+    # -- prepared sandboxes (pool) -------------------------------------------
+
+    def on_waiter(self, _arg: Any) -> None:
+        """The waiter's messages: ``ready`` once, then EOF at its exec."""
+        assert self.waiter is not None
+        try:
+            msg = self.waiter.recv(4096)
+        except OSError:
+            msg = b""
+        if not msg:
+            self.launcher.sel.unregister(self.waiter)
+            self.waiter.close()
+            self.waiter = None
+            if self.dispatched:
+                self.t_handed = time.monotonic()  # the waiter is about to exec
+            return
+        try:
+            data = json.loads(msg)
+        except ValueError:
+            return
+        ready = data.get("ready")
+        if isinstance(ready, list) and len(ready) == 2 and not self.waiter_ready:
+            self.waiter_ready = True
+            self.waiter_cpu = (float(ready[0]), float(ready[1]))
+            if self.cgroup is not None:
+                # the waiter's start is not the program's: count from here
+                self.cgroup.set_baseline()
+
+    def on_go(self, data: dict[str, Any], fds: list[int]) -> None:
+        """A program for this prepared sandbox: hand it to the waiter."""
+        self.dispatched = True
+        now = time.monotonic()
+        self.t_go = now
+        self.run_id = str(data.get("run_id") or self.run_id)
+        timeout = data.get("timeout")
+        self.deadline = now + float(timeout) if timeout else None
+        if self.pool is not None:
+            self.pool.on_dispatched(self)
+        request = {k: data.get(k) for k in ("path", "argv", "env", "cwd")}
+        try:
+            if self.waiter is None or len(fds) != 3 or self.status is not None:
+                raise OSError(errno.ESRCH, "the prepared sandbox is gone")
+            socket.send_fds(self.waiter, [json.dumps(request).encode()], fds)
+        except OSError as err:
+            if self.setup_error is None:
+                self.setup_error = {
+                    "error": f"prepared sandbox: {err}",
+                    "step": "pool",
+                    "errno": err.errno,
+                }
+            self.kill("sandbox_error")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        budget = self.spec.get("disk_budget")
+        if budget:
+            self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
+        if self.cgroup is not None or self.disk is not None:
+            self.next_poll = now
 
     # -- ending --------------------------------------------------------------
 
@@ -690,6 +792,14 @@ class Run:
                     self.on_json_lines()
             except (BlockingIOError, OSError):
                 pass
+        if self.pool is not None:
+            self.pool.on_finished(self)
+        if self.waiter_cpu is not None and self.init_rusage is not None:
+            # the waiter ran as the program's process: its start is not the
+            # program's usage (it is in the sandbox init's children)
+            user, system = self.waiter_cpu
+            self.init_rusage["utime"] = max(0.0, self.init_rusage["utime"] - user)
+            self.init_rusage["stime"] = max(0.0, self.init_rusage["stime"] - system)
         violations = []
         if self.supervisor is not None:
             violations = self.supervisor.violations()
@@ -723,20 +833,44 @@ class Run:
             "violations": violations,
             "cgroup": cgroup_usage,
             "disk": disk,
-            "times": {
-                "launch_ms": ((self.t_exec or self.t_start) - self.t_start) * 1000,
-                "run_ms": ((self.t_exit or time.monotonic()) - self.t_start) * 1000,
-            },
+            "times": self._times(),
         }
+        if self.spec.get("pool"):
+            event["pooled"] = {
+                "dispatched": self.dispatched,
+                "waiter_ready": self.waiter_ready,
+                "waiter_cpu_sec": sum(self.waiter_cpu) if self.waiter_cpu else None,
+            }
         try:
             self.report.send(json.dumps(event).encode())
         except OSError:
             pass
         self.close()
+        if self.refills is not None:
+            self.refills.refill_at = None
+            self.refills.fill()
         if self.cgroup is not None and self.launcher.cgroups is not None:
             # after the event: removal is off the caller's path
             self.launcher.cgroups.release(self.cgroup)
             self.cgroup = None
+
+    def _times(self) -> dict[str, float]:
+        end = self.t_exit or time.monotonic()
+        if self.t_go is None:
+            start = self.t_start
+            return {
+                "launch_ms": ((self.t_exec or start) - start) * 1000,
+                "run_ms": max(0.0, end - start) * 1000,
+            }
+        # a prepared sandbox: from the moment it was given the program
+        start = self.t_go
+        times = {
+            "launch_ms": (max(start, self.t_handed or start) - start) * 1000,
+            "run_ms": max(0.0, end - start) * 1000,
+        }
+        if self.t_json_exit is not None:
+            times["exit_seen_ms"] = (self.t_json_exit - start) * 1000
+        return times
 
     def on_json_lines(self) -> None:
         while b"\n" in self.json_buf:
@@ -750,7 +884,7 @@ class Run:
 
     def close(self) -> None:
         sel = self.launcher.sel
-        for obj in (self.report, self.json_r):
+        for obj in (self.report, self.json_r, self.waiter):
             if obj is None:
                 continue
             try:
@@ -767,10 +901,129 @@ class Run:
         if self.block_w is not None:
             os.close(self.block_w)
             self.block_w = None
+        if self.waiter is not None:
+            self.waiter.close()
+            self.waiter = None
         self.launcher.by_pid.pop(self.pid, None)
         if self.init_pid is not None:
             self.launcher.by_pid.pop(self.init_pid, None)
         self.launcher.runs.discard(self)
+
+
+class Pool:
+    """A caller's pool of prepared sandboxes, all from one template spec.
+
+    The caller opens it with ``{"op": "pool", "size": N, "template": spec}``
+    on the control socket and one descriptor, the pool's socket. The launcher
+    keeps ``size`` sandboxes prepared and not yet given a program: for each
+    it sends ``{"event": "prepared"}`` on the pool's socket with the caller's
+    end of that sandbox's report socket attached. The caller gives it a
+    program with ``{"op": "go", ...}`` on that report socket (``Run.on_go``);
+    from then on it is an ordinary run, and the launcher prepares a
+    replacement. A sandbox that ends before it was given a program stops the
+    refilling (``{"event": "broken", "error": ...}``): a template that cannot
+    start would otherwise be retried without end. Closing the pool's socket
+    ends every sandbox not yet given a program.
+    """
+
+    def __init__(self, launcher: Launcher, sock: socket.socket, size: int, template: dict[str, Any]):
+        self.launcher = launcher
+        self.sock = sock
+        self.size = max(0, int(size))
+        self.template = template
+        self.idle: set[Run] = set()
+        self.closed = False
+        self.broken = False
+        self.serial = 0
+        self.refill_at: float | None = None
+        launcher.sel.register(sock, selectors.EVENT_READ, (self.on_sock, None))
+
+    def fill(self) -> None:
+        while not self.closed and not self.broken and len(self.idle) < self.size:
+            if not self.prepare_one():
+                return
+
+    def prepare_one(self) -> bool:
+        self.serial += 1
+        spec = dict(self.template)
+        if "seccomp" in spec:
+            spec["seccomp"] = dict(spec["seccomp"])  # Run.start adds the program
+        spec["run_id"] = f"{self.template.get('run_id', 'pool')}-{self.serial}"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        stdio = [null, os.dup(null), os.dup(null)]
+        run = Run(self.launcher, spec, stdio, ours)
+        run.pool = self
+        self.launcher.runs.add(run)
+        self.idle.add(run)
+        try:
+            run.start()
+        except (_SetupFailed, OSError) as err:
+            for fd in run.stdio:
+                os.close(fd)
+            run.stdio = []
+            if run.setup_error is None:
+                run.setup_error = {"error": f"fork: {err}", "step": "fork", "errno": getattr(err, "errno", None)}
+            theirs.close()
+            run.status = EXIT_SETUP_FAILED << 8
+            run.finish()  # -> on_finished: broken
+            return False
+        try:
+            socket.send_fds(self.sock, [b'{"event": "prepared"}'], [theirs.fileno()])
+        except OSError:
+            self.close()
+        finally:
+            theirs.close()
+        return not self.closed
+
+    def on_dispatched(self, run: Run) -> None:
+        """A sandbox was given a program. Its replacement is prepared when
+        that run ends, or after REFILL_DELAY_SEC if it runs on: preparing
+        one (a fork, bubblewrap's set-up) in the middle of a short run
+        would delay that run's end on a small machine."""
+        self.idle.discard(run)
+        run.pool = None
+        run.refills = self
+        self.refill_at = min(self.refill_at or float("inf"), time.monotonic() + REFILL_DELAY_SEC)
+
+    def refill_due(self, now: float) -> None:
+        if self.refill_at is not None and now >= self.refill_at:
+            self.refill_at = None
+            self.fill()
+
+    def on_finished(self, run: Run) -> None:
+        """A sandbox of this pool ended before it was given a program."""
+        self.idle.discard(run)
+        if self.closed or run.killed == "cancelled":
+            return  # the caller let it go
+        self.broken = True
+        error = (run.setup_error or {}).get("error") or f"ended before use (status {run.status})"
+        try:
+            self.sock.send(json.dumps({"event": "broken", "error": error}).encode())
+        except OSError:
+            pass
+
+    def on_sock(self, _arg: Any) -> None:
+        try:
+            msg = self.sock.recv(4096)
+        except OSError:
+            msg = b""
+        if not msg:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.launcher.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+        for run in list(self.idle):
+            run.kill("cancelled")
+        self.idle.clear()
+        self.launcher.pools.discard(self)
 
 
 class _SetupFailed(Exception):
@@ -787,6 +1040,7 @@ class Launcher:
         self.sel = selectors.PollSelector()
         self._last_tick = 0.0
         self.runs: set[Run] = set()
+        self.pools: set[Pool] = set()
         self.by_pid: dict[int, Run] = {}
         self.userns = _UsernsCache()
         self.stopping = False
@@ -873,6 +1127,9 @@ class Launcher:
                 times.append(run.next_poll)
         if self.cgroups is not None and self.cgroups.next_retry is not None:
             times.append(self.cgroups.next_retry)
+        for pool in self.pools:
+            if pool.refill_at is not None:
+                times.append(pool.refill_at)
         if self.stopping:
             times.append(now + 0.1)
         if not times:
@@ -888,6 +1145,8 @@ class Launcher:
             run.poll(now)
             if run.status is not None and not run.finished:
                 run.maybe_finish(now)
+        for pool in list(self.pools):
+            pool.refill_due(now)
         if self.cgroups is not None:
             self.cgroups.retry(now)
             for version in self.cgroup_versions:
@@ -903,11 +1162,14 @@ class Launcher:
             return
         try:
             spec = json.loads(msg)
-            if spec.get("spec_in_fd") and len(fds) == 5:
+            if spec.get("spec_in_fd") and len(fds) in (2, 5):
                 # too large for one message (long argv or environment): the
                 # spec came in a memfd
                 with os.fdopen(fds.pop(), "rb") as fh:
                     spec = json.loads(fh.read())
+            if spec.get("op") == "pool" and len(fds) == 1:
+                self.open_pool(spec, socket.socket(fileno=fds[0]))
+                return
             if len(fds) != 4:
                 raise ValueError(f"expected 4 descriptors, got {len(fds)}")
         except ValueError as err:
@@ -933,6 +1195,14 @@ class Launcher:
             run.status = EXIT_SETUP_FAILED << 8
             run.finish()
 
+    def open_pool(self, request: dict[str, Any], sock: socket.socket) -> None:
+        template = request.get("template") or {}
+        if template.get("cgroup"):
+            self.cgroup_versions.add(int(template["cgroup"]["version"]))
+        pool = Pool(self, sock, int(request.get("size") or 0), template)
+        self.pools.add(pool)
+        pool.fill()
+
     def on_sigchld(self, _arg: Any) -> None:
         try:
             while os.read(self._wake_r, 4096):
@@ -956,6 +1226,8 @@ class Launcher:
             self.sel.unregister(self.control)
         except (KeyError, ValueError):
             pass
+        for pool in list(self.pools):
+            pool.close()
         for run in list(self.runs):
             run.kill("cancelled")
 
