@@ -20,6 +20,51 @@ from stockade import SandboxConfig, SandboxManager, Termination
 
 REPO = Path(__file__).resolve().parent.parent
 
+_ColdManager = SandboxManager
+
+# Why a run may go cold although its manager has a pool: its shape differs
+# from the prepared sandboxes' (more paths visible), or its argv is too big.
+_EXPECTED_COLD = ("not pooled: the prepared sandboxes are for another mount view",
+                  "not pooled: argv and environment too large",
+                  "not pooled: the landlock tier has no prepared sandboxes")
+
+
+class _PooledManager(_ColdManager):
+    """A manager whose runs use prepared sandboxes (issue #8): each run
+    prepares the pool for its directory first, then must be pooled unless
+    it cannot fit one."""
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, prewarm=1, **overrides)
+
+    def _check(self, result, also=()):
+        if not result.pooled:
+            expected = _EXPECTED_COLD + tuple(also)
+            assert any(n.startswith(expected) for n in result.notes), result.notes
+        return result
+
+    def execute(self, command, cwd=None, **kwargs):
+        self.start(cwd)
+        result = super().execute(command, cwd=cwd, **kwargs)
+        # runs from several threads at once outnumber the pool: some go cold
+        busy = ("not pooled: none of the",) if threading.active_count() > 1 else ()
+        return self._check(result, also=busy)
+
+    async def execute_async(self, command, cwd=None, **kwargs):
+        self.start(cwd)
+        # concurrent runs outnumber the pool: some go cold
+        result = await super().execute_async(command, cwd=cwd, **kwargs)
+        return self._check(result, also=("not pooled: none of the",))
+
+
+@pytest.fixture(params=["cold", "pooled"], autouse=True)
+def flavour(request, monkeypatch):
+    """Every test here runs twice: in a fresh sandbox launched for the run,
+    and in one prepared ahead of time (prewarm): both must isolate alike."""
+    if request.param == "pooled":
+        monkeypatch.setitem(globals(), "SandboxManager", _PooledManager)
+    return request.param
+
 
 def run(workspace: Path, *argv: str, **config) -> object:
     config.setdefault("execution_log", False)

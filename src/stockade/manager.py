@@ -111,6 +111,7 @@ class SandboxManager:
         self._pool: _pool.PreparedPool | None = None
         self._pool_lock = threading.Lock()
         self._pool_holder: list[_pool.PreparedPool] = []
+        self._pool_closed = False
         if self._prewarm:
             # the pool's sandboxes end with the manager, closed or not
             weakref.finalize(self, _close_pools, self._pool_holder)
@@ -156,9 +157,19 @@ class SandboxManager:
 
     # -- public API ----------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the launcher now instead of on the first run."""
+    def start(self, cwd: str | os.PathLike[str] | None = None) -> None:
+        """Start the launcher now instead of on the first run; with
+        ``prewarm``, also prepare the sandboxes for runs in ``cwd`` (its
+        workspace), unless they are already being prepared.
+
+        Raises:
+            CommandError, PolicyError: as ``execute`` would for ``cwd``.
+        """
         self._launcher.ensure_started()
+        if self._prewarm and self._pool is None and not self._pool_closed:
+            self._start_pool(os.fspath(cwd) if cwd is not None else (
+                os.fspath(self.config.workspace) if self.config.workspace else os.getcwd()
+            ))
 
     def close(self) -> None:
         """End the prepared sandboxes and stop the network proxy, if any.
@@ -166,6 +177,7 @@ class SandboxManager:
         with self._pool_lock:
             pool, self._pool = self._pool, None
             self._pool_holder.clear()
+            self._pool_closed = True
         if pool is not None:
             pool.close()
         with self._proxy_lock:
@@ -468,7 +480,8 @@ class SandboxManager:
             self._install_filter(prepared, _seccomp.filter_for_config(config), trust_monitor=True)
         if caller_is_root:
             self._add_root_idmaps(prepared, workspace, extra_ro, fs)
-        log.debug("bwrap %s", shlex.join(args))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("bwrap %s", shlex.join(args))
 
     @staticmethod
     def _install_filter(
@@ -800,12 +813,15 @@ class SandboxManager:
         key, chdir = _pool.shape(prepared.spec)
         with self._pool_lock:
             pool = self._pool
-            if pool is not None and pool.pid != os.getpid():
+            if pool is not None and (pool.pid != os.getpid() or pool.closed):
                 pool.close()  # inherited through fork: the parent's
                 self._pool = pool = None
                 self._pool_holder.clear()
         if pool is None:
-            prepared.pool_note = "not pooled: the pool is being prepared"
+            prepared.pool_note = (
+                "not pooled: the manager was closed" if self._pool_closed
+                else "not pooled: the pool is being prepared"
+            )
             return None
         if pool.broken:
             prepared.pool_note = f"not pooled: the pool stopped ({pool.broken})"
@@ -823,7 +839,8 @@ class SandboxManager:
             "timeout": spec.get("timeout"),
             "path": spec["argv"][4],
             "argv": spec["argv"][4:],
-            "env": spec["env"],
+            # as bubblewrap's --chdir does for a cold run
+            "env": {**spec["env"], "PWD": chdir or prepared.cwd},
             "cwd": chdir or prepared.cwd,
         }
         payload = json.dumps(request).encode()
@@ -845,7 +862,7 @@ class SandboxManager:
 
     def _after_cold_run(self, prepared: _Prepared) -> None:
         """The first run of a manager without a workspace tells the pool's."""
-        if self._pool is None and self._poolable(prepared) is None:
+        if self._pool is None and not self._pool_closed and self._poolable(prepared) is None:
             workspace = (prepared.spec.get("disk_budget") or {}).get("path") or prepared.cwd
             try:
                 self._start_pool(prepared.cwd, expect=_pool.shape(prepared.spec)[0])
@@ -877,7 +894,7 @@ class SandboxManager:
             log.info("stockade: prewarm: the runs' mount view differs from a prepared one")
             return
         with self._pool_lock:
-            if self._pool is not None:
+            if self._pool is not None or self._pool_closed:
                 self._cleanup(template)
                 return
             self._pool = _pool.PreparedPool(

@@ -29,14 +29,19 @@ import errno
 import json
 import logging
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 MAX_PREWARM = 32
+# How long a run waits for the first sandboxes of a pool just opened to be
+# announced (each is announced as soon as the launcher has forked it).
+FIRST_FILL_WAIT_SEC = 0.25
 
 
 def shape(spec: dict[str, Any]) -> tuple[Any, str | None]:
@@ -101,6 +106,7 @@ class PreparedPool:
         self._ready: collections.deque[socket.socket] = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._received = 0
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             send({"op": "pool", "size": size, "template": template}, theirs.fileno())
@@ -122,6 +128,13 @@ class PreparedPool:
             if self._closed:
                 return None
             self._drain()
+            if not self._ready and self._received < self.size and not self.broken:
+                # just opened: the launcher announces each sandbox as soon as
+                # it has forked it; wait for that rather than run cold
+                deadline = time.monotonic() + FIRST_FILL_WAIT_SEC
+                while not self._ready and not self.broken and time.monotonic() < deadline:
+                    select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))
+                    self._drain()
             while self._ready:
                 sock = self._ready.popleft()
                 if _alive(sock):
@@ -148,6 +161,7 @@ class PreparedPool:
             except ValueError:
                 event = {}
             if event.get("event") == "prepared" and fds:
+                self._received += 1
                 self._ready.append(socket.socket(fileno=fds[0]))
                 for fd in fds[1:]:
                     os.close(fd)
@@ -157,6 +171,18 @@ class PreparedPool:
             if event.get("event") == "broken":
                 self.broken = str(event.get("error") or "a prepared sandbox failed")
                 log.warning("stockade: prewarm pool stopped: %s", self.broken)
+
+    def available(self) -> int:
+        """How many prepared sandboxes the launcher has handed over and no
+        run has taken yet (some may still be starting)."""
+        with self._lock:
+            if not self._closed:
+                self._drain()
+            return len(self._ready)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """End every sandbox not yet given a program; idempotent."""

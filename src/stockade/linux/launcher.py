@@ -781,6 +781,7 @@ class Run:
 
     def finish(self) -> None:
         self.finished = True
+        self.t_finish = time.monotonic()
         if self.json_r is not None:
             # read whatever is left: bubblewrap writes exit-code before exiting
             try:
@@ -870,6 +871,8 @@ class Run:
         }
         if self.t_json_exit is not None:
             times["exit_seen_ms"] = (self.t_json_exit - start) * 1000
+        times["finish_ms"] = (self.t_finish - start) * 1000
+        times["report_ms"] = (time.monotonic() - start) * 1000
         return times
 
     def on_json_lines(self) -> None:
@@ -1096,7 +1099,10 @@ class Launcher:
                 # An earlier callback of this batch may have unregistered this
                 # descriptor (a run finished), and its number may already be
                 # reused: dispatch only keys that are still current.
-                current = self.sel.get_map().get(key.fileobj)
+                try:
+                    current = self.sel.get_map().get(key.fileobj)
+                except ValueError:
+                    continue  # closed by an earlier callback (fileno -1)
                 if current is not key:
                     continue
                 callback, arg = key.data
