@@ -87,6 +87,12 @@ INIT_REAP_GRACE_SEC = 2.0
 # its replacement while that program still runs (see Pool.on_dispatched).
 REFILL_DELAY_SEC = 0.02
 
+# How long after a spare child was taken the next one is forked, so that the
+# run that took it gets on first (see Spare).
+SPARE_DELAY_SEC = 0.003
+# Specs above this size reach a spare child in a memfd.
+SPARE_INLINE_MAX = 64 * 1024
+
 # How often a workspace's disk budget is checked (one statvfs).
 LIMIT_POLL_SEC = 0.05
 
@@ -316,6 +322,97 @@ def _child_setup(
         os._exit(EXIT_SETUP_FAILED)
 
 
+class Spare:
+    """A child forked ahead of time, waiting for the run it will become.
+
+    Forking the launcher (a Python process of some 16 MiB) and the first
+    writes of the child to its copied pages cost about 2 ms, which a run would
+    otherwise pay between its request and bubblewrap's start. The launcher
+    keeps one spare child forked while it has nothing else to do (see
+    ``Launcher.maybe_spare``). Right after the fork the spare closes every
+    descriptor but its command socket, so it holds nothing of any run; it
+    then waits for one message: the run's spec (JSON, inline or in a memfd)
+    with the run's descriptors attached, and goes on exactly as a freshly
+    forked child would (``_child_setup``). Runs that need idmapped mounts
+    (root callers with a root-owned workspace) are forked as before: their
+    user namespaces are descriptors the spare does not have.
+    """
+
+    SLOT = 3  # the command socket, in the spare
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                _spare_main(theirs)
+            finally:
+                os._exit(EXIT_SETUP_FAILED)
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+
+    def hand_over(self, spec: dict[str, Any], fds: list[int]) -> None:
+        """Send the run; raises OSError if the spare is gone."""
+        payload = json.dumps(spec).encode()
+        memfd = None
+        if len(payload) > SPARE_INLINE_MAX:
+            memfd = os.memfd_create("stockade-spec", os.MFD_CLOEXEC)
+            os.write(memfd, payload)
+            os.lseek(memfd, 0, os.SEEK_SET)
+            payload = b'{"spec_in_fd": true}'
+        try:
+            socket.send_fds(self.sock, [payload], fds + ([memfd] if memfd is not None else []))
+        finally:
+            if memfd is not None:
+                os.close(memfd)
+            self.sock.close()
+
+    def discard(self) -> None:
+        self.sock.close()  # the spare exits when its socket closes
+
+
+def _spare_main(sock: socket.socket) -> None:
+    """The spare child's life: drop every descriptor of the launcher, wait
+    for a run, become it."""
+    os.dup2(sock.fileno(), Spare.SLOT, inheritable=False)
+    _sys.close_range(Spare.SLOT + 1)
+    signal.set_wakeup_fd(-1)
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(0)  # the launcher is already gone
+    cmd = socket.socket(fileno=Spare.SLOT)
+    msg, fds, _flags, _addr = socket.recv_fds(cmd, MAX_MESSAGE, 64)
+    if not msg:
+        os._exit(0)
+    spec = json.loads(msg)
+    if spec.get("spec_in_fd"):
+        with os.fdopen(fds.pop(), "rb") as fh:
+            spec = json.loads(fh.read())
+    cmd.detach()
+    os.close(Spare.SLOT)
+    layout = spec.pop("_spare_fds")
+    stdio = fds[: layout["stdio"]]
+    at = layout["stdio"]
+    errsock = socket.socket(fileno=fds[at])
+    at += 1
+    json_w = None
+    if layout["json_w"]:
+        json_w = fds[at]
+        at += 1
+    extra_fds = fds[at:]
+    seccomp = spec.get("seccomp")
+    if seccomp:
+        flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if seccomp.get("listener") else 0
+        try:
+            seccomp["program"] = _sys.SeccompProgram(base64.b64decode(seccomp["bpf"]), flags)
+        except (OSError, ValueError) as err:
+            payload = json.dumps({"error": f"seccomp: {err}", "step": "seccomp", "errno": getattr(err, "errno", None)})
+            os.write(errsock.fileno(), payload.encode())
+            os._exit(EXIT_SETUP_FAILED)
+    _child_setup(spec, stdio, errsock, json_w, _UsernsCache(), extra_fds)
+
+
 def _dupfd_above(fd: int, minimum: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, minimum)
 
@@ -403,8 +500,21 @@ class Run:
         if self.spec.get("pool"):
             self.waiter, waiter_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             extra_fds.append(waiter_child.fileno())
+        spare = None if self.spec.get("idmaps") else self.launcher.take_spare()
         try:
-            pid = os.fork()
+            if spare is not None:
+                fds = [*self.stdio, child_sock.fileno()]
+                if json_w is not None:
+                    fds.append(json_w)
+                fds += extra_fds
+                sent = dict(self.spec)
+                if "seccomp" in sent:
+                    sent["seccomp"] = {k: v for k, v in sent["seccomp"].items() if k != "program"}
+                sent["_spare_fds"] = {"stdio": len(self.stdio), "json_w": json_w is not None}
+                spare.hand_over(sent, fds)
+                pid = spare.pid
+            else:
+                pid = os.fork()
         except OSError:
             for fd in (*extra_fds, json_w):
                 if fd is not None:
@@ -414,6 +524,8 @@ class Run:
             if self.waiter is not None:
                 self.waiter.close()
                 self.waiter = None
+            if spare is not None:
+                os.kill(spare.pid, signal.SIGKILL)
             raise
         if pid == 0:  # pragma: no cover - child
             parent_sock.close()
@@ -1052,6 +1164,11 @@ class Launcher:
         self.cgroup_problem: str | None = None
         # hierarchy versions runs asked for: one cgroup each is made ahead
         self.cgroup_versions: set[int] = set()
+        # a child forked ahead of the next run (Spare), and when to fork one
+        self.spare: Spare | None = None
+        # STOCKADE_SPARE=0 turns spares off (for comparisons in bench/)
+        self.spare_at: float | None = None if os.environ.get("STOCKADE_SPARE") == "0" else 0.0
+        self.spare_pids: set[int] = set()
 
     def _setup_cgroups(self, found: Probe | None = None) -> None:
         """Probe the cgroups, remove what dead launchers left, make the first
@@ -1121,9 +1238,41 @@ class Launcher:
             self.cgroups.close()
         os._exit(0)
 
+    def take_spare(self) -> Spare | None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            self.spare_pids.discard(spare.pid)
+        self.spare_at = time.monotonic() + SPARE_DELAY_SEC
+        return spare
+
+    def _busy(self) -> bool:
+        """A run is starting or running (prepared sandboxes waiting for a
+        program do not count): forking now would delay its events."""
+        return any(
+            not run.finished and (not run.spec.get("pool") or run.dispatched) and run.status is None
+            for run in self.runs
+        )
+
+    def maybe_spare(self, now: float) -> None:
+        """Fork a spare child if none is waiting, it is time, and no run is
+        under way (the fork takes the launcher away from it for ~1 ms)."""
+        if self.spare is not None or self.spare_at is None or now < self.spare_at or self.stopping:
+            return
+        if self._busy():
+            return  # retried on the next tick (each run's end is one)
+        self.spare_at = None
+        try:
+            self.spare = Spare()
+        except OSError:
+            self.spare = None
+            return
+        self.spare_pids.add(self.spare.pid)
+
     def _next_timeout(self) -> float | None:
         now = time.monotonic()
         times = []
+        if self.spare is None and self.spare_at is not None and not self._busy():
+            times.append(self.spare_at)
         for run in self.runs:
             if run.deadline is not None and run.killed is None:
                 times.append(run.deadline)
@@ -1153,6 +1302,7 @@ class Launcher:
                 run.maybe_finish(now)
         for pool in list(self.pools):
             pool.refill_due(now)
+        self.maybe_spare(now)
         if self.cgroups is not None:
             self.cgroups.retry(now)
             for version in self.cgroup_versions:
@@ -1234,6 +1384,10 @@ class Launcher:
             pass
         for pool in list(self.pools):
             pool.close()
+        if self.spare is not None:
+            self.spare.discard()
+            self.spare = None
+        self.spare_at = None
         for run in list(self.runs):
             run.kill("cancelled")
 
