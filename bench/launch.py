@@ -18,7 +18,8 @@ pass``), each row a way of running it, timed from a Python loop:
   (a helper process that allocates and touches it, driven in the same
   round-robin).
 
-Variants run round-robin (so that they all see the same machine load) after
+Variants run round-robin, in a new shuffled order each round (so that they all
+see the same machine load and none always follows the same one), after
 warm-up rounds that are thrown away. Then: runs per second with N concurrent
 ``execute_async`` calls against ``asyncio.create_subprocess_exec``; the
 launcher's memory per concurrent run; the issue's targets, judged on the same
@@ -43,6 +44,7 @@ import logging
 import mmap
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -531,11 +533,14 @@ class LaunchBench:
         progress(f"{len(steps)} variants x {len(COMMANDS)} commands, {self.opts.warmup} warm-up "
                  f"+ {self.opts.n} measured rounds")
         started = time.monotonic()
+        rng = random.Random(self.opts.seed)
         for i in range(total):
             keep = i >= self.opts.warmup
-            # rotate the order each round: no variant always follows the same one
-            order = steps[i % len(steps):] + steps[: i % len(steps)]
             for cmd_name, cmd in COMMANDS.items():
+                # a new order each time: a run pays part of the previous
+                # sandbox's teardown (namespaces are freed asynchronously), so
+                # no variant may always follow the same one
+                order = rng.sample(steps, len(steps))
                 for name, step in order:
                     row = self.rows[name][cmd_name]
                     if len(row.failures) >= 3:
@@ -779,7 +784,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"bwrap {m['bwrap']}, caller Python {m['python_caller']}, sandbox /usr/bin/python3 "
           f"{m['python_sandbox']}, stockade {m['stockade_commit']}, caller uid {m['uid']}")
     p = report["params"]
-    print(f"{p['n']} measured rounds after {p['warmup']} warm-up, variants round-robin; "
+    print(f"{p['n']} measured rounds after {p['warmup']} warm-up, variants round-robin in a "
+          f"shuffled order (seed {p['seed']}); "
           f"workspace {p['workspace_owner']}; times are wall ms of one call from Python")
     if report.get("big_caller_rss_kib"):
         print(f"1 GiB caller: a helper process, RSS {report['big_caller_rss_kib'] / 1024:.0f} MiB")
@@ -856,7 +862,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a smoke run: few rounds, small phases")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     ap.add_argument("--prewarm", type=int, default=2, help="pool size of the prewarmed manager")
-    ap.add_argument("--burst", type=int, default=6, help="back-to-back runs per prewarmed burst")
+    ap.add_argument("--seed", type=int, default=8, help="seed of the per-round variant order")
+    ap.add_argument("--burst", type=int, default=4, help="back-to-back runs per prewarmed burst")
     ap.add_argument("--pause-ms", type=float, default=20.0,
                     help="uncounted pause that lets the pool refill (default 20)")
     ap.add_argument("--concurrency", default=None, help="throughput levels (default 1,4,16)")
@@ -907,7 +914,7 @@ def main(argv: list[str]) -> int:
     report: dict[str, Any] = {
         "machine": machine(),
         "params": {
-            "n": opts.n, "warmup": opts.warmup, "prewarm": opts.prewarm, "burst": opts.burst,
+            "n": opts.n, "warmup": opts.warmup, "seed": opts.seed, "prewarm": opts.prewarm, "burst": opts.burst,
             "pause_ms": opts.pause_ms, "concurrency": opts.concurrency,
             "throughput_runs": opts.throughput_runs, "throughput_rounds": opts.throughput_rounds,
             "memory_runs": opts.memory_runs, "memory_sleep": opts.memory_sleep,
