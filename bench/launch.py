@@ -411,11 +411,11 @@ def prewarm_manager(config: SandboxConfig, size: int) -> tuple[SandboxManager | 
     explicit = "prewarm" in inspect.signature(SandboxManager.__init__).parameters
     as_field = "prewarm" in getattr(SandboxConfig, "model_fields", {})
     if not (explicit or as_field):
-        return None, "n/a (no prewarm support in this checkout)"
+        return None, "no prewarm support in this checkout"
     try:
         return SandboxManager(config, prewarm=size), None
     except TypeError as err:
-        return None, f"n/a (SandboxManager(config, prewarm={size}): {err})"
+        return None, f"SandboxManager(config, prewarm={size}): {err}"
 
 
 # -- the launch table -------------------------------------------------------
@@ -452,7 +452,7 @@ class LaunchBench:
         if self.big is None:
             for name in (BIG_BARE, BIG_MODERATE):
                 for cmd in COMMANDS:
-                    self.rows[name][cmd].unavailable = "skipped (--no-big-caller)"
+                    self.rows[name][cmd].unavailable = "skipped: --no-big-caller"
 
     # each step runs one variant once (or a burst) and returns its samples
     def _bare(self, cmd: list[str], row: Row, keep: bool) -> None:
@@ -722,54 +722,66 @@ async def launcher_memory(opts: argparse.Namespace, workspace: str) -> dict[str,
 # -- targets ----------------------------------------------------------------
 
 
-def targets(table: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    def med(row: str, cmd: str) -> float | None:
-        return table[cmd][row].get("median_ms")
+def _interval(a: list[float], b: list[float], value: Callable[[float, float], float],
+              rounds: int = 1000) -> tuple[float, float]:
+    """95% bootstrap interval of value(median(a), median(b))."""
+    rng = random.Random(0)
+    got = sorted(
+        value(statistics.median(rng.choices(a, k=len(a))), statistics.median(rng.choices(b, k=len(b))))
+        for _ in range(rounds)
+    )
+    return got[int(0.025 * rounds)], got[int(0.975 * rounds) - 1]
 
-    out = []
 
-    def judge(what: str, value: float | None, limit: float | None, unit: str, detail: str,
-              na: str | None = None) -> None:
-        if value is None or limit is None:
-            out.append({"target": what, "status": "n/a", "detail": na or "no figures"})
+def targets(rows: dict[str, dict[str, Row]]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on the medians of this run.
+
+    Each gets a 95% bootstrap interval of the judged figure: when the limit
+    lies inside it, the verdict is within this run's noise and says so.
+    """
+    out: list[dict[str, Any]] = []
+
+    def judge(what: str, a: str, b: str, cmd: str, kind: str, limit: float) -> None:
+        ra, rb = rows[a][cmd], rows[b][cmd]
+        if not ra.samples or not rb.samples:
+            why = ra.unavailable or rb.unavailable or "no figures"
+            out.append({"target": what, "status": "n/a", "detail": why})
             return
+        ma, mb = statistics.median(ra.samples), statistics.median(rb.samples)
+        if kind == "ratio":  # median(a) <= limit x median(b)
+            def fig(x: float, y: float) -> float:
+                return x / y
+            over_ms = ma - limit * mb
+            detail = f"{ma:.2f} vs {limit:.2f} x {mb:.2f} = {limit * mb:.2f} ms: ratio {ma / mb:.3f}"
+        else:  # median(a) - median(b) <= limit
+            def fig(x: float, y: float) -> float:
+                return x - y
+            over_ms = ma - mb - limit
+            detail = f"{ma:.2f} - {mb:.2f} = {ma - mb:+.2f} ms"
+        value = fig(ma, mb)
+        lo, hi = _interval(ra.samples, rb.samples, fig)
         met = value <= limit
-        over = value - limit
-        status = "met" if met else f"MISSED by {over:.2f} {unit}"
-        out.append({"target": what, "status": status, "met": met, "detail": detail,
-                    "value": round(value, 3), "limit": round(limit, 3)})
+        status = "met" if met else f"MISSED by {over_ms:.2f} ms"
+        unit = "" if kind == "ratio" else " ms"
+        detail += f", 95% interval {lo:.3f}..{hi:.3f}{unit}"
+        if lo <= limit <= hi:
+            status += " (within noise)"
+        out.append({
+            "target": what, "status": status, "met": met, "detail": detail,
+            "value": round(value, 3), "limit": limit,
+            "interval": [round(lo, 3), round(hi, 3)], "within_noise": lo <= limit <= hi,
+        })
 
     for cmd in COMMANDS:
-        m, r = med(MODERATE, cmd), med(RAW, cmd)
-        judge(f"moderate <= 1.15 x raw bwrap+filter ({cmd})",
-              m, 1.15 * r if r else None, "ms",
-              f"{m:.2f} ms vs 1.15 x {r:.2f} = {1.15 * r:.2f} ms (ratio {m / r:.2f})" if m and r else "")
+        judge(f"moderate <= 1.15 x raw bwrap+filter ({cmd})", MODERATE, RAW, cmd, "ratio", 1.15)
     for cmd in COMMANDS:
-        s, m = med(STRICT, cmd), med(MODERATE, cmd)
-        judge(f"strict <= moderate ({cmd})", s, m, "ms",
-              f"{s:.2f} ms vs {m:.2f} ms" if s and m else "")
+        judge(f"strict <= moderate ({cmd})", STRICT, MODERATE, cmd, "diff", 0.0)
     for cmd in COMMANDS:
-        b, m = med(BIG_MODERATE, cmd), med(MODERATE, cmd)
-        if b is not None and m is not None:
-            # the target is about growth: a big caller that happens to be
-            # faster meets it
-            met = b <= 1.10 * m
-            out.append({
-                "target": f"1 GiB caller moderate within 10% of small caller ({cmd})",
-                "status": "met" if met else f"MISSED by {b - 1.10 * m:.2f} ms",
-                "met": met,
-                "detail": f"{b:.2f} ms vs {m:.2f} ms ({100 * (b / m - 1):+.1f}%)",
-                "value": round(b / m, 3), "limit": 1.10,
-            })
-        else:
-            judge(f"1 GiB caller moderate within 10% of small caller ({cmd})", None, None, "", "",
-                  table[cmd][BIG_MODERATE].get("unavailable"))
+        # about growth: a big caller that happens to be faster meets it
+        judge(f"1 GiB caller moderate <= 1.10 x small caller ({cmd})", BIG_MODERATE, MODERATE, cmd,
+              "ratio", 1.10)
     for cmd in COMMANDS:
-        p, b = med(PREWARM_PAUSED, cmd), med(BARE, cmd)
-        judge(f"prewarmed moderate < 1 ms over bare ({cmd})",
-              (p - b) if p is not None and b is not None else None, 1.0 if b is not None else None,
-              "ms", f"{p:.2f} - {b:.2f} = {p - b:.2f} ms over bare" if p is not None and b else "",
-              table[cmd][PREWARM_PAUSED].get("unavailable"))
+        judge(f"prewarmed moderate < 1 ms over bare ({cmd})", PREWARM_PAUSED, BARE, cmd, "diff", 1.0)
     return out
 
 
@@ -797,7 +809,10 @@ def print_report(report: dict[str, Any]) -> None:
               f"{'x raw':>6}  {'n':>4}  note")
         for name, row in rows.items():
             if "median_ms" not in row:
-                why = row.get("unavailable") or f"failed: {row.get('first_failure', '?')}"
+                why = (
+                    f"n/a ({row['unavailable']})" if row.get("unavailable")
+                    else f"failed: {row.get('first_failure', '?')}"
+                )
                 print(f"  {name:<{width}}  {why}")
                 continue
             notes = []
@@ -948,13 +963,13 @@ def main(argv: list[str]) -> int:
                 if name in bench.active or bench.rows[name][cmd].unavailable
             }
         report["launch"] = launch
+        report["targets"] = targets(bench.rows)
         bench.close()
         bench = None
         progress("throughput")
         report["throughput"] = asyncio.run(throughput(opts, workspace))
         progress("launcher memory")
         report["memory"] = asyncio.run(launcher_memory(opts, workspace))
-        report["targets"] = targets(launch)
     finally:
         if bench is not None:
             bench.close()
