@@ -85,8 +85,10 @@ BIG_MODERATE = "stockade moderate, 1 GiB caller"
 RAW_NO_FILTER = "raw bwrap, no filter"
 RAW_AS_ROOT = "raw bwrap + filter, run as root"
 DISABLED = "stockade disabled (launcher only)"
+FORK = "bare, forking (preexec_fn)"
+BIG_FORK = "bare, forking (preexec_fn), 1 GiB caller"
 ROWS = (BARE, RAW, STRICT, MODERATE, PERMISSIVE, ALLOWLIST, PREWARM_PAUSED, PREWARM_B2B,
-        BIG_BARE, BIG_MODERATE, RAW_NO_FILTER, RAW_AS_ROOT, DISABLED)
+        BIG_BARE, BIG_MODERATE, RAW_NO_FILTER, RAW_AS_ROOT, DISABLED, FORK, BIG_FORK)
 
 
 def progress(message: str) -> None:
@@ -342,6 +344,10 @@ def uss_kib(pid: int | str = "self") -> int | None:
     return rollup["Private_Clean"] + rollup["Private_Dirty"]
 
 
+def _no_op() -> None:
+    pass
+
+
 def big_caller_worker(workspace: str) -> None:
     """Serve timed runs from a process that holds 1 GiB (touched, one byte a page)."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -358,8 +364,10 @@ def big_caller_worker(workspace: str) -> None:
         cmd = request["cmd"]
         reply: dict[str, Any] = {}
         t0 = time.perf_counter()
-        if request["variant"] == "bare":
-            code = subprocess.run(cmd, cwd=workspace).returncode
+        if request["variant"] in ("bare", "fork"):
+            # a preexec_fn makes subprocess fork instead of vfork
+            hook = _no_op if request["variant"] == "fork" else None
+            code = subprocess.run(cmd, cwd=workspace, preexec_fn=hook).returncode
             reply["ms"] = (time.perf_counter() - t0) * 1000
             if code != 0:
                 reply["error"] = f"exited {code}"
@@ -455,9 +463,9 @@ class LaunchBench:
                     self.rows[name][cmd].unavailable = "skipped: --no-big-caller"
 
     # each step runs one variant once (or a burst) and returns its samples
-    def _bare(self, cmd: list[str], row: Row, keep: bool) -> None:
+    def _bare(self, cmd: list[str], row: Row, keep: bool, fork: bool = False) -> None:
         t0 = time.perf_counter()
-        code = subprocess.run(cmd, cwd=self.ws).returncode
+        code = subprocess.run(cmd, cwd=self.ws, preexec_fn=_no_op if fork else None).returncode
         ms = (time.perf_counter() - t0) * 1000
         self._record(row, keep, ms, None if code == 0 else f"exited {code}")
 
@@ -513,6 +521,9 @@ class LaunchBench:
             if os.geteuid() == 0:
                 steps.append((RAW_AS_ROOT, lambda c, r, k: self._raw(c, r, k, as_root=True)))
             steps.append((DISABLED, lambda c, r, k: self._stockade(self.disabled, c, r, k)))
+            steps.append((FORK, lambda c, r, k: self._bare(c, r, k, fork=True)))
+            if self.big is not None:
+                steps.append((BIG_FORK, lambda c, r, k: self._big("fork", c, r, k)))
         for name, manager in self.managers.items():
             steps.append((name, lambda c, r, k, m=manager: self._stockade(m, c, r, k)))
         if self.pool is not None:
@@ -890,7 +901,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-big-caller", action="store_true", help="skip the 1 GiB caller rows")
     ap.add_argument("--diagnose", action="store_true",
                     help="add rows that explain the difference: raw bwrap without the filter "
-                    "and as root, stockade mode disabled (the launcher's fork and exec alone)")
+                    "and as root, stockade mode disabled (the launcher's fork and exec alone), "
+                    "a bare spawn that forks (preexec_fn) from the small and the 1 GiB caller")
     ap.add_argument("--idmap", action="store_true",
                     help="as root, keep the workspace root-owned (stockade idmaps it)")
     ap.add_argument("--big-caller-worker", metavar="WORKSPACE", help=argparse.SUPPRESS)
