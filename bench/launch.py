@@ -161,6 +161,7 @@ class Row:
     unavailable: str | None = None
     pooled: int = 0             # results that said they came from the pool
     pool_known: bool = False    # whether results say so at all
+    pool_evidence: dict[bool, str] = field(default_factory=dict)  # what said so, first seen
     phases: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -200,6 +201,9 @@ class Row:
             )
         if self.pool_known:
             out["pooled"] = self.pooled
+            out["pool_evidence"] = {
+                ("pooled" if k else "not pooled"): v for k, v in self.pool_evidence.items()
+            }
         if self.phases:
             out["phases_median_ms"] = {
                 k: round(statistics.median(v), 3) for k, v in self.phases.items()
@@ -207,16 +211,22 @@ class Row:
         return out
 
 
-def was_pooled(result: Any) -> bool | None:
-    """Whether a result says it came from the prewarmed pool (None: it does not say)."""
+_NOT_POOLED_WORDS = ("not pooled", "empty", "cold", "miss", "unavailable", "fell back", "no pool")
+
+
+def was_pooled(result: Any) -> tuple[bool | None, str]:
+    """Whether a result says it came from the prewarmed pool (None: it does
+    not say), and what said so. A boolean field wins; otherwise a note that
+    mentions the pool, read as "not pooled" when it also says empty, cold..."""
     for attr in ("pooled", "prewarmed", "from_pool"):
         value = getattr(result, attr, None)
         if isinstance(value, bool):
-            return value
-    notes = " ".join(getattr(result, "notes", []) or []).lower()
-    if "pool" in notes or "prewarm" in notes:
-        return "not pooled" not in notes and "pool empty" not in notes
-    return None
+            return value, f"result.{attr}"
+    for note in getattr(result, "notes", []) or []:
+        text = note.lower()
+        if "pool" in text or "prewarm" in text:
+            return not any(word in text for word in _NOT_POOLED_WORDS), note
+    return None, ""
 
 
 # -- the raw baseline -------------------------------------------------------
@@ -462,7 +472,7 @@ class LaunchBench:
                 for cmd in COMMANDS:
                     self.rows[name][cmd].unavailable = "skipped: --no-big-caller"
 
-    # each step runs one variant once (or a burst) and returns its samples
+    # each step runs one variant once (a burst for back-to-back) into its row
     def _bare(self, cmd: list[str], row: Row, keep: bool, fork: bool = False) -> None:
         t0 = time.perf_counter()
         code = subprocess.run(cmd, cwd=self.ws, preexec_fn=_no_op if fork else None).returncode
@@ -490,10 +500,12 @@ class LaunchBench:
         time.sleep(pause)  # not counted: lets the pool refill
         for _ in range(burst):
             result = self._stockade(self.pool, cmd, row, keep)
-            flag = was_pooled(result)
+            flag, evidence = was_pooled(result)
             if flag is not None:
                 row.pool_known = True
-                row.pooled += int(bool(flag)) if keep else 0
+                row.pool_evidence.setdefault(bool(flag), evidence)
+                if keep and flag:
+                    row.pooled += 1
         # let it refill before another variant is timed
         time.sleep(pause * (1 + (burst > 1) * self.opts.prewarm))
 
