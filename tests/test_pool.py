@@ -36,17 +36,14 @@ def _py(code: str) -> list[str]:
 
 
 def _wait_ready(manager: SandboxManager, count: int, timeout: float = 10.0) -> None:
-    """Until the manager's pool holds ``count`` prepared sandboxes whose
-    waiters are running."""
+    """Until the manager's pool holds ``count`` ready sandboxes."""
+    ready = manager.start(wait=True) if count == manager._prewarm else 0
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pool = manager._pool
-        if pool is not None and pool.available() >= count and _idle_waiters() >= count:
-            return
+    while ready < count and time.monotonic() < deadline:
         time.sleep(0.02)
+        ready = manager._pool.available() if manager._pool is not None else 0
     pool = manager._pool
-    raise AssertionError(f"fewer than {count} prepared sandboxes after {timeout}s: "
-                         f"{pool and (pool.available(), pool.broken)} {_idle_waiters()}")
+    assert ready >= count, f"{ready} < {count} ready sandboxes after {timeout}s: {pool and pool.broken}"
 
 
 def _settle(count: int, timeout: float = 5.0) -> int:
@@ -319,3 +316,17 @@ m.close()
     assert data["ok"] and data["pooled"], data
     assert data["out"].split()[0] != "0"
     assert (Path(nobody_workspace) / "f").read_text() == "hi\n"
+
+
+def test_policies_hiding_files_are_pooled_too(pooled, workspace):
+    secret = workspace / "secret.env"
+    secret.write_text("TOKEN=1\n")
+    os.chmod(secret, 0o644)
+    manager = pooled(size=1, hidden=[str(secret)])
+    _wait_ready(manager, 1)
+    result = manager.execute(["sh", "-c", "cat secret.env; echo rc=$?"], cwd=workspace)
+    assert result.pooled, result.notes
+    assert "TOKEN" not in result.stdout_text and "rc=1" in result.stdout_text, result.stdout_text
+    _wait_ready(manager, 1)
+    again = manager.execute(["cat", "secret.env"], cwd=workspace)
+    assert again.pooled and not again.success and "TOKEN" not in again.stdout_text

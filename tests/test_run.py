@@ -44,14 +44,14 @@ class _PooledManager(_ColdManager):
         return result
 
     def execute(self, command, cwd=None, **kwargs):
-        self.start(cwd)
+        self.start(cwd, wait=True)
         result = super().execute(command, cwd=cwd, **kwargs)
         # runs from several threads at once outnumber the pool: some go cold
         busy = ("not pooled: none of the",) if threading.active_count() > 1 else ()
         return self._check(result, also=busy)
 
     async def execute_async(self, command, cwd=None, **kwargs):
-        self.start(cwd)
+        self.start(cwd, wait=True)
         # concurrent runs outnumber the pool: some go cold
         result = await super().execute_async(command, cwd=cwd, **kwargs)
         return self._check(result, also=("not pooled: none of the",))

@@ -80,6 +80,10 @@ class _Prepared:
     pool_note: str | None = None
 
 
+# How long ``SandboxManager.start(wait=True)`` waits for prepared sandboxes.
+PREWARM_WAIT_SEC = 30.0
+
+
 class SandboxManager:
     """Runs commands under one policy.
 
@@ -112,6 +116,11 @@ class SandboxManager:
         self._pool_lock = threading.Lock()
         self._pool_holder: list[_pool.PreparedPool] = []
         self._pool_closed = False
+        # the stand-in bound over hidden files, one for all runs (same mount
+        # view each run, which a prewarmed sandbox needs); removed with us
+        self._shared_files: list[str] = []
+        self._empty_file = _fsrun.EmptyFile(self._shared_files)
+        weakref.finalize(self, _remove_all, self._shared_files)
         if self._prewarm:
             # the pool's sandboxes end with the manager, closed or not
             weakref.finalize(self, _close_pools, self._pool_holder)
@@ -157,10 +166,19 @@ class SandboxManager:
 
     # -- public API ----------------------------------------------------------
 
-    def start(self, cwd: str | os.PathLike[str] | None = None) -> None:
+    def start(self, cwd: str | os.PathLike[str] | None = None, *, wait: bool = False) -> int:
         """Start the launcher now instead of on the first run; with
         ``prewarm``, also prepare the sandboxes for runs in ``cwd`` (its
         workspace), unless they are already being prepared.
+
+        Args:
+            cwd: where the runs will be (default: the policy's workspace,
+                else the current directory).
+            wait: block until all ``prewarm`` sandboxes are ready (at most
+                ``PREWARM_WAIT_SEC``); a run that finds none ready goes cold.
+
+        Returns:
+            how many prepared sandboxes are ready now.
 
         Raises:
             CommandError, PolicyError: as ``execute`` would for ``cwd``.
@@ -170,6 +188,12 @@ class SandboxManager:
             self._start_pool(os.fspath(cwd) if cwd is not None else (
                 os.fspath(self.config.workspace) if self.config.workspace else os.getcwd()
             ))
+        pool = self._pool
+        if pool is None:
+            return 0
+        if wait:
+            return pool.wait(pool.size, PREWARM_WAIT_SEC)
+        return pool.available()
 
     def close(self) -> None:
         """End the prepared sandboxes and stop the network proxy, if any.
@@ -437,7 +461,7 @@ class SandboxManager:
         fs = prepared.fs
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
-        mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup)
+        mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup, self._empty_file)
 
         args = _bwrap.build_args(
             config,
@@ -1007,6 +1031,12 @@ class SandboxManager:
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
+
+
+def _remove_all(paths: list[str]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    paths.clear()
 
 
 def _close_pools(holder: list[_pool.PreparedPool]) -> None:

@@ -39,9 +39,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_PREWARM = 32
-# How long a run waits for the first sandboxes of a pool just opened to be
-# announced (each is announced as soon as the launcher has forked it).
-FIRST_FILL_WAIT_SEC = 0.25
 
 
 def shape(spec: dict[str, Any]) -> tuple[Any, str | None]:
@@ -119,7 +116,9 @@ class PreparedPool:
         self._sock = ours
 
     def take(self) -> socket.socket | None:
-        """The report socket of a prepared sandbox, or None if none is ready.
+        """The report socket of a ready sandbox, or None if none is ready
+        (the run then goes cold: waiting for one that is still being
+        prepared would take longer).
 
         Sandboxes that ended unused (their exit event is already waiting)
         are skipped.
@@ -128,13 +127,6 @@ class PreparedPool:
             if self._closed:
                 return None
             self._drain()
-            if not self._ready and self._received < self.size and not self.broken:
-                # just opened: the launcher announces each sandbox as soon as
-                # it has forked it; wait for that rather than run cold
-                deadline = time.monotonic() + FIRST_FILL_WAIT_SEC
-                while not self._ready and not self.broken and time.monotonic() < deadline:
-                    select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))
-                    self._drain()
             while self._ready:
                 sock = self._ready.popleft()
                 if _alive(sock):
@@ -171,6 +163,19 @@ class PreparedPool:
             if event.get("event") == "broken":
                 self.broken = str(event.get("error") or "a prepared sandbox failed")
                 log.warning("stockade: prewarm pool stopped: %s", self.broken)
+
+    def wait(self, count: int, timeout: float) -> int:
+        """Block until ``count`` sandboxes are ready, the pool stops, or
+        ``timeout`` seconds pass; returns how many are ready."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._closed:
+                self._drain()
+                left = deadline - time.monotonic()
+                if len(self._ready) >= count or self.broken or left <= 0:
+                    break
+                select.select([self._sock], [], [], left)
+            return len(self._ready)
 
     def available(self) -> int:
         """How many prepared sandboxes the launcher has handed over and no

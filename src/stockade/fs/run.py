@@ -61,14 +61,19 @@ def plan_run(
 
 
 def mounts_for(
-    plan: FsPlan, installations: Iterable[str], cleanup: list[str]
+    plan: FsPlan,
+    installations: Iterable[str],
+    cleanup: list[str],
+    empty_file: EmptyFile | None = None,
 ) -> list[Mount]:
     """First tier: the mounts of the rules, with the installations the
-    command needs (``resolve.py``) added read-only."""
+    command needs (``resolve.py``) added read-only. ``empty_file``: the
+    hidden files' stand-in to reuse (a manager keeps one, so that its runs'
+    mount views stay alike); else one is made for this run."""
     t0 = time.monotonic()
     for path in installations:
         plan.add_installation(path)
-    mounts = plan_mounts(plan, empty_file=EmptyFile(cleanup))
+    mounts = plan_mounts(plan, empty_file=empty_file or EmptyFile(cleanup))
     plan.elapsed_ms += (time.monotonic() - t0) * 1000
     return mounts
 
@@ -119,6 +124,14 @@ class EmptyFile:
         self._made: tuple[str, tuple[int, int]] | None = None
 
     def __call__(self) -> tuple[str, tuple[int, int]]:
+        if self._made is not None:
+            path, (dev, ino) = self._made
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) != (dev, ino) or st.st_size or st.st_mode & 0o777:
+                    raise FileNotFoundError(path)
+            except OSError:
+                self._made = None  # removed or changed behind our back: a new one
         if self._made is None:
             directory = tempfile.mkdtemp(prefix="stockade-fs-")
             self._cleanup.append(directory)

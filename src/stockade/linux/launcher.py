@@ -469,6 +469,7 @@ class Run:
         self.waiter_cpu: tuple[float, float] | None = None
         self.dispatched = False
         self.refills: Pool | None = None  # refilled when this run ends
+        self.caller_end: socket.socket | None = None  # until announced
         self.t_go: float | None = None
         self.t_handed: float | None = None
         self.t_json_exit: float | None = None
@@ -772,6 +773,8 @@ class Run:
             if self.cgroup is not None:
                 # the waiter's start is not the program's: count from here
                 self.cgroup.set_baseline()
+            if self.pool is not None:
+                self.pool.announce(self)
 
     def on_go(self, data: dict[str, Any], fds: list[int]) -> None:
         """A program for this prepared sandbox: hand it to the waiter."""
@@ -1030,9 +1033,10 @@ class Pool:
 
     The caller opens it with ``{"op": "pool", "size": N, "template": spec}``
     on the control socket and one descriptor, the pool's socket. The launcher
-    keeps ``size`` sandboxes prepared and not yet given a program: for each
-    it sends ``{"event": "prepared"}`` on the pool's socket with the caller's
-    end of that sandbox's report socket attached. The caller gives it a
+    keeps ``size`` sandboxes prepared and not yet given a program: when one
+    is ready (its waiter said so) it sends ``{"event": "prepared"}`` on the
+    pool's socket with the caller's end of that sandbox's report socket
+    attached. The caller gives it a
     program with ``{"op": "go", ...}`` on that report socket (``Run.on_go``);
     from then on it is an ordinary run, and the launcher prepares a
     replacement. A sandbox that ends before it was given a program stops the
@@ -1069,6 +1073,7 @@ class Pool:
         stdio = [null, os.dup(null), os.dup(null)]
         run = Run(self.launcher, spec, stdio, ours)
         run.pool = self
+        run.caller_end = theirs
         self.launcher.runs.add(run)
         self.idle.add(run)
         try:
@@ -1079,17 +1084,22 @@ class Pool:
             run.stdio = []
             if run.setup_error is None:
                 run.setup_error = {"error": f"fork: {err}", "step": "fork", "errno": getattr(err, "errno", None)}
-            theirs.close()
             run.status = EXIT_SETUP_FAILED << 8
             run.finish()  # -> on_finished: broken
             return False
+        return True
+
+    def announce(self, run: Run) -> None:
+        """A sandbox's waiter is ready: hand the caller its report socket."""
+        end, run.caller_end = run.caller_end, None
+        if end is None or self.closed:
+            return
         try:
-            socket.send_fds(self.sock, [b'{"event": "prepared"}'], [theirs.fileno()])
+            socket.send_fds(self.sock, [b'{"event": "prepared"}'], [end.fileno()])
         except OSError:
             self.close()
         finally:
-            theirs.close()
-        return not self.closed
+            end.close()
 
     def on_dispatched(self, run: Run) -> None:
         """A sandbox was given a program. Its replacement is prepared when
@@ -1109,6 +1119,9 @@ class Pool:
     def on_finished(self, run: Run) -> None:
         """A sandbox of this pool ended before it was given a program."""
         self.idle.discard(run)
+        if run.caller_end is not None:
+            run.caller_end.close()
+            run.caller_end = None
         if self.closed or run.killed == "cancelled":
             return  # the caller let it go
         self.broken = True
