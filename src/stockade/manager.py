@@ -1049,12 +1049,13 @@ def _pool_notes(prepared: _Prepared, event: Mapping[str, Any]) -> list[str]:
     if not prepared.pooled:
         return [prepared.pool_note] if prepared.pool_note else []
     notes = ["pooled: ran in a sandbox prepared ahead of time (prewarm)"]
-    baseline = (event.get("cgroup") or {}).get("baseline")
-    if baseline is None or not baseline.get("peak_reset"):
-        notes.append(
-            "pooled: peak memory includes the waiter the sandbox held before the "
-            "program (about 10 MiB); CPU time does not"
-        )
+    baseline = (event.get("cgroup") or {}).get("baseline") or {}
+    held = baseline.get("memory_bytes")
+    size = f"{held / (1 << 20):.1f} MiB" if held else "some MiB"
+    notes.append(
+        f"pooled: peak memory counts the {size} the sandbox's waiter held when the "
+        f"program was exec'd; its CPU time is not counted"
+    )
     return notes
 
 

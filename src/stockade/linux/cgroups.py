@@ -513,6 +513,7 @@ class RunCgroup:
         # time is subtracted and the memory peak restarts (set_baseline)
         self.base_cpu: dict[str, float] = {}
         self.peak_reset: bool | None = None
+        self.base_memory: int | None = None
         self._peak_fd: int | None = None
 
     # -- set-up ----------------------------------------------------------------
@@ -655,6 +656,10 @@ class RunCgroup:
         }
         if MEMORY not in self.dirs:
             return
+        current = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        directory = self.dirs[CPUACCT] if self.version == 2 else self.dirs[MEMORY]
+        value = _read(os.path.join(directory, current)).strip()
+        self.base_memory = int(value) if value.isdigit() else None
         try:
             if self.version == 2:
                 fd = os.open(os.path.join(self.dirs[CPUACCT], "memory.peak"), os.O_RDWR | os.O_CLOEXEC)
@@ -745,7 +750,11 @@ class RunCgroup:
                 value = out.get(f"cpu_{key}_sec")
                 if value is not None:
                     out[f"cpu_{key}_sec"] = max(0.0, value - base[key])
-            out["baseline"] = {"cpu_total_sec": base["total"], "peak_reset": self.peak_reset}
+            out["baseline"] = {
+                "cpu_total_sec": base["total"],
+                "peak_reset": self.peak_reset,
+                "memory_bytes": self.base_memory,
+            }
 
         mem = pids = ""
         if self.version == 2:
