@@ -342,7 +342,12 @@ class Spare:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:  # pragma: no cover - child
             try:
                 _spare_main(theirs)
@@ -503,6 +508,7 @@ class Run:
             extra_fds.append(waiter_child.fileno())
         spare = None if self.spec.get("idmaps") else self.launcher.take_spare()
         try:
+            pid = -1
             if spare is not None:
                 fds = [*self.stdio, child_sock.fileno()]
                 if json_w is not None:
@@ -512,9 +518,17 @@ class Run:
                 if "seccomp" in sent:
                     sent["seccomp"] = {k: v for k, v in sent["seccomp"].items() if k != "program"}
                 sent["_spare_fds"] = {"stdio": len(self.stdio), "json_w": json_w is not None}
-                spare.hand_over(sent, fds)
-                pid = spare.pid
-            else:
+                try:
+                    spare.hand_over(sent, fds)
+                    pid = spare.pid
+                except OSError:
+                    # the spare is gone (killed from outside): fork instead
+                    try:
+                        os.kill(spare.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    spare = None
+            if pid < 0:
                 pid = os.fork()
         except OSError:
             for fd in (*extra_fds, json_w):
@@ -525,8 +539,6 @@ class Run:
             if self.waiter is not None:
                 self.waiter.close()
                 self.waiter = None
-            if spare is not None:
-                os.kill(spare.pid, signal.SIGKILL)
             raise
         if pid == 0:  # pragma: no cover - child
             parent_sock.close()
