@@ -252,6 +252,10 @@ def _child_setup(
                 # bubblewrap would read another descriptor and not wait
                 raise OSError(errno.EINVAL, f"--block-fd slot {bridge.get('block_slot')} != {len(slots)}")
             slots += extra_fds
+            inner_slot = (spec.get("seccomp") or {}).get("inner_slot")
+            if inner_slot is not None and inner_slot != len(slots) - 1:
+                # bubblewrap would read another descriptor as the filter
+                raise OSError(errno.EINVAL, f"--add-seccomp-fd slot {inner_slot} != {len(slots) - 1}")
         # Lift every source above the slots first, so that a dup2 into a slot
         # never clobbers a source still needed.
         high = 64 + len(slots)
@@ -307,6 +311,17 @@ def _child_setup(
         except OSError:
             os.write(2, f"stockade launcher: {message}\n".encode())
         os._exit(EXIT_SETUP_FAILED)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _dupfd_above(fd: int, minimum: int) -> int:
@@ -379,6 +394,10 @@ class Run:
         if self.spec.get("net_bridge"):
             block_r, self.block_w = os.pipe2(os.O_CLOEXEC)
             extra_fds.append(block_r)
+        if seccomp and seccomp.get("inner_slot") is not None:
+            # the filter bubblewrap installs right before it execs the
+            # program (--add-seccomp-fd), read to its end: the last slot
+            extra_fds.append(_memfd("stockade-inner-filter", base64.b64decode(seccomp["inner_bpf"])))
         try:
             pid = os.fork()
         except OSError:
