@@ -158,8 +158,8 @@ def _child_setup(
       5. drop from root to the sandbox uid (second tier: then die with the
          monitor, ambient capabilities cleared)
       6. cwd, descriptors into their fixed slots (``extra_fds``, such as
-         bubblewrap's --block-fd pipe, after the bind sources), all others
-         closed
+         bubblewrap's --block-fd pipe and then its --add-seccomp-fd memfd,
+         after the bind sources), all others closed
       7. default dispositions for the signals this process ignores, then
          rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
       8. no_new_privs, Landlock ruleset, seccomp filter (its listener is

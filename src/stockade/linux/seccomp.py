@@ -401,17 +401,20 @@ class SyscallFilter:
         return self._decisions.get(name)
 
     def setup_rules(self) -> list[tuple[data.SetupPattern, Decision, str]]:
-        """bubblewrap's set-up patterns this mode denies, with their answer.
+        """What ``compile`` lets through for bubblewrap: ``bwrap_patterns()``
+        with ``bwrap_setup``, else nothing."""
+        return self.bwrap_patterns() if self.bwrap_setup else []
 
-        A pattern applies where the mode denies the call (the answer is the
+    def bwrap_patterns(self) -> list[tuple[data.SetupPattern, Decision, str]]:
+        """bubblewrap's set-up patterns this filter denies, with their answer.
+
+        A pattern applies where the filter denies the call (the answer is the
         call's), or, for a call allowed with some arguments only, where the
         pattern lies wholly outside what it allows (the answer is the
         refused call's). A pattern partly inside is left out: the inner
         filter must never refuse what the mode allows, and the call then
-        stays notified during the set-up. Empty unless ``bwrap_setup``.
+        stays notified during the set-up.
         """
-        if not self.bwrap_setup:
-            return []
         rules = []
         for pattern in data.BWRAP_SETUP:
             d = self._decisions.get(pattern.call)
@@ -595,6 +598,12 @@ class SyscallFilter:
             "argument_rules": {k: v[self.mode] for k, v in data.ARGUMENT_RULES.items()},
             "denied": denied,
             "notified_always": list(data.NOTIFIED_ALWAYS),
+            # first tier: let through for bubblewrap, refused to the program
+            # by the filter bubblewrap installs before exec, not named
+            "bwrap_setup_patterns": [
+                {"call": p.call, "arguments": p.arguments, "answer": answer}
+                for p, _d, answer in self.bwrap_patterns()
+            ],
             "default_for_unknown_calls": errno.errorcode[DEFAULT_ERRNO],
             "foreign_abis": data.KILL,
             "warnings": list(self.warnings),
