@@ -483,6 +483,17 @@ class SandboxManager:
             spec["net_bridge"] = {"port": _netpolicy.PROXY_PORT, "block_slot": block_slot}
             env.update(_netpolicy.proxy_environment())
             prepared.uses_proxy = True
+        syscall_filter: _seccomp.SyscallFilter | None = None
+        inner_slot: int | None = None
+        if prepared.use_filter:
+            syscall_filter = _seccomp.filter_for_config(
+                config, bwrap_setup=info.has_add_seccomp_fd
+            )
+            if syscall_filter is not None and syscall_filter.compile().inner_bpf:
+                # the filter bubblewrap installs right before it execs the
+                # program (seccomp.py): a memfd in the last descriptor slot
+                inner_slot = FD_FIRST_BIND + len(plan.bind_paths) + (1 if "net_bridge" in spec else 0)
+                args += ["--add-seccomp-fd", str(inner_slot)]
         if len(args) + len(argv) + 4 > _bwrap.MAX_ARGS:
             raise CommandError(
                 f"{len(argv)} arguments: bubblewrap accepts at most {_bwrap.MAX_ARGS} in all "
@@ -501,7 +512,9 @@ class SandboxManager:
             env=env,
         )
         if prepared.use_filter:
-            self._install_filter(prepared, _seccomp.filter_for_config(config), trust_monitor=True)
+            self._install_filter(prepared, syscall_filter, trust_monitor=True)
+            if inner_slot is not None:
+                spec["seccomp"]["inner_slot"] = inner_slot
         if caller_is_root:
             self._add_root_idmaps(prepared, workspace, extra_ro, fs)
         if log.isEnabledFor(logging.DEBUG):
@@ -905,6 +918,8 @@ class SandboxManager:
             return
         spec = template.spec
         slot = FD_FIRST_BIND + len(spec.get("bind_paths") or [])
+        if (spec.get("seccomp") or {}).get("inner_slot") is not None:
+            slot += 1  # after bubblewrap's second filter
         spec["argv"][-1] = str(slot)
         spec["pool"] = {"slot": slot}
         spec["timeout"] = None

@@ -81,6 +81,9 @@ class BwrapInfo:
     has_bind_fd: bool
     has_disable_userns: bool
     has_size: bool
+    # --add-seccomp-fd (0.5.0): a filter bubblewrap installs right before it
+    # execs the program; without it every set-up call stays notified
+    has_add_seccomp_fd: bool = False
 
 
 @functools.lru_cache(maxsize=8)
@@ -109,6 +112,7 @@ def find_bwrap(explicit: str | None = None) -> BwrapInfo:
         has_bind_fd="--bind-fd" in helptext,
         has_disable_userns="--disable-userns" in helptext,
         has_size="--size" in helptext,
+        has_add_seccomp_fd="--add-seccomp-fd" in helptext,
     )
 
 

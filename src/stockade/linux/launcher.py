@@ -168,8 +168,8 @@ def _child_setup(
       5. drop from root to the sandbox uid (second tier: then die with the
          monitor, ambient capabilities cleared)
       6. cwd, descriptors into their fixed slots (``extra_fds``, such as
-         bubblewrap's --block-fd pipe, after the bind sources), all others
-         closed
+         bubblewrap's --block-fd pipe and then its --add-seccomp-fd memfd,
+         after the bind sources), all others closed
       7. default dispositions for the signals this process ignores, then
          rlimits (after fds: RLIMIT_NOFILE may be below our slot numbers)
       8. no_new_privs, Landlock ruleset, seccomp filter (its listener is
@@ -265,6 +265,11 @@ def _child_setup(
             if waiter and waiter.get("slot") != len(slots) + len(extra_fds) - 1:
                 raise OSError(errno.EINVAL, f"waiter slot {waiter.get('slot')} is not last")
             slots += extra_fds
+            inner_slot = (spec.get("seccomp") or {}).get("inner_slot")
+            expected = len(slots) - (2 if waiter else 1)  # before the waiter's socket
+            if inner_slot is not None and inner_slot != expected:
+                # bubblewrap would read another descriptor as the filter
+                raise OSError(errno.EINVAL, f"--add-seccomp-fd slot {inner_slot} != {expected}")
         # Lift every source above the slots first, so that a dup2 into a slot
         # never clobbers a source still needed.
         high = 64 + len(slots)
@@ -320,6 +325,17 @@ def _child_setup(
         except OSError:
             os.write(2, f"stockade launcher: {message}\n".encode())
         os._exit(EXIT_SETUP_FAILED)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Spare:
@@ -502,8 +518,13 @@ class Run:
         if self.spec.get("net_bridge"):
             block_r, self.block_w = os.pipe2(os.O_CLOEXEC)
             extra_fds.append(block_r)
+        if seccomp and seccomp.get("inner_slot") is not None:
+            # the filter bubblewrap installs right before it execs the
+            # program (--add-seccomp-fd), read to its end
+            extra_fds.append(_memfd("stockade-inner-filter", base64.b64decode(seccomp["inner_bpf"])))
         waiter_child = None
         if self.spec.get("pool"):
+            # a prepared sandbox's waiter socket: the last slot
             self.waiter, waiter_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             extra_fds.append(waiter_child.fileno())
         spare = None if self.spec.get("idmaps") else self.launcher.take_spare()

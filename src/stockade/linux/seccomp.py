@@ -18,6 +18,14 @@ How a filter works (see ``syscall_groups.py`` for what it contains):
 * ``execve``/``execveat`` are always notified and always continue: the first
   one the program makes marks its start (bubblewrap's own set-up calls
   before it are allowed to continue).
+* In the first tier (``bwrap_setup``) the filter also ALLOWs bubblewrap's
+  own set-up calls by their argument patterns (``syscall_groups.BWRAP_SETUP``),
+  so that they cost no round trip, and a second, inner filter, which
+  bubblewrap installs right before it execs the program
+  (``--add-seccomp-fd``), refuses exactly those patterns to the program with
+  the call's answer (SECCOMP_RET_ERRNO or SECCOMP_RET_KILL_PROCESS) and
+  allows everything else, leaving the decision to the first filter. Those
+  refusals are not named: the inner filter has no listener.
 
 The default answer to a notified call the tables do not know (a system call
 newer than this module) is ENOSYS, so that programs fall back as they would
@@ -114,10 +122,18 @@ class CompiledFilter:
     names: dict[str, str]
     start_calls: tuple[str, ...]
     instructions: int
+    # bubblewrap's set-up patterns (``bwrap_setup``): the inner filter that
+    # refuses them to the program, and how many patterns it holds
+    inner_bpf: bytes | None = None
+    setup_patterns: int = 0
 
     @functools.cached_property
     def bpf_b64(self) -> str:
         return _b64(self.bpf)
+
+    @functools.cached_property
+    def inner_b64(self) -> str | None:
+        return None if self.inner_bpf is None else _b64(self.inner_bpf)
 
 
 @dataclass
@@ -145,6 +161,11 @@ class SyscallFilter:
             filter (as on a file system without it), and libc's
             ``posix_fallocate`` falls back to writing, which the budget sees.
         machine: the architecture (``platform.machine()`` when None).
+        bwrap_setup: bubblewrap runs under this filter and can install a
+            second one (``--add-seccomp-fd``): the filter then allows
+            bubblewrap's set-up calls by their argument patterns
+            (``syscall_groups.BWRAP_SETUP``) and ``compile`` also builds the
+            inner filter that refuses those patterns to the program.
 
     Raises:
         PolicyError: unknown mode or network policy; names that are no
@@ -162,6 +183,7 @@ class SyscallFilter:
     unix_sockets: bool = True
     disk_budget: bool = False
     machine: str | None = None
+    bwrap_setup: bool = False
     warnings: list[str] = field(default_factory=list, init=False)
     _decisions: dict[str, Decision] = field(
         default_factory=dict, init=False, repr=False
@@ -378,6 +400,32 @@ class SyscallFilter:
     def decision(self, name: str) -> Decision | None:
         return self._decisions.get(name)
 
+    def setup_rules(self) -> list[tuple[data.SetupPattern, Decision, str]]:
+        """What ``compile`` lets through for bubblewrap: ``bwrap_patterns()``
+        with ``bwrap_setup``, else nothing."""
+        return self.bwrap_patterns() if self.bwrap_setup else []
+
+    def bwrap_patterns(self) -> list[tuple[data.SetupPattern, Decision, str]]:
+        """bubblewrap's set-up patterns this filter denies, with their answer.
+
+        A pattern applies where the filter denies the call (the answer is the
+        call's), or, for a call allowed with some arguments only, where the
+        pattern lies wholly outside what it allows (the answer is the
+        refused call's). A pattern partly inside is left out: the inner
+        filter must never refuse what the mode allows, and the call then
+        stays notified during the set-up.
+        """
+        rules = []
+        for pattern in data.BWRAP_SETUP:
+            d = self._decisions.get(pattern.call)
+            if d is None or d.in_filter or d.name in data.NOTIFIED_ALWAYS:
+                continue
+            if d.action != ALLOW:
+                rules.append((pattern, d, d.action))
+            elif d.conditions and _disjoint(pattern.tests, d.conditions):
+                rules.append((pattern, d, d.denied_action))
+        return rules
+
     @property
     def allowed(self) -> list[str]:
         return sorted(d.name for d in self._decisions.values() if d.action == ALLOW)
@@ -416,6 +464,12 @@ class SyscallFilter:
                             sc.Arg(i, sc.MASKED_EQ, m, v) for i, m, v in alternative
                         ]
                         flt.add_rule(sc.ALLOW, d.number, *args)
+            setup = self.setup_rules()
+            inner = None
+            if self.bwrap_setup:
+                for pattern, d, _answer in setup:
+                    flt.add_rule(sc.ALLOW, d.number, *_args(sc, pattern.tests))
+                inner = self._compile_inner(setup)
             bpf = _export(flt)
         except OSError as err:
             raise SandboxUnavailableError(
@@ -450,12 +504,37 @@ class SyscallFilter:
             names=names,
             start_calls=start,
             instructions=len(bpf) // 8,
+            inner_bpf=inner,
+            setup_patterns=len(setup),
         )
         log.debug(
             "seccomp filter %s/%s: %d BPF instructions, %d calls allowed",
             self.mode, self.network, len(bpf) // 8, len(self.allowed),
         )
         return self._compiled
+
+    def _compile_inner(
+        self, setup: list[tuple[data.SetupPattern, Decision, str]]
+    ) -> bytes:
+        """The filter bubblewrap installs right before it execs the program.
+
+        It refuses bubblewrap's set-up patterns, which the outer filter
+        allows, with the call's answer, and allows everything else: the
+        outer filter, evaluated too, still decides about the rest (the
+        kernel takes the strictest answer of the two). Foreign ABIs pass
+        here and are notified and killed by the outer filter.
+        """
+        sc = self._seccomp
+        flt = sc.SyscallFilter(sc.ALLOW)
+        flt.set_attr(sc.Attr.ACT_BADARCH, sc.ALLOW)
+        flt.set_attr(sc.Attr.CTL_NNP, 0)
+        for pattern, d, answer in setup:
+            if answer == data.KILL:
+                action = sc.KILL_PROCESS
+            else:
+                action = sc.ERRNO(getattr(errno, answer))
+            flt.add_rule(action, d.number, *_args(sc, pattern.tests))
+        return _export(flt)
 
     def launcher_spec(self, *, trust_monitor: bool = True) -> dict[str, Any]:
         """The ``spec["seccomp"]`` mapping the launcher and supervisor read.
@@ -478,6 +557,7 @@ class SyscallFilter:
             "names": compiled.names,
             "default": DEFAULT_ERRNO,
             "start_calls": list(compiled.start_calls),
+            **({"inner_bpf": compiled.inner_b64} if compiled.inner_bpf else {}),
         }
 
     def protection_detail(self) -> str:
@@ -488,9 +568,15 @@ class SyscallFilter:
         if self.host_network:
             unix = "unix" if self.unix_sockets else "no unix"
             sockets = f"host network: no inet sockets, {unix} sockets"
+        named = "denials named"
+        if compiled.inner_bpf is not None:
+            named = (
+                "denials named but bubblewrap's set-up patterns (refused by a "
+                "second filter)"
+            )
         return (
             f"{self.mode} filter ({allowed} calls allowed, {sockets}, "
-            f"{compiled.instructions} BPF instructions); denials named; "
+            f"{compiled.instructions} BPF instructions); {named}; "
             f"foreign ABIs killed"
         )
 
@@ -512,10 +598,43 @@ class SyscallFilter:
             "argument_rules": {k: v[self.mode] for k, v in data.ARGUMENT_RULES.items()},
             "denied": denied,
             "notified_always": list(data.NOTIFIED_ALWAYS),
+            # first tier: let through for bubblewrap, refused to the program
+            # by the filter bubblewrap installs before exec, not named
+            "bwrap_setup_patterns": [
+                {"call": p.call, "arguments": p.arguments, "answer": answer}
+                for p, _d, answer in self.bwrap_patterns()
+            ],
             "default_for_unknown_calls": errno.errorcode[DEFAULT_ERRNO],
             "foreign_abis": data.KILL,
             "warnings": list(self.warnings),
         }
+
+
+def _args(sc: Any, tests: Iterable[tuple[int, int, int]]) -> list[Any]:
+    return [sc.Arg(i, sc.MASKED_EQ, m, v) for i, m, v in tests]
+
+
+def _disjoint(
+    tests: tuple[tuple[int, int, int], ...],
+    alternatives: tuple[tuple[tuple[int, int, int], ...], ...],
+) -> bool:
+    """True when no argument vector matching ``tests`` matches any alternative.
+
+    An alternative is ruled out when one of its tests contradicts the
+    pattern's on bits both look at: ``(arg & m) == v`` and
+    ``(arg & pm) == pv`` cannot both hold when ``(v ^ pv) & m & pm``.
+    """
+    fixed = {i: (m, v) for i, m, v in tests}
+    for alternative in alternatives:
+        contradicted = False
+        for i, m, v in alternative:
+            pm, pv = fixed.get(i, (0, 0))
+            if (v ^ pv) & m & pm:
+                contradicted = True
+                break
+        if not contradicted:
+            return False
+    return True
 
 
 def _argument_why(name: str) -> tuple[str, str]:
@@ -606,8 +725,11 @@ def filter_for(
     host_network: bool = False,
     unix_sockets: bool = True,
     disk_budget: bool = False,
+    bwrap_setup: bool = False,
 ) -> SyscallFilter:
     """The filter of a policy, built and compiled once per process.
+
+    ``bwrap_setup``: the first tier's variant, see ``SyscallFilter``.
 
     Raises:
         PolicyError, SandboxUnavailableError: see ``SyscallFilter``.
@@ -620,6 +742,7 @@ def filter_for(
         host_network=host_network,
         unix_sockets=unix_sockets,
         disk_budget=disk_budget,
+        bwrap_setup=bwrap_setup,
     )
     flt.compile()
     return flt
@@ -631,7 +754,11 @@ def network_policy(config: SandboxConfig) -> str:
 
 
 def filter_for_config(
-    config: SandboxConfig, *, tier: str = "namespaces", landlock_abi: int = 0
+    config: SandboxConfig,
+    *,
+    tier: str = "namespaces",
+    landlock_abi: int = 0,
+    bwrap_setup: bool = False,
 ) -> SyscallFilter | None:
     """The filter for a policy in a tier, or None in mode ``disabled``.
 
@@ -641,6 +768,9 @@ def filter_for_config(
             namespace) or ``"landlock"`` (the program shares the host's).
         landlock_abi: the second tier's Landlock ABI; from 9 on Landlock
             confines unix socket paths, so ``socket(AF_UNIX)`` may stay.
+        bwrap_setup: bubblewrap supports ``--add-seccomp-fd``: allow its
+            set-up calls by pattern and build the inner filter (first tier
+            only; without bubblewrap there is no set-up to let through).
 
     Raises:
         PolicyError, SandboxUnavailableError: see ``SyscallFilter``.
@@ -657,6 +787,7 @@ def filter_for_config(
         host_network,
         not host_network or landlock_abi >= LANDLOCK_ABI_UNIX_PATHS,
         config.disk_mb is not None,
+        bwrap_setup and not host_network,
     )
 
 

@@ -38,7 +38,8 @@ def render_markdown() -> str:
         "",
         "`allow`: the mode allows the group's calls; otherwise what a call "
         "gets: an errno, or `kill` (the calling process is killed). Every "
-        "denial is reported by name in the result's `violations`.",
+        "denial is reported by name in the result's `violations`, but for "
+        "bubblewrap's set-up patterns (below).",
         "",
         "| group | what | strict | moderate | permissive | why denied | calls |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -64,6 +65,7 @@ def render_markdown() -> str:
         errname, why = data.ARGUMENT_RULE_WHY[calls]
         cells = [_args_cell(per_mode[mode]) for mode in data.MODES]
         lines.append(f"| {calls} | {' | '.join(cells)} | {errname} | {why} |")
+    lines += _setup_patterns_markdown()
     lines += [
         "",
         "### Special cases",
@@ -103,6 +105,44 @@ def render_markdown() -> str:
         lines.append(f"| {label} | {' | '.join(cells[m] for m in data.MODES)} |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
+
+
+def _pattern_cell(flt: SyscallFilter, pattern: data.SetupPattern) -> str:
+    for rule, _decision, answer in flt.bwrap_patterns():
+        if rule is pattern:
+            return answer
+    return "allowed"
+
+
+def _setup_patterns_markdown() -> list[str]:
+    filters = [SyscallFilter(mode) for mode in data.MODES]
+    lines = [
+        "",
+        "### Refused without a name: bubblewrap's set-up patterns",
+        "",
+        "In the first tier bubblewrap builds the sandbox under the filter, "
+        "with calls the program is denied. The filter lets these argument "
+        "patterns through, so that they cost no round trip to the supervisor, "
+        "and bubblewrap installs a second filter right before it execs the "
+        "program (`--add-seccomp-fd`), which refuses the same patterns to the "
+        "program and all its descendants with the answer below. These "
+        "refusals are **not named** in `violations` (that filter has no "
+        "listener); every other pattern of these calls is refused and named "
+        "as above. `allowed`: the mode allows the pattern anyway (network "
+        "policy `none` shown). Without `--add-seccomp-fd` (bubblewrap before "
+        "0.5) nothing here applies and every set-up call is notified; the "
+        "Landlock tier has no bubblewrap and no such patterns.",
+        "",
+        "| call | arguments | strict | moderate | permissive | bubblewrap's step |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for pattern in data.BWRAP_SETUP:
+        cells = [_pattern_cell(flt, pattern) for flt in filters]
+        lines.append(
+            f"| {pattern.call} | {_args_cell(pattern.arguments)} | "
+            f"{' | '.join(cells)} | {pattern.why} |"
+        )
+    return lines
 
 
 def replace_generated(text: str) -> str:
@@ -149,6 +189,12 @@ def render_text(flt: SyscallFilter) -> str:
         answer = info.deny if info else "EPERM"
         why = info.why if info else "denied by the policy"
         lines.append(f"  {group} ({answer}; {why}): {' '.join(sorted(names))}")
+    patterns = flt.bwrap_patterns()
+    if patterns:
+        lines += ["", "refused without a name in the first tier (bubblewrap's set-up "
+                  "patterns, refused by the filter bubblewrap installs before exec):"]
+        for pattern, _decision, answer in patterns:
+            lines.append(f"  {pattern.call} {pattern.arguments}: {answer}")
     lines += [
         "",
         f"answered ENOSYS in the filter: {' '.join(data.ENOSYS_IN_FILTER)}",

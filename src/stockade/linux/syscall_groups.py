@@ -494,6 +494,100 @@ AF_INET6 = 10
 AF_NETLINK = 16
 NETLINK_ROUTE = 0
 
+# --- bubblewrap's set-up ------------------------------------------------------
+
+# bubblewrap builds the sandbox under the filter (it is installed before
+# bubblewrap starts, see seccomp.py), with calls the program is denied. Each
+# of them would be a round trip through the supervisor on every launch, so
+# the filter the launcher installs ALLOWs them by these argument patterns,
+# and a second filter, which bubblewrap installs right before it execs the
+# program (``--add-seccomp-fd``), refuses exactly the same patterns to the
+# program and all its descendants with the call's answer. Those refusals
+# happen in that second filter: they are not reported. Every other pattern
+# of these calls is still refused by the first filter and named.
+#
+# The list comes from tracing bubblewrap 0.8 with the arguments stockade
+# passes (root and unprivileged callers, every mode, hidden paths, presets,
+# network allowlists): ``strace -f -e trace=mount,umount2,pivot_root,unshare,
+# clone,socket``. A pattern only applies where the mode denies it.
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SILENT = 0x8000
+MNT_DETACH = 0x2
+CLONE_NEWUSER = 0x10000000
+SOCK_DGRAM = 2
+SOCK_RAW = 3
+SOCK_CLOEXEC = 0o2000000
+_ALL_BITS = 0xFFFFFFFFFFFFFFFF
+_LOW32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SetupPattern:
+    """One argument pattern of a call bubblewrap makes while it sets up.
+
+    Attributes:
+        call: the call's name.
+        tests: (argument index, mask, value) tests that must all hold,
+            ``(arg & mask) == value``; empty: any arguments.
+        arguments: the pattern, for people.
+        why: which of bubblewrap's steps makes the call.
+    """
+
+    call: str
+    tests: tuple[tuple[int, int, int], ...]
+    arguments: str
+    why: str
+
+
+BWRAP_SETUP: tuple[SetupPattern, ...] = (
+    SetupPattern(
+        "mount", ((3, MS_SILENT, MS_SILENT),), "flags with MS_SILENT",
+        "every bind mount, remount and propagation change (the remount flags "
+        "depend on the host's mount options; MS_SILENT is always among them)",
+    ),
+    SetupPattern(
+        "mount", ((3, _ALL_BITS, MS_NOSUID | MS_NODEV),),
+        "flags exactly MS_NOSUID|MS_NODEV", "tmpfs mounts (the root, /dev, "
+        "/tmp, /var/tmp, /dev/shm, the home, hidden directories)",
+    ),
+    SetupPattern(
+        "mount", ((3, _ALL_BITS, MS_NOSUID | MS_NODEV | MS_NOEXEC),),
+        "flags exactly MS_NOSUID|MS_NODEV|MS_NOEXEC", "/proc",
+    ),
+    SetupPattern(
+        "mount", ((3, _ALL_BITS, MS_NOSUID | MS_NOEXEC),),
+        "flags exactly MS_NOSUID|MS_NOEXEC", "/dev/pts (devpts)",
+    ),
+    SetupPattern(
+        "umount2", ((1, _LOW32, MNT_DETACH),), "flags exactly MNT_DETACH",
+        "detaching the old root",
+    ),
+    SetupPattern(
+        "pivot_root", (), "any (its arguments are pointers the filter cannot read)",
+        "changing into the new root",
+    ),
+    SetupPattern(
+        "unshare", ((0, _ALL_BITS, CLONE_NEWUSER),), "flags exactly CLONE_NEWUSER",
+        "--disable-userns: the second user namespace, then the check that "
+        "no further one can be made",
+    ),
+    SetupPattern(
+        "socket",
+        ((0, _LOW32, AF_UNIX), (1, _LOW32, SOCK_DGRAM | SOCK_CLOEXEC), (2, _LOW32, 0)),
+        "exactly AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0",
+        "looking up the loopback interface (libc's if_nametoindex)",
+    ),
+    SetupPattern(
+        "socket",
+        ((0, _LOW32, AF_NETLINK), (1, _LOW32, SOCK_RAW | SOCK_CLOEXEC),
+         (2, _LOW32, NETLINK_ROUTE)),
+        "exactly AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE",
+        "bringing up the loopback interface",
+    ),
+)
+
 # The network policies (``stockade.network.policy.NetworkMode``) decide the
 # socket families: ``allowed_socket_families()`` there is the one list; the
 # filter narrows AF_NETLINK to NETLINK_ROUTE outside permissive.
