@@ -424,14 +424,19 @@ class BigCaller:
 # -- prewarm ----------------------------------------------------------------
 
 
-def prewarm_manager(config: SandboxConfig, size: int) -> tuple[SandboxManager | None, str | None]:
-    """A manager with a prewarmed pool, or None and why not."""
+def prewarm_manager(
+    config: SandboxConfig, size: int, workspace: str
+) -> tuple[SandboxManager | None, str | None]:
+    """A manager with a prewarmed pool for ``workspace``, or None and why not."""
     explicit = "prewarm" in inspect.signature(SandboxManager.__init__).parameters
     as_field = "prewarm" in getattr(SandboxConfig, "model_fields", {})
     if not (explicit or as_field):
         return None, "no prewarm support in this checkout"
     try:
-        return SandboxManager(config, prewarm=size), None
+        manager = SandboxManager(config.with_changes(workspace=workspace), prewarm=size)
+        if hasattr(manager, "start"):
+            manager.start(cwd=workspace, wait=True)
+        return manager, None
     except TypeError as err:
         return None, f"SandboxManager(config, prewarm={size}): {err}"
 
@@ -453,7 +458,7 @@ class LaunchBench:
                 SandboxConfig(mode="moderate", network=["example.org"], execution_log=False)
             ),
         }
-        self.pool, self.pool_missing = prewarm_manager(base, opts.prewarm)
+        self.pool, self.pool_missing = prewarm_manager(base, opts.prewarm, workspace)
         self.disabled: SandboxManager | None = None
         if opts.diagnose:
             logging.getLogger("stockade.manager").setLevel(logging.ERROR)  # its loud warning
@@ -498,6 +503,7 @@ class LaunchBench:
         assert self.pool is not None
         pause = self.opts.pause_ms / 1000
         time.sleep(pause)  # not counted: lets the pool refill
+        self._refilled()
         for _ in range(burst):
             result = self._stockade(self.pool, cmd, row, keep)
             flag, evidence = was_pooled(result)
@@ -508,6 +514,17 @@ class LaunchBench:
                     row.pooled += 1
         # let it refill before another variant is timed
         time.sleep(pause * (1 + (burst > 1) * self.opts.prewarm))
+        self._refilled()
+
+    def _refilled(self) -> None:
+        """Not counted: wait until the pool is full again (``start(wait=True)``)."""
+        assert self.pool is not None
+        start = getattr(self.pool, "start", None)
+        if start is not None:
+            try:
+                start(cwd=self.ws, wait=True)
+            except TypeError:
+                pass  # an older start() without wait
 
     def _big(self, variant: str, cmd: list[str], row: Row, keep: bool) -> None:
         assert self.big is not None
@@ -899,7 +916,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds thrown away (default 3)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few rounds, small phases")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON instead")
-    ap.add_argument("--prewarm", type=int, default=2, help="pool size of the prewarmed manager")
+    ap.add_argument("--prewarm", type=int, default=4, help="pool size of the prewarmed manager")
     ap.add_argument("--seed", type=int, default=8, help="seed of the per-round variant order")
     ap.add_argument("--burst", type=int, default=4, help="back-to-back runs per prewarmed burst")
     ap.add_argument("--pause-ms", type=float, default=20.0,
