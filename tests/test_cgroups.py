@@ -249,6 +249,45 @@ def test_v2_counters_turn_into_limit_reasons_and_usage(tmp_path):
     cg.close_counters()
 
 
+def test_baseline_subtracts_the_waiters_cpu_and_restarts_the_peak_v2(tmp_path):
+    """A prepared sandbox's waiter ran in the cgroup before the program
+    (issue #8): its CPU time is not the run's, and the memory peak restarts
+    through the file descriptor the reset was written to."""
+    cg = _fake_v2(tmp_path)
+    cg.apply({"memory_bytes": 64 * MIB, "cpu_time_ns": 10**9})
+    d = Path(cg.dirs[CPUACCT])
+    (d / "cpu.stat").write_text("usage_usec 40000\nuser_usec 30000\nsystem_usec 10000\n")
+    (d / "memory.current").write_text(str(5 * MIB))
+    cg.set_baseline()
+    assert cg.peak_reset is True
+    assert (d / "memory.peak").read_text().startswith("reset")
+    (d / "cpu.stat").write_text("usage_usec 1040000\nuser_usec 830000\nsystem_usec 210000\n")
+    (d / "memory.peak").write_text(str(7 * MIB))  # what the kernel shows that fd now
+    assert cg.check() == ("cpu_limit", None)  # 1.0 s of the program's own
+    usage = cg.usage()
+    assert usage["cpu_total_sec"] == pytest.approx(1.0)
+    assert usage["cpu_user_sec"] + usage["cpu_system_sec"] == pytest.approx(1.0)
+    assert usage["memory_peak_bytes"] == 7 * MIB
+    assert usage["baseline"] == {"cpu_total_sec": 0.04, "peak_reset": True, "memory_bytes": 5 * MIB}
+    cg.close_counters()
+
+
+def test_baseline_v1_resets_max_usage(tmp_path):
+    cg = _fake_v1(tmp_path)
+    cg.apply({"memory_bytes": 64 * MIB})
+    mem = Path(cg.dirs[MEMORY])
+    (mem / "memory.usage_in_bytes").write_text(str(5 * MIB))
+    (mem / "memory.max_usage_in_bytes").write_text(str(9 * MIB))
+    acct = Path(cg.dirs[CPUACCT])
+    (acct / "cpuacct.usage").write_text("30000000\n")
+    cg.set_baseline()
+    assert (mem / "memory.max_usage_in_bytes").read_text() == "0"
+    (acct / "cpuacct.usage").write_text("50000000\n")
+    usage = cg.usage()
+    assert usage["cpu_total_sec"] == pytest.approx(0.02)
+    assert usage["baseline"]["memory_bytes"] == 5 * MIB
+
+
 def test_cpu_poll_waits_for_what_the_tree_could_burn(tmp_path):
     cg = _fake_v2(tmp_path)
     cg.apply({"cpu_time_ns": 2 * 10**9, "cpu_cores": 1.0})
