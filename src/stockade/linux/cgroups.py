@@ -45,6 +45,7 @@ this module at every start.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -554,9 +555,18 @@ class RunCgroup:
     def _apply_v1(self, memory: int | None, pids: int | None, cores: float | None) -> None:
         if memory is not None:
             d = self.dirs[MEMORY]
-            _write(os.path.join(d, "memory.limit_in_bytes"), str(memory))
             memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
-            if os.path.exists(memsw):
+            has_memsw = os.path.exists(memsw)
+            try:
+                _write(os.path.join(d, "memory.limit_in_bytes"), str(memory))
+            except OSError as err:
+                if not (has_memsw and err.errno == errno.EINVAL):
+                    raise
+                # raising a limit set before (a cgroup made ahead): memory +
+                # swap may not be below memory, so it goes first
+                _write(memsw, str(memory))
+                _write(os.path.join(d, "memory.limit_in_bytes"), str(memory))
+            if has_memsw:
                 _write(memsw, str(memory))  # memory + swap: no swap for the run
             else:
                 # without swap accounting, keep reclaim from swapping the run
@@ -893,6 +903,7 @@ class RunCgroups:
         self.ns = pid_namespace_id()
         self.seq = 0
         self.spare: dict[int, RunCgroup] = {}  # version -> made ahead
+        self.last_limits: dict[int, dict[str, Any]] = {}  # version -> the last run's
         self.pending: list[RunCgroup] = []     # to kill and remove
         self.enabled_v2 = False
         self.next_retry: float | None = None
@@ -990,6 +1001,10 @@ class RunCgroups:
             OSError: it could not be made or limited (the run must not start).
         """
         cgroup = self.spare.pop(version, None) or self._make(version)
+        self.last_limits[version] = dict(limits)
+        if cgroup.limits == limits and cgroup.join_paths:
+            return cgroup  # set when it was made ahead (refill)
+        cgroup.close_counters()  # set ahead for other limits: set again
         try:
             cgroup.apply(limits)
         except OSError:
@@ -1002,9 +1017,17 @@ class RunCgroups:
         if version in self.spare:
             return
         try:
-            self.spare[version] = self._make(version)
+            cgroup = self._make(version)
         except OSError:
-            pass
+            return
+        limits = self.last_limits.get(version)
+        if limits is not None:
+            # most runs of a caller share their limits: set the last ones now
+            try:
+                cgroup.apply(limits)
+            except OSError:
+                cgroup.limits, cgroup.join_paths = {}, []  # take() tries again
+        self.spare[version] = cgroup
 
     def release(self, cgroup: RunCgroup) -> None:
         """Kill what remains in a run's cgroup and remove it (now or later)."""

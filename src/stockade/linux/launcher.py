@@ -367,6 +367,8 @@ class Spare:
         if pid == 0:  # pragma: no cover - child
             try:
                 _spare_main(theirs)
+            except BaseException:  # noqa: BLE001 - say why on stderr, then go
+                traceback.print_exc()
             finally:
                 os._exit(EXIT_SETUP_FAILED)
         theirs.close()
@@ -494,6 +496,8 @@ class Run:
         self.t_go: float | None = None
         self.t_handed: float | None = None
         self.t_json_exit: float | None = None
+        self.t_limits: float | None = None
+        self.t_forked: float | None = None
         if spec.get("pool"):
             self.deadline = None  # the clock starts when a program is given
 
@@ -501,6 +505,7 @@ class Run:
 
     def start(self) -> None:
         self._start_limits()
+        self.t_limits = time.monotonic()
         if self.setup_error is not None:
             raise _SetupFailed()
         seccomp = self.spec.get("seccomp")
@@ -564,6 +569,7 @@ class Run:
         if pid == 0:  # pragma: no cover - child
             parent_sock.close()
             _child_setup(self.spec, self.stdio, child_sock, json_w, self.launcher.userns, extra_fds)
+        self.t_forked = time.monotonic()
         self.pid = pid
         child_sock.close()
         if json_w is not None:
@@ -1007,10 +1013,25 @@ class Run:
         end = self.t_exit or time.monotonic()
         if self.t_go is None:
             start = self.t_start
-            return {
+            times = {
                 "launch_ms": ((self.t_exec or start) - start) * 1000,
                 "run_ms": max(0.0, end - start) * 1000,
             }
+            # where the launch went (from the run's arrival): limits set up,
+            # child forked or spare given the run, program's exec seen by the
+            # supervisor, bubblewrap's exit-code seen, report sent
+            marks = {
+                "limits_ms": self.t_limits,
+                "forked_ms": self.t_forked,
+                "program_exec_ms": self.supervisor.t_program if self.supervisor else None,
+                "exit_seen_ms": self.t_json_exit,
+                "finish_ms": getattr(self, "t_finish", None),
+            }
+            for key, mark in marks.items():
+                if mark is not None:
+                    times[key] = (mark - start) * 1000
+            times["report_ms"] = (time.monotonic() - start) * 1000
+            return times
         # a prepared sandbox: from the moment it was given the program
         start = self.t_go
         times = {

@@ -189,6 +189,7 @@ class SyscallFilter:
         default_factory=dict, init=False, repr=False
     )
     _compiled: CompiledFilter | None = field(default=None, init=False, repr=False)
+    _allowed: list[str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in data.MODES:
@@ -428,7 +429,9 @@ class SyscallFilter:
 
     @property
     def allowed(self) -> list[str]:
-        return sorted(d.name for d in self._decisions.values() if d.action == ALLOW)
+        if self._allowed is None:  # asked on every run (protection_detail)
+            self._allowed = sorted(d.name for d in self._decisions.values() if d.action == ALLOW)
+        return list(self._allowed)
 
     def compile(self) -> CompiledFilter:
         """The BPF program and the supervisor's table (computed once).

@@ -57,6 +57,7 @@ import os
 import select
 import signal
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -128,6 +129,7 @@ class Supervisor:
         self.default_errno = int(spec.get("default", errno.ENOSYS))
         self.start_calls = set(spec.get("start_calls") or ())
         self.program_started = False
+        self.t_program: float | None = None
         self.program_pid: int | None = None
         # set-up notifications by call number: each costs a round trip
         self.setup_calls: Counter[int] = Counter()
@@ -174,6 +176,7 @@ class Supervisor:
             if key in self.start_calls:
                 self.program_started = True
                 self.program_pid = pid
+                self.t_program = time.monotonic()
                 if self._sync_mode == "setup":
                     self._set_sync(False)
             else:
