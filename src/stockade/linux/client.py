@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import SandboxUnavailableError
 from . import cgroups
+from .launcher import spec_message
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +177,7 @@ class LauncherClient:
 
     def submit(self, spec: dict[str, Any], stdin_fd: int, stdout_fd: int, stderr_fd: int) -> socket.socket:
         """Hand a run to the launcher; returns the caller's end of its report socket."""
-        payload = json.dumps(spec).encode()
-        spec_fd = None
-        if len(payload) > INLINE_SPEC_MAX:
-            # a long argv or environment: one SEQPACKET message holds only
-            # about 200 KiB, so the spec travels in a memfd
-            spec_fd = os.memfd_create("stockade-spec", os.MFD_CLOEXEC)
-            os.write(spec_fd, payload)
-            os.lseek(spec_fd, 0, os.SEEK_SET)
-            payload = b'{"spec_in_fd": true}'
+        payload, spec_fd = spec_message(spec, INLINE_SPEC_MAX)
         try:
             return self._send(payload, [stdin_fd, stdout_fd, stderr_fd], spec_fd)
         finally:
@@ -193,13 +186,7 @@ class LauncherClient:
 
     def open_pool(self, request: dict[str, Any], pool_fd: int) -> None:
         """Ask the launcher for a pool of prepared sandboxes (``stockade.pool``)."""
-        payload = json.dumps(request).encode()
-        spec_fd = None
-        if len(payload) > INLINE_SPEC_MAX:
-            spec_fd = os.memfd_create("stockade-pool", os.MFD_CLOEXEC)
-            os.write(spec_fd, payload)
-            os.lseek(spec_fd, 0, os.SEEK_SET)
-            payload = b'{"spec_in_fd": true}'
+        payload, spec_fd = spec_message(request, INLINE_SPEC_MAX)
         try:
             self.ensure_started()
             assert self._control is not None

@@ -327,6 +327,16 @@ def _child_setup(
         os._exit(EXIT_SETUP_FAILED)
 
 
+def spec_message(spec: dict[str, Any], inline_max: int) -> tuple[bytes, int | None]:
+    """A spec as one SEQPACKET message: inline, or (a long argv or
+    environment: one message holds only about 200 KiB) a memfd to attach,
+    with ``{"spec_in_fd": true}`` as the message. The caller closes the fd."""
+    payload = json.dumps(spec).encode()
+    if len(payload) <= inline_max:
+        return payload, None
+    return b'{"spec_in_fd": true}', _memfd("stockade-spec", payload)
+
+
 def _memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
@@ -377,13 +387,7 @@ class Spare:
 
     def hand_over(self, spec: dict[str, Any], fds: list[int]) -> None:
         """Send the run; raises OSError if the spare is gone."""
-        payload = json.dumps(spec).encode()
-        memfd = None
-        if len(payload) > SPARE_INLINE_MAX:
-            memfd = os.memfd_create("stockade-spec", os.MFD_CLOEXEC)
-            os.write(memfd, payload)
-            os.lseek(memfd, 0, os.SEEK_SET)
-            payload = b'{"spec_in_fd": true}'
+        payload, memfd = spec_message(spec, SPARE_INLINE_MAX)
         try:
             socket.send_fds(self.sock, [payload], fds + ([memfd] if memfd is not None else []))
         finally:
