@@ -73,3 +73,16 @@ def test_spares_are_used_and_replaced(workspace):
     second = _wait_for_spare()
     assert second != first  # the first became that run, a new one waits
     assert not os.path.exists(f"/proc/{first}/cmdline") or _spares() == [second]
+
+
+def test_a_large_spec_reaches_the_spare_in_a_memfd(workspace):
+    if os.geteuid() == 0:
+        os.chown(workspace, 65534, 65534)  # no idmapped mounts: the spare takes it
+    manager = SandboxManager(SandboxConfig(execution_log=False))
+    assert manager.execute(["true"], cwd=workspace).success
+    spare = _wait_for_spare()
+    big = "x" * 100_000  # past the inline limit of a message to the spare
+    result = manager.execute(["sh", "-c", 'printf %s "$BIG" | wc -c'], cwd=workspace, env={"BIG": big})
+    assert result.success, result.summary()
+    assert result.stdout_text.strip() == "100000"
+    assert not os.path.exists(f"/proc/{spare}") or _spares() != [spare]  # it took the run
