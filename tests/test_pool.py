@@ -330,3 +330,22 @@ def test_policies_hiding_files_are_pooled_too(pooled, workspace):
     _wait_ready(manager, 1)
     again = manager.execute(["cat", "secret.env"], cwd=workspace)
     assert again.pooled and not again.success and "TOKEN" not in again.stdout_text
+
+
+def test_modules_planted_in_the_workspace_do_not_reach_the_waiter(pooled, workspace):
+    """The waiter is Python started in the workspace; a run may leave files
+    there that the next run's waiter would import if it looked there."""
+    manager = pooled(size=1)
+    _wait_ready(manager, 1)
+    plant = manager.execute(
+        ["sh", "-c", "for m in json socket signal os sys; do "
+         "echo 'open(\"/tmp/hijacked\", \"w\"); raise SystemExit(\"hijacked\")' > $m.py; done"],
+        cwd=workspace,
+    )
+    assert plant.pooled and plant.success, plant.summary()
+    manager.close()
+    manager = pooled(size=1)  # a new pool: waiters start with the files there
+    _wait_ready(manager, 1)
+    result = manager.execute(["sh", "-c", "ls /tmp; echo ok"], cwd=workspace)
+    assert result.pooled and result.success, result.summary()
+    assert result.stdout_text == "ok\n"
