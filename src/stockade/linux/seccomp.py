@@ -18,14 +18,17 @@ How a filter works (see ``syscall_groups.py`` for what it contains):
 * ``execve``/``execveat`` are always notified and always continue: the first
   one the program makes marks its start (bubblewrap's own set-up calls
   before it are allowed to continue).
-* In the first tier (``bwrap_setup``) the filter also ALLOWs bubblewrap's
-  own set-up calls by their argument patterns (``syscall_groups.BWRAP_SETUP``),
-  so that they cost no round trip, and a second, inner filter, which
+* In the first tier (``bwrap_setup``) the filter also ALLOWs the set-up
+  calls bubblewrap makes by the dozen (its ``mount`` calls; in strict two
+  sockets) by their argument patterns (``syscall_groups.BWRAP_SETUP``), so
+  that they cost no round trip, and a second, inner filter, which
   bubblewrap installs right before it execs the program
   (``--add-seccomp-fd``), refuses exactly those patterns to the program with
   the call's answer (SECCOMP_RET_ERRNO or SECCOMP_RET_KILL_PROCESS) and
   allows everything else, leaving the decision to the first filter. Those
-  refusals are not named: the inner filter has no listener.
+  refusals are not named: the inner filter has no listener. bubblewrap's
+  few other set-up calls (``pivot_root``, ``umount2``, ``unshare``) are
+  notified, continued before the program's start and named after it.
 
 The default answer to a notified call the tables do not know (a system call
 newer than this module) is ENOSYS, so that programs fall back as they would
@@ -574,8 +577,8 @@ class SyscallFilter:
         named = "denials named"
         if compiled.inner_bpf is not None:
             named = (
-                "denials named but bubblewrap's set-up patterns (refused by a "
-                "second filter)"
+                "denials named but bubblewrap's set-up mount patterns (refused "
+                "by a second filter)"
             )
         return (
             f"{self.mode} filter ({allowed} calls allowed, {sockets}, "
