@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stockade import SandboxConfig, SandboxManager, Termination
-from stockade.linux import seccomp
+from stockade.linux import landlock, seccomp
 
 pytestmark = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="probe numbers and ABIs are x86_64's"
@@ -212,14 +212,51 @@ def _expected_violations(table) -> dict[str, tuple[str, int]]:
     return expected
 
 
-@pytest.mark.parametrize("mode", ["moderate", "permissive"])
-def test_always_denied_calls_get_documented_answer_and_are_named(mode, workspace):
-    manager = SandboxManager(SandboxConfig(mode=mode, execution_log=False))
-    table = ALWAYS_DENIED + STILL_ALLOWED + ENOSYS_PROBES + SOCKETS_ALLOWED
-    probes = [_probe(pid, name, args) for pid, name, args, _ in table + REFUSED_UNNAMED]
-    probes += [probe for probe, _name in FOREIGN]
+_TIER_OK: dict[str, str | None] = {}
 
-    result, outcomes = _run_probes(manager, workspace, probes)
+
+def _skip_unless_tier(tier: str) -> None:
+    if tier not in _TIER_OK:
+        decision = SandboxManager(SandboxConfig(tier=tier, execution_log=False)).decide()
+        _TIER_OK[tier] = None if decision.ok else str(decision.error())
+    if _TIER_OK[tier]:
+        pytest.skip(f"this host cannot run tier {tier}: {_TIER_OK[tier]}")
+
+
+def _sockets(mode: str, tier: str) -> list[tuple[str, str, list, str]]:
+    """SOCKETS_ALLOWED with what this mode and tier answer."""
+    if mode == "strict":
+        return [(pid, name, args, NOFAMILY) for pid, name, args, _ in SOCKETS_ALLOWED]
+    if tier == "landlock":
+        # the host's network namespace: no netlink, and unix sockets only
+        # where Landlock confines their paths (socketpair stays)
+        unix = "ok" if landlock.abi_version()[0] >= seccomp.LANDLOCK_ABI_UNIX_PATHS else NOFAMILY
+        answers = {"socket-unix": unix, "socketpair-unix": "ok", "socket-netlink-route": NOFAMILY}
+        return [(pid, name, args, answers[pid]) for pid, name, args, _ in SOCKETS_ALLOWED]
+    return SOCKETS_ALLOWED
+
+
+@pytest.mark.parametrize("tier", ["namespaces", "landlock"])
+@pytest.mark.parametrize("mode", ["strict", "moderate", "permissive"])
+def test_always_denied_calls_get_documented_answer_and_are_named(mode, tier, workspace):
+    """Every always-denied call, in every mode and tier. strict has no fork,
+    so its probes run in the probing process itself and the calls that kill
+    are left to test_every_killing_call_kills_a_strict_program."""
+    _skip_unless_tier(tier)
+    config = SandboxConfig(
+        mode=mode, tier=tier, execution_log=False, env={"PATH": "/usr/bin:/bin"}
+    )
+    manager = SandboxManager(config)
+    strict = mode == "strict"
+    denied = [row for row in ALWAYS_DENIED if not (strict and row[3] == KILLED)]
+    table = denied + STILL_ALLOWED + ENOSYS_PROBES + _sockets(mode, tier)
+    # the Landlock tier has no bubblewrap and no set-up patterns: named there
+    named = table + (REFUSED_UNNAMED if tier == "landlock" else [])
+    foreign = [] if strict else FOREIGN
+    probes = [_probe(pid, name, args) for pid, name, args, _ in table + REFUSED_UNNAMED]
+    probes += [probe for probe, _name in foreign]
+
+    result, outcomes = _run_probes(manager, workspace, probes, in_process=strict)
 
     why = (result.summary(), result.stderr_text)
     assert result.termination is Termination.EXITED, why
@@ -230,11 +267,11 @@ def test_always_denied_calls_get_documented_answer_and_are_named(mode, workspace
         if outcomes.get(pid) != want
     }
     assert not wrong, wrong
-    for probe, _name in FOREIGN:
+    for probe, _name in foreign:
         assert outcomes[probe["id"]] == KILLED, (probe, outcomes[probe["id"]])
 
-    expected = _expected_violations(table)
-    for _probe_spec, name in FOREIGN:
+    expected = _expected_violations(named)
+    for _probe_spec, name in foreign:
         action, count = expected.get(name, ("kill", 0))
         expected[name] = ("kill", count + 1)
     assert _seccomp_violations(result) == expected
@@ -244,6 +281,25 @@ def test_always_denied_calls_get_documented_answer_and_are_named(mode, workspace
     assert expected["pivot_root"] == ("errno:EPERM", 1)
     assert "denied: " in result.summary()
     assert "unshare x3" in result.summary() and "pivot_root x1" in result.summary()
+
+
+_KILLING = [
+    ({"id": pid, "nr": nr(name), "args": args}, name)
+    for pid, name, args, outcome in ALWAYS_DENIED
+    if outcome == KILLED
+] + FOREIGN
+
+
+@pytest.mark.parametrize(
+    "probe, name", _KILLING, ids=[probe["id"] for probe, _name in _KILLING]
+)
+def test_every_killing_call_kills_a_strict_program(probe, name, workspace):
+    """strict cannot fork a child to survive the kill: one run per call."""
+    manager = SandboxManager(SandboxConfig(mode="strict", execution_log=False))
+    result, outcomes = _run_probes(manager, workspace, [probe], in_process=True)
+    assert result.termination is Termination.SYSCALL_DENIED, result.summary()
+    assert probe["id"] not in outcomes  # the call never returned
+    assert _seccomp_violations(result) == {name: ("kill", 1)}
 
 
 def test_denial_names_carry_the_arguments_that_made_them(manager, workspace):
