@@ -437,3 +437,25 @@ def test_a_program_hammering_a_denied_call_is_still_timed_out(workspace):
     printed = int(result.stdout_text.split()[-1])
     assert printed <= violation.count <= printed + 1000
     assert violation.count > 1000
+
+
+@pytest.mark.parametrize("mode", ["strict", "moderate"])
+def test_a_call_the_tables_do_not_know_gets_enosys_named_by_number(mode, workspace):
+    """Number 500 is no system call yet: newer than every table, it gets
+    ENOSYS (programs fall back as on an older kernel) and is named by
+    number; uselib, which the tables know as obsolete, is named by name."""
+    flt = seccomp.SyscallFilter(mode)
+    assert 500 not in {d.number for d in flt.decisions()}
+    manager = SandboxManager(SandboxConfig(mode=mode, execution_log=False))
+    probes = [
+        {"id": "nr-500", "nr": 500, "args": []},
+        {"id": "uselib", "nr": nr("uselib"), "args": [NO_FILE]},
+    ]
+    result, outcomes = _run_probes(manager, workspace, probes, in_process=True)
+    assert result.success, (result.summary(), result.stderr_text)
+    assert outcomes == {"nr-500": "errno:ENOSYS", "uselib": "errno:ENOSYS"}
+    assert _seccomp_violations(result) == {
+        "x86_64:500": ("errno:ENOSYS", 1),
+        "uselib": ("errno:ENOSYS", 1),
+    }
+    assert "x86_64:500 x1" in result.summary()
