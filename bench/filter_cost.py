@@ -9,8 +9,9 @@ separately); "no filter" is the same launch with the filter left out.
 In the first tier (bubblewrap) the difference includes one supervisor round
 trip per call of bubblewrap's set-up that the program is denied and that
 the filter does not let through by its arguments (with --add-seccomp-fd
-only the fork of bubblewrap's pid 1 in strict; without it every mount,
-pivot_root, ...), plus installing the second filter that bubblewrap hands
+its two pivot_root, two umount2 and two unshare, and in strict the fork of
+bubblewrap's pid 1; without it every mount too), plus installing the
+second filter that bubblewrap hands
 the program; the second tier (Landlock, ``--tier landlock``) has no such
 set-up, so it shows the filter's fixed cost: installing it and handing over
 its listener.

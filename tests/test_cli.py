@@ -172,3 +172,51 @@ def test_limits_take_none(workspace):
 def test_python_dash_m_stockade(workspace):
     proc = subprocess.run([sys.executable, "-m", "stockade", "--version"], capture_output=True)
     assert proc.returncode == 0 and proc.stdout.startswith(b"stockade ")
+
+
+PROBE = os.path.join(os.path.dirname(__file__), "payloads", "syscall_probe.py")
+
+
+def _summary_denied(stderr: bytes) -> str:
+    """The ``denied:`` part of the summary line ``stockade run`` prints last."""
+    line = stderr.decode().rstrip("\n").splitlines()[-1]
+    assert line.startswith("stockade: "), stderr
+    [part] = [p for p in line.split("; ") if p.startswith("denied: ")]
+    return part
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe's call numbers are x86_64's")
+def test_run_names_each_denied_call_with_its_count_on_stderr(workspace):
+    import shutil
+
+    shutil.copy(PROBE, workspace / "syscall_probe.py")
+    probes = [
+        {"id": "keyctl", "nr": 250, "args": [0, -3, 0]},
+        {"id": "ptrace", "nr": 101, "args": [2, 1, 0, 0]},
+        {"id": "inet-1", "nr": 41, "args": [2, 1, 0]},
+        {"id": "inet-2", "nr": 41, "args": [10, 1, 0]},
+        {"id": "newuser", "nr": 272, "args": [0x10000000]},  # unshare(CLONE_NEWUSER)
+        {"id": "pivot", "nr": 155, "args": ["s:/nonexistent", "s:/nonexistent"]},
+    ]
+    proc = cli("run", "--no-log", "--", "python3", "syscall_probe.py", json.dumps(probes),
+               cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    outcomes = {}
+    for line in proc.stdout.decode().splitlines():
+        outcomes.update(json.loads(line))
+    assert set(outcomes.values()) == {"errno:EPERM", "errno:EAFNOSUPPORT"}, outcomes
+    assert _summary_denied(proc.stderr) == (
+        "denied: keyctl x1, pivot_root x1, ptrace x1, socket x2, unshare x1"
+    )
+
+
+def test_run_counts_every_unshare_of_a_shell_script(workspace):
+    """The audit's case: three unshare(1) calls, three denials named."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("util-linux's unshare is not installed")
+    proc = cli("run", "--no-log", "--", "sh", "-c",
+               "unshare -U true; unshare -r true; unshare -n true", cwd=workspace)
+    assert proc.stderr.count(b"unshare failed: Operation not permitted") == 3, proc.stderr
+    assert _summary_denied(proc.stderr) == "denied: unshare x3"

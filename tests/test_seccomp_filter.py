@@ -142,6 +142,37 @@ def test_unknown_names_in_a_custom_set_are_an_error_naming_them():
     assert err.value.key == "syscalls_allow"
 
 
+def test_unknown_names_of_both_fields_are_one_error_naming_each_with_its_field():
+    with pytest.raises(PolicyError) as err:
+        seccomp.SyscallFilter(
+            "moderate", allow=("read", "xyzzy"), deny=("frobnicate", "mkdir", "nosuchcall")
+        )
+    message = str(err.value)
+    assert "syscalls_allow: xyzzy;" in message, message
+    assert "syscalls_deny: frobnicate, nosuchcall;" in message, message
+    assert err.value.key == "syscalls_allow" and err.value.value == ["read", "xyzzy"]
+
+    with pytest.raises(PolicyError) as err:
+        seccomp.SyscallFilter("moderate", deny=("frobnicate",))
+    assert err.value.key == "syscalls_deny" and "syscalls_deny: frobnicate" in str(err.value)
+
+
+@x86_64_only
+def test_a_name_refused_is_not_also_reported_ignored(caplog):
+    """oldstat does not exist on x86_64 and is always denied where it does:
+    the set is refused, and no warning calls it (or anything) ignored."""
+    caplog.set_level(logging.WARNING, logger="stockade")
+    config = SandboxConfig(syscalls_allow=("fcntl64", "oldstat", "set_tls"))
+    with pytest.raises(PolicyError, match="oldstat is always denied"):
+        seccomp.filter_for_config(config)
+    assert "ignored" not in caplog.text, caplog.text
+
+    # without the refused name the others are ignored, with the warning
+    flt = seccomp.SyscallFilter("moderate", allow=("fcntl64", "set_tls"))
+    [warning] = flt.warnings
+    assert "ignored: fcntl64, set_tls" in warning and "oldstat" not in warning
+
+
 def test_unknown_names_fail_the_run_before_it_starts(workspace):
     config = SandboxConfig(syscalls_deny=("nosuchcall",), execution_log=False)
     manager = SandboxManager(config)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stockade import SandboxConfig, SandboxManager, Termination
-from stockade.linux import seccomp
+from stockade.linux import landlock, seccomp
 
 pytestmark = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="probe numbers and ABIs are x86_64's"
@@ -42,12 +42,20 @@ def nr(name: str) -> int:
 # (probe id, syscall name, args, outcome, violation name or None, action)
 ALWAYS_DENIED = [
     ("mount", "mount", ["s:none", NO_FILE, "s:tmpfs", 0, 0], EPERM),
+    ("mount-bind", "mount", [NO_FILE, NO_FILE, 0, 0x1000, 0], EPERM),  # MS_BIND
+    ("mount-silent-move", "mount", [NO_FILE, NO_FILE, 0, 0x8000 | 0x2000, 0], EPERM),
     ("umount2", "umount2", [NO_FILE, 0], EPERM),
+    # bubblewrap makes these two each per launch too; the supervisor lets
+    # its own continue and names the program's
+    ("umount2-detach", "umount2", [NO_FILE, 2], EPERM),
+    ("pivot_root", "pivot_root", [NO_FILE, NO_FILE], EPERM),
     ("chroot", "chroot", [NO_FILE], EPERM),
     ("fsopen", "fsopen", ["s:tmpfs", 0], EPERM),
     ("open_tree", "open_tree", [-100, NO_FILE, 0], EPERM),
     ("move_mount", "move_mount", [-1, "s:", -1, "s:", 0], EPERM),
     ("unshare", "unshare", [0x20000], EPERM),  # CLONE_NEWNS
+    ("unshare-newuser", "unshare", [0x10000000], EPERM),  # what `unshare -U` makes
+    ("unshare-newnet", "unshare", [0x40000000], EPERM),
     ("setns", "setns", [-1, 0], EPERM),
     ("clone-newnet", "clone", [0x40000000 | 17, 0, 0, 0, 0], EPERM),
     ("ptrace", "ptrace", [2, 1, 0, 0], EPERM),
@@ -115,12 +123,10 @@ ALWAYS_DENIED = [
     ("mknodat-suid", "mknodat", [-100, "s:new-node-2", 0o100000 | 0o4755, 0], EPERM),
 ]
 
-# bubblewrap's set-up patterns (syscall_groups.BWRAP_SETUP): refused to the
-# program by the filter bubblewrap installs before exec, so not named.
+# bubblewrap's set-up mount patterns (syscall_groups.BWRAP_SETUP): in the
+# first tier refused to the program by the filter bubblewrap installs before
+# exec, so not named; the Landlock tier has no such patterns and names them.
 REFUSED_UNNAMED = [
-    ("pivot_root", "pivot_root", [NO_FILE, NO_FILE], EPERM),
-    ("unshare-newuser", "unshare", [0x10000000], EPERM),
-    ("umount2-detach", "umount2", [NO_FILE, 2], EPERM),
     ("mount-silent-bind", "mount", [NO_FILE, NO_FILE, 0, 0x8000 | 0x1000 | 0x4000, 0], EPERM),
 ]
 
@@ -206,14 +212,51 @@ def _expected_violations(table) -> dict[str, tuple[str, int]]:
     return expected
 
 
-@pytest.mark.parametrize("mode", ["moderate", "permissive"])
-def test_always_denied_calls_get_documented_answer_and_are_named(mode, workspace):
-    manager = SandboxManager(SandboxConfig(mode=mode, execution_log=False))
-    table = ALWAYS_DENIED + STILL_ALLOWED + ENOSYS_PROBES + SOCKETS_ALLOWED
-    probes = [_probe(pid, name, args) for pid, name, args, _ in table + REFUSED_UNNAMED]
-    probes += [probe for probe, _name in FOREIGN]
+_TIER_OK: dict[str, str | None] = {}
 
-    result, outcomes = _run_probes(manager, workspace, probes)
+
+def _skip_unless_tier(tier: str) -> None:
+    if tier not in _TIER_OK:
+        decision = SandboxManager(SandboxConfig(tier=tier, execution_log=False)).decide()
+        _TIER_OK[tier] = None if decision.ok else str(decision.error())
+    if _TIER_OK[tier]:
+        pytest.skip(f"this host cannot run tier {tier}: {_TIER_OK[tier]}")
+
+
+def _sockets(mode: str, tier: str) -> list[tuple[str, str, list, str]]:
+    """SOCKETS_ALLOWED with what this mode and tier answer."""
+    if mode == "strict":
+        return [(pid, name, args, NOFAMILY) for pid, name, args, _ in SOCKETS_ALLOWED]
+    if tier == "landlock":
+        # the host's network namespace: no netlink, and unix sockets only
+        # where Landlock confines their paths (socketpair stays)
+        unix = "ok" if landlock.abi_version()[0] >= seccomp.LANDLOCK_ABI_UNIX_PATHS else NOFAMILY
+        answers = {"socket-unix": unix, "socketpair-unix": "ok", "socket-netlink-route": NOFAMILY}
+        return [(pid, name, args, answers[pid]) for pid, name, args, _ in SOCKETS_ALLOWED]
+    return SOCKETS_ALLOWED
+
+
+@pytest.mark.parametrize("tier", ["namespaces", "landlock"])
+@pytest.mark.parametrize("mode", ["strict", "moderate", "permissive"])
+def test_always_denied_calls_get_documented_answer_and_are_named(mode, tier, workspace):
+    """Every always-denied call, in every mode and tier. strict has no fork,
+    so its probes run in the probing process itself and the calls that kill
+    are left to test_every_killing_call_kills_a_strict_program."""
+    _skip_unless_tier(tier)
+    config = SandboxConfig(
+        mode=mode, tier=tier, execution_log=False, env={"PATH": "/usr/bin:/bin"}
+    )
+    manager = SandboxManager(config)
+    strict = mode == "strict"
+    denied = [row for row in ALWAYS_DENIED if not (strict and row[3] == KILLED)]
+    table = denied + STILL_ALLOWED + ENOSYS_PROBES + _sockets(mode, tier)
+    # the Landlock tier has no bubblewrap and no set-up patterns: named there
+    named = table + (REFUSED_UNNAMED if tier == "landlock" else [])
+    foreign = [] if strict else FOREIGN
+    probes = [_probe(pid, name, args) for pid, name, args, _ in table + REFUSED_UNNAMED]
+    probes += [probe for probe, _name in foreign]
+
+    result, outcomes = _run_probes(manager, workspace, probes, in_process=strict)
 
     why = (result.summary(), result.stderr_text)
     assert result.termination is Termination.EXITED, why
@@ -224,15 +267,39 @@ def test_always_denied_calls_get_documented_answer_and_are_named(mode, workspace
         if outcomes.get(pid) != want
     }
     assert not wrong, wrong
-    for probe, _name in FOREIGN:
+    for probe, _name in foreign:
         assert outcomes[probe["id"]] == KILLED, (probe, outcomes[probe["id"]])
 
-    expected = _expected_violations(table)
-    for _probe_spec, name in FOREIGN:
+    expected = _expected_violations(named)
+    for _probe_spec, name in foreign:
         action, count = expected.get(name, ("kill", 0))
         expected[name] = ("kill", count + 1)
     assert _seccomp_violations(result) == expected
+    # the audit's case: every unshare and umount2 counted, pivot_root named
+    assert expected["unshare"] == ("errno:EPERM", 3)
+    assert expected["umount2"] == ("errno:EPERM", 2)
+    assert expected["pivot_root"] == ("errno:EPERM", 1)
     assert "denied: " in result.summary()
+    assert "unshare x3" in result.summary() and "pivot_root x1" in result.summary()
+
+
+_KILLING = [
+    ({"id": pid, "nr": nr(name), "args": args}, name)
+    for pid, name, args, outcome in ALWAYS_DENIED
+    if outcome == KILLED
+] + FOREIGN
+
+
+@pytest.mark.parametrize(
+    "probe, name", _KILLING, ids=[probe["id"] for probe, _name in _KILLING]
+)
+def test_every_killing_call_kills_a_strict_program(probe, name, workspace):
+    """strict cannot fork a child to survive the kill: one run per call."""
+    manager = SandboxManager(SandboxConfig(mode="strict", execution_log=False))
+    result, outcomes = _run_probes(manager, workspace, [probe], in_process=True)
+    assert result.termination is Termination.SYSCALL_DENIED, result.summary()
+    assert probe["id"] not in outcomes  # the call never returned
+    assert _seccomp_violations(result) == {name: ("kill", 1)}
 
 
 def test_denial_names_carry_the_arguments_that_made_them(manager, workspace):
@@ -370,3 +437,25 @@ def test_a_program_hammering_a_denied_call_is_still_timed_out(workspace):
     printed = int(result.stdout_text.split()[-1])
     assert printed <= violation.count <= printed + 1000
     assert violation.count > 1000
+
+
+@pytest.mark.parametrize("mode", ["strict", "moderate"])
+def test_a_call_the_tables_do_not_know_gets_enosys_named_by_number(mode, workspace):
+    """Number 500 is no system call yet: newer than every table, it gets
+    ENOSYS (programs fall back as on an older kernel) and is named by
+    number; uselib, which the tables know as obsolete, is named by name."""
+    flt = seccomp.SyscallFilter(mode)
+    assert 500 not in {d.number for d in flt.decisions()}
+    manager = SandboxManager(SandboxConfig(mode=mode, execution_log=False))
+    probes = [
+        {"id": "nr-500", "nr": 500, "args": []},
+        {"id": "uselib", "nr": nr("uselib"), "args": [NO_FILE]},
+    ]
+    result, outcomes = _run_probes(manager, workspace, probes, in_process=True)
+    assert result.success, (result.summary(), result.stderr_text)
+    assert outcomes == {"nr-500": "errno:ENOSYS", "uselib": "errno:ENOSYS"}
+    assert _seccomp_violations(result) == {
+        "x86_64:500": ("errno:ENOSYS", 1),
+        "uselib": ("errno:ENOSYS", 1),
+    }
+    assert "x86_64:500 x1" in result.summary()

@@ -18,14 +18,17 @@ How a filter works (see ``syscall_groups.py`` for what it contains):
 * ``execve``/``execveat`` are always notified and always continue: the first
   one the program makes marks its start (bubblewrap's own set-up calls
   before it are allowed to continue).
-* In the first tier (``bwrap_setup``) the filter also ALLOWs bubblewrap's
-  own set-up calls by their argument patterns (``syscall_groups.BWRAP_SETUP``),
-  so that they cost no round trip, and a second, inner filter, which
+* In the first tier (``bwrap_setup``) the filter also ALLOWs the set-up
+  calls bubblewrap makes by the dozen (its ``mount`` calls; in strict two
+  sockets) by their argument patterns (``syscall_groups.BWRAP_SETUP``), so
+  that they cost no round trip, and a second, inner filter, which
   bubblewrap installs right before it execs the program
   (``--add-seccomp-fd``), refuses exactly those patterns to the program with
   the call's answer (SECCOMP_RET_ERRNO or SECCOMP_RET_KILL_PROCESS) and
   allows everything else, leaving the decision to the first filter. Those
-  refusals are not named: the inner filter has no listener.
+  refusals are not named: the inner filter has no listener. bubblewrap's
+  few other set-up calls (``pivot_root``, ``umount2``, ``unshare``) are
+  notified, continued before the program's start and named after it.
 
 The default answer to a notified call the tables do not know (a system call
 newer than this module) is ENOSYS, so that programs fall back as they would
@@ -239,24 +242,31 @@ class SyscallFilter:
         return any(resolve(arch, name) != -1 for arch in _ARCH_TOKENS.values())
 
     def _check_custom(self) -> None:
+        """Check ``allow`` and ``deny`` before anything is built.
+
+        Unknown names in either field are one error naming all of them with
+        their field; then names that may not be changed are one error; only
+        a set that passes both gets the warning about names this
+        architecture lacks, so that no name is reported "ignored" and then
+        refused.
+
+        Raises:
+            PolicyError: ``key`` is the first field at fault, ``value`` that
+                field's list; the message names every name at fault.
+        """
         sets = (("syscalls_allow", self.allow), ("syscalls_deny", self.deny))
-        for key, names in sets:
-            unknown = sorted({n for n in names if not self._exists_anywhere(n)})
-            if unknown:
-                raise PolicyError(
-                    f"{key}: unknown system call names: {', '.join(unknown)}",
-                    key=key,
-                    value=list(names),
-                )
-            absent = sorted({n for n in names if self.number(n) is None})
-            if absent:
-                message = (
-                    f"{key}: not system calls on {self.machine} (or unknown to this "
-                    f"libseccomp), ignored: {', '.join(absent)}; the filter denies "
-                    f"what it does not know"
-                )
-                log.warning("%s", message)
-                self.warnings.append(message)
+        unknown = {
+            key: sorted({n for n in names if not self._exists_anywhere(n)})
+            for key, names in sets
+        }
+        faulty = [key for key, names in unknown.items() if names]
+        if faulty:
+            listed = "; ".join(f"{key}: {', '.join(unknown[key])}" for key in faulty)
+            message = (
+                f"unknown system call names (on every architecture): {listed}; "
+                f"`stockade filters show --mode {self.mode}` lists the names"
+            )
+            raise PolicyError(message, key=faulty[0], value=list(dict(sets)[faulty[0]]))
 
         always = {c for g in data.ALWAYS_DENIED for c in data.GROUPS_BY_NAME[g].calls}
         argument_ruled = {"clone", "ioctl", "socket", "socketpair", "personality"}
@@ -281,12 +291,24 @@ class SyscallFilter:
                 continue
             problems.append(("syscalls_deny", f"{name} {why}"))
         if problems:
-            raise PolicyError(
+            key = problems[0][0]
+            message = (
                 "custom syscall set refused: "
-                + "; ".join(text for _, text in problems),
-                key=problems[0][0],
-                value=list(self.allow) + list(self.deny),
+                + "; ".join(f"{field}: {text}" for field, text in problems)
+                + "; remove them from the policy"
             )
+            raise PolicyError(message, key=key, value=list(dict(sets)[key]))
+
+        for key, names in sets:
+            absent = sorted({n for n in names if self.number(n) is None})
+            if absent:
+                message = (
+                    f"{key}: not system calls on {self.machine} (or unknown to this "
+                    f"libseccomp), ignored: {', '.join(absent)}; the filter denies "
+                    f"what it does not know"
+                )
+                log.warning("%s", message)
+                self.warnings.append(message)
 
     def _decide(self) -> None:
         mode = self.mode
@@ -574,8 +596,8 @@ class SyscallFilter:
         named = "denials named"
         if compiled.inner_bpf is not None:
             named = (
-                "denials named but bubblewrap's set-up patterns (refused by a "
-                "second filter)"
+                "denials named but bubblewrap's set-up mount patterns (refused "
+                "by a second filter)"
             )
         return (
             f"{self.mode} filter ({allowed} calls allowed, {sockets}, "

@@ -11,12 +11,13 @@ every pending and later notified call fails with ENOSYS.
 
 The filter is installed before bubblewrap starts, because only a process
 that installs a filter receives its listener. bubblewrap itself needs some
-denied calls (mount, pivot_root, unshare, ...) to build the sandbox. Most
-never reach the supervisor: the filter allows the argument patterns
-bubblewrap uses, and a second filter without a listener, which bubblewrap
-installs right before it execs the program, refuses those patterns to the
-program, unnamed (see seccomp.py). For what is still notified the
-supervisor has two phases:
+denied calls (mount, pivot_root, umount2, unshare, ...) to build the
+sandbox. Its dozens of mounts never reach the supervisor: the filter allows
+the argument patterns bubblewrap uses, and a second filter without a
+listener, which bubblewrap installs right before it execs the program,
+refuses those patterns to the program, unnamed (see seccomp.py). For what is
+still notified (pivot_root, umount2, unshare, and in strict the fork of the
+program) the supervisor has two phases:
 
 * set-up: every notification is allowed to continue. Only bubblewrap runs
   now; no code of the program exists yet.
