@@ -16,6 +16,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from _unpriv import give_to_unprivileged, run_code_as_nobody
@@ -23,6 +26,7 @@ from netservers import (
     WHEEL_NAME,
     LoopbackHTTPServer,
     SimpleIndex,
+    TCPHolder,
     TCPWitness,
     ipv6_loopback_works,
 )
@@ -551,3 +555,212 @@ def test_the_listener_exists_before_the_program_starts(
         )
         assert result.success, result.stderr_text
         assert result.stdout_text == f"hello /{index}"
+
+
+# -- the proxy's lifetime, limits and records ------------------------------------
+
+
+def test_execution_log_records_each_connection(server, workspace, tmp_path):
+    log_path = tmp_path / "runs.jsonl"
+    config = SandboxConfig(
+        execution_log=log_path,
+        network={
+            "allow": ["pypi.test", f"127.0.0.1:{server.port}"],
+            "hosts": {"pypi.test": "127.0.0.1"},
+        },
+    )
+    code = f"""
+        import socket, urllib.request, urllib.error
+        print(urllib.request.urlopen("http://pypi.test:{server.port}/logged", timeout=20).read())
+        try:
+            urllib.request.urlopen("http://evil.test:{server.port}/", timeout=20)
+        except urllib.error.HTTPError as err:
+            print(err.code)
+        # a SOCKS5 name with a NUL and an escape sequence
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+            sock.sendall(b"\\x05\\x01\\x00")
+            sock.recv(2)
+            name = b"evil\\x00\\x1b[2J.test"
+            sock.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(name)]) + name + b"\\x00\\x50")
+            print(sock.recv(10)[1])
+    """
+    with SandboxManager(config) as manager:
+        result = manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    (line,) = log_path.read_text().splitlines()
+    assert "\\u001b" not in line and "\\u0000" not in line
+    entry = json.loads(line)
+    allowed, denied, socks = entry["connections"]
+    assert allowed["host"] == "pypi.test" and allowed["port"] == server.port
+    assert allowed["decision"] == "allowed" and allowed["rule"] == "pypi.test"
+    assert allowed["bytes_sent"] > 0 and allowed["bytes_received"] > len("hello /logged")
+    assert (denied["host"], denied["decision"], denied["rule"]) == (
+        "evil.test",
+        "denied",
+        "default-deny",
+    )
+    assert denied["bytes_sent"] == denied["bytes_received"] == 0
+    assert socks["host"] == "evil\\x00\\x1b[2J.test" and socks["rule"] == "bad-host"
+    assert {v["what"] for v in entry["violations"]} == {
+        f"evil.test:{server.port}",
+        "evil\\x00\\x1b[2J.test:80",
+    }
+
+
+FLOOD = """
+    import select, socket, time
+    socks = [socket.create_connection(("127.0.0.1", 3128), timeout=30) for _ in range(300)]
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    closed = set()
+    deadline = time.monotonic() + 15
+    while len(closed) < 44 and time.monotonic() < deadline:
+        for fd, _ in poller.poll(500):
+            if fd not in closed:
+                closed.add(fd)
+    time.sleep(0.5)  # none of the other 256 is closed meanwhile
+    closed.update(fd for fd, _ in poller.poll(0))
+    print(len(closed))
+"""
+
+
+def test_a_run_past_256_open_connections_gets_the_rest_refused(allow_manager, workspace):
+    result = allow_manager.execute(_py(FLOOD), cwd=workspace)
+    assert result.success, result.stderr_text
+    assert result.stdout_text.strip() == "44"
+    assert len(result.connections) == 44
+    for record in result.connections:
+        assert (record.host, record.port, record.protocol) == ("127.0.0.1", 3128, "tcp")
+        assert (record.decision, record.rule) == ("denied", "connection-limit")
+        assert "already has 256 open connections" in record.reason
+    network = [v for v in result.violations if v.mechanism == "network"]
+    assert [(v.what, v.count) for v in network] == [("connection-limit", 44)]
+    assert "network 44 connections, 44 denied; denied: connection-limit x44" in result.summary()
+
+
+HOLD = """
+    import os, select, socket, sys, time
+    mode, count, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+        if mode == "tunnels":
+            sock.sendall(f"CONNECT 127.0.0.1:{sys.argv[4]} HTTP/1.1\\r\\n\\r\\n".encode())
+        socks.append(sock)
+    if mode == "tunnels":
+        ok = 0
+        for sock in socks:
+            try:
+                ok += sock.recv(12) == b"HTTP/1.1 200"
+            except OSError:
+                pass  # closed with its request unread: a reset
+        print(ok, count - ok, flush=True)
+    else:  # idle: each accepted connection holds a descriptor of the proxy
+        expected = int(sys.argv[4])
+        poller = select.poll()
+        for sock in socks:
+            poller.register(sock, select.POLLIN)
+        closed = set()
+        deadline = time.monotonic() + 10
+        while len(closed) < expected and time.monotonic() < deadline:
+            closed.update(fd for fd, _ in poller.poll(200))
+        time.sleep(0.3)  # and no more than those
+        closed.update(fd for fd, _ in poller.poll(0))
+        print(count - len(closed), len(closed), flush=True)
+    open(marker, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def test_connections_of_all_runs_are_capped_so_the_caller_keeps_its_descriptors(workspace):
+    # The audit's case at a smaller scale: the caller at RLIMIT_NOFILE 512
+    # (soft and hard, so the proxy cannot raise it). One run holds 150
+    # tunnels (2 descriptors each), then another opens 200 connections and
+    # sends nothing (1 each while the proxy waits for their request): each run
+    # under the per-run cap of 256, together past what 512 allows. The proxy
+    # refuses the surplus as connection-limit, so the caller can still open
+    # descriptors of its own and a third run starts and gets a result.
+    holder = TCPHolder()
+    (workspace / "hold.py").write_text(textwrap.dedent(HOLD))
+    code = textwrap.dedent(f"""
+        import json, os, resource, threading, time
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, timeout_sec=120, max_open_files=256,
+                               network={{"allow": ["127.0.0.1:{holder.port}"]}})
+        manager = SandboxManager(config)
+        results = {{}}
+
+        def hold(name, argv):
+            results[name] = manager.execute(["python3", "hold.py", *argv])
+
+        def wait_for(path):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path):
+                assert time.monotonic() < deadline, path
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=hold, args=("a", ["tunnels", "150", "a", "{holder.port}"]))]
+        threads[0].start()
+        wait_for("a")
+        cap = getattr(manager._proxy, "max_connections", None)
+        expected = 200 - (cap - 150) if cap is not None else 0
+        threads.append(threading.Thread(target=hold, args=("b", ["idle", "200", "b", str(expected)])))
+        threads[1].start()
+        wait_for("b")
+        opened = []
+        try:
+            while len(opened) < 100:
+                opened.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        free = len(opened)
+        for fd in opened:
+            os.close(fd)
+        try:
+            third = manager.execute(["python3", "-c",
+                "import socket; s = socket.create_connection(('127.0.0.1', 3128), timeout=20);"
+                "s.sendall(b'CONNECT 127.0.0.1:{holder.port} HTTP/1.1\\\\r\\\\n\\\\r\\\\n');"
+                "print(repr(s.recv(100)))"])
+            third = {{"ok": third.termination.value, "err": third.stderr_text,
+                      "records": [[c.rule, c.reason] for c in third.connections]}}
+        except Exception as exc:
+            third = {{"raised": repr(exc)}}
+        open("release", "w").close()
+        for thread in threads:
+            thread.join()
+        manager.close()
+        print(json.dumps({{
+            "cap": cap, "third": third, "free": free,
+            "runs": {{name: [r.stdout_text, r.stderr_text,
+                            [[c.rule, c.decision] for c in r.connections],
+                            [[v.what, v.count] for v in r.violations if v.mechanism == "network"]]
+                     for name, r in results.items()}},
+        }}))
+    """)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True,
+            timeout=300,
+        )
+    finally:
+        holder.stop()
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.splitlines()[-1])
+    # the caller could still open descriptors of its own meanwhile
+    assert data["free"] == 100, data["free"]
+    assert data["third"].get("ok") == "exited", data["third"]
+    (rule, reason), = data["third"]["records"]
+    assert rule == "connection-limit" and "RLIMIT_NOFILE 512" in reason
+    cap = data["cap"]
+    assert 150 < cap < 350 and cap <= (512 - 128) // 2
+    a_out, a_err, a_records, a_denied = data["runs"]["a"]
+    b_out, b_err, b_records, b_denied = data["runs"]["b"]
+    assert a_out.split() == ["150", "0"], a_err
+    assert a_denied == [] and all(decision == "allowed" for _, decision in a_records)
+    assert b_out.split() == [str(cap - 150), str(350 - cap)], b_err
+    assert b_denied == [["connection-limit", 350 - cap]]
+    assert b_records == [["connection-limit", "denied"]] * (350 - cap)
