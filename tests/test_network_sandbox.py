@@ -331,8 +331,12 @@ def test_runs_share_one_lazily_started_proxy(server, workspace):
         ["python3", "-c", fetch, f"http://a.test:{server.port}/c"], cwd=workspace
     )
     assert manager._proxy is proxy
+    thread = proxy.thread
+    assert thread in threading.enumerate()
     manager.close()
     assert manager._proxy is None and not proxy.running
+    # the thread itself is gone, not only the flag
+    assert thread not in threading.enumerate() and not thread.is_alive()
     for result, host, text in (
         (first, "a.test", "hello /a"),
         (second, "b.test", "hello /b"),
@@ -558,6 +562,28 @@ def test_the_listener_exists_before_the_program_starts(
 
 
 # -- the proxy's lifetime, limits and records ------------------------------------
+
+
+def test_a_manager_dropped_without_close_stops_its_proxy(server, workspace):
+    import gc
+
+    def run_and_drop():
+        manager = SandboxManager(
+            SandboxConfig(
+                execution_log=False,
+                network={"allow": [f"127.0.0.1:{server.port}"]},
+            )
+        )
+        result = manager.execute(["true"], cwd=workspace)
+        assert result.success, result.stderr_text
+        assert manager._proxy is not None
+        return manager._proxy.thread
+
+    thread = run_and_drop()
+    assert thread is not None
+    gc.collect()
+    thread.join(10)
+    assert thread not in threading.enumerate()
 
 
 def test_execution_log_records_each_connection(server, workspace, tmp_path):
