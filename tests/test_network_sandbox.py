@@ -510,6 +510,44 @@ def test_cli_summary_counts_connections(server, workspace):
     assert bad.returncode == 125 and "'*foo'" in bad.stderr
 
 
+def test_cli_refuses_resolve_without_allow(workspace):
+    stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
+    proc = subprocess.run(
+        [stockade, "run", "--no-log", "--resolve", "pypi.test=127.0.0.1", "--", "touch", "ran"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--resolve 'pypi.test=127.0.0.1' needs --allow" in proc.stderr
+    assert not (workspace / "ran").exists()
+
+
+def test_cli_summary_escapes_names_the_program_sent(workspace):
+    stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
+    code = """
+        import socket
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+            sock.sendall(b"\\x05\\x01\\x00")
+            sock.recv(2)
+            name = b"evil\\x1b[2J\\x00\\r\\nstockade: forged.test"
+            sock.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(name)]) + name + b"\\x00\\x50")
+            sock.recv(10)
+    """
+    proc = subprocess.run(
+        [stockade, "run", "--no-log", "--allow", "pypi.test", "--", *_py(code)],
+        cwd=workspace,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stderr.decode("ascii")
+    assert "\x1b" not in summary and "\x00" not in summary and "\r" not in summary
+    (line,) = summary.splitlines()
+    assert "denied: evil\\x1b[2J\\x00\\x0d\\x0astockade: forged.test:80 x1" in line
+
+
 @needs_curl
 def test_unprivileged_caller_allowlist_and_loopback(server, workspace):
     code = textwrap.dedent(f"""
