@@ -624,6 +624,103 @@ def test_a_manager_dropped_without_close_stops_its_proxy(server, workspace):
     assert thread not in threading.enumerate()
 
 
+PROCESS_LIST = """
+    import json, os, sys, time, urllib.request
+    body = urllib.request.urlopen(sys.argv[1], timeout=20).read().decode()
+    # the host-side test looks for processes in this network namespace now
+    with open("netns.tmp", "w") as out:
+        out.write(os.readlink("/proc/self/ns/net"))
+    os.rename("netns.tmp", "netns")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("scanned") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read()
+            except OSError:
+                continue
+            end = stat.rindex(")")
+            procs[name] = [stat[stat.index("(") + 1 : end], int(stat[end + 2 :].split()[1])]
+    print(json.dumps({"body": body, "me": os.getpid(), "procs": procs}))
+"""
+
+
+def _processes_in_netns(workspace: Path) -> dict[int, str]:
+    """Host pids (and names) of the processes in the sandbox's network
+    namespace, once the program has written that namespace's id."""
+    marker = workspace / "netns"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the program never wrote its network namespace"
+        time.sleep(0.02)
+    netns = marker.read_text()
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/ns/net") == netns:
+                found[int(name)] = Path(f"/proc/{name}/comm").read_text().strip()
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+    (workspace / "scanned").touch()
+    return found
+
+
+def _check_only_bwrap_and_the_program(inside: dict, host_side: dict[int, str]) -> None:
+    assert inside["body"] == "hello /inside"
+    me = str(inside["me"])
+    # in the sandbox's pid namespace: bubblewrap's pid 1 and the program, its child
+    assert set(inside["procs"]) == {"1", me}, inside["procs"]
+    assert inside["procs"]["1"][0] == "bwrap"
+    assert inside["procs"][me] == ["python3", 1]
+    # from the host: nothing else in the sandbox's network namespace either (no
+    # helper, no launcher left there); the proxy's listener is only a socket
+    assert sorted(host_side.values()) == ["bwrap", "python3"], host_side
+
+
+def test_no_process_of_ours_runs_inside_the_sandbox(allow_manager, server, workspace):
+    found: dict[int, str] = {}
+    scanner = threading.Thread(target=lambda: found.update(_processes_in_netns(workspace)))
+    scanner.start()
+    try:
+        result = allow_manager.execute(
+            [*_py(PROCESS_LIST), f"http://pypi.test:{server.port}/inside"], cwd=workspace
+        )
+    finally:
+        scanner.join(60)
+    assert result.success, result.stderr_text
+    _check_only_bwrap_and_the_program(json.loads(result.stdout_text), found)
+
+
+def test_no_process_of_ours_runs_inside_the_sandbox_of_an_unprivileged_caller(
+    server, workspace
+):
+    (workspace / "list.py").write_text(textwrap.dedent(PROCESS_LIST))
+    code = textwrap.dedent(f"""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, allow_degraded=("memory", "pids", "cpu"),
+            network={{"allow": ["pypi.test", "127.0.0.1:{server.port}"],
+                      "hosts": {{"pypi.test": "127.0.0.1"}}}})
+        with SandboxManager(config) as manager:
+            result = manager.execute(["python3", "list.py", "http://pypi.test:{server.port}/inside"])
+        print(json.dumps({{"out": result.stdout_text, "err": result.stderr_text}}))
+    """)
+    give_to_unprivileged(workspace)
+    found: dict[int, str] = {}
+    scanner = threading.Thread(target=lambda: found.update(_processes_in_netns(workspace)))
+    scanner.start()
+    try:
+        data = run_code_as_nobody(code, cwd=workspace)
+    finally:
+        scanner.join(60)
+    assert data["out"], data["err"]
+    _check_only_bwrap_and_the_program(json.loads(data["out"]), found)
+
+
 def test_execution_log_records_each_connection(server, workspace, tmp_path):
     log_path = tmp_path / "runs.jsonl"
     config = SandboxConfig(
@@ -701,6 +798,41 @@ def test_a_run_past_256_open_connections_gets_the_rest_refused(allow_manager, wo
     network = [v for v in result.violations if v.mechanism == "network"]
     assert [(v.what, v.count) for v in network] == [("connection-limit", 44)]
     assert "network 44 connections, 44 denied; denied: connection-limit x44" in result.summary()
+
+
+def test_connect_to_an_allowed_name_on_another_port_is_refused(server, workspace):
+    config = SandboxConfig(
+        execution_log=False,
+        network={
+            "allow": [f"pypi.test:{server.port}", "127.0.0.1"],
+            "hosts": {"pypi.test": "127.0.0.1"},
+        },
+    )
+    other = server.port + 1 if server.port < 65535 else 1
+    code = f"""
+        import socket
+        for port in ({server.port}, {other}):
+            with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+                sock.sendall(f"CONNECT pypi.test:{{port}} HTTP/1.1\\r\\n\\r\\n".encode())
+                head = b""
+                while b"\\r\\n\\r\\n" not in head:
+                    head += sock.recv(1)
+                print(repr(head.decode()))
+    """
+    with SandboxManager(config) as manager:
+        result = manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    tunnel, refused = (eval(line) for line in result.stdout_text.splitlines())
+    assert tunnel.startswith("HTTP/1.1 200")
+    assert refused.startswith("HTTP/1.1 403 Forbidden")
+    assert (
+        f"X-Stockade-Denied: default-deny; no allow entry matches pypi.test port {other}"
+        in refused
+    )
+    assert [(c.port, c.decision, c.rule) for c in result.connections] == [
+        (server.port, "allowed", f"pypi.test:{server.port}"),
+        (other, "denied", "default-deny"),
+    ]
 
 
 HOLD = """
