@@ -4,7 +4,8 @@
 requests it served; ``SimpleIndex`` serves a PEP 503 package index holding
 one small wheel made here, for ``pip download``. ``TCPWitness`` accepts TCP
 connections and counts them: a test that must not reach the host asserts
-that the count stays zero.
+that the count stays zero. ``TCPHolder`` accepts connections and keeps them
+open, for tests of how many tunnels the proxy holds.
 """
 
 from __future__ import annotations
@@ -163,6 +164,36 @@ class TCPWitness:
         except OSError:
             pass
         self.sock.close()
+
+
+class TCPHolder:
+    """Accepts TCP connections on 127.0.0.1 and keeps them open until stop()."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def stop(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 def ipv6_loopback_works() -> bool:

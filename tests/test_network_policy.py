@@ -39,6 +39,16 @@ from stockade.network.policy import (
         ("[::g]:80", "IPv6"),
         ("1.2.3", "neither"),
         ("-bad.example", "label"),
+        # a bare IPv6 address that also reads as address:port
+        ("::1:80", "write '[::1]:80'"),
+        ("fe80::1:443", "write '[fe80::1]:443'"),
+        ("10.0.0.0/33", "prefix length '33'"),
+        ("fd00::/129", "prefix length '129'"),
+        ("10.0.0.0/x", "prefix length 'x'"),
+        ("fd00::/8:443", "write '[fd00::/8]:443'"),
+        # host bits set: refused, naming the network probably meant
+        ("1.2.3.4/8", "write '1.0.0.0/8'"),
+        ("[fd00::1/8]:443", "write 'fd00::/8'"),
     ],
 )
 def test_bad_entries_are_refused_naming_the_entry(entry, why):
@@ -87,6 +97,24 @@ def test_address_rules_and_ipv6():
     assert allowlist.decide_address(ip("::ffff:127.0.0.1"), 8080).allowed
     refused = allowlist.decide_address(ip("93.184.216.34"), 80)
     assert not refused.allowed and "explicitly" in refused.reason
+
+
+@pytest.mark.parametrize(
+    "entry, network, port",
+    [
+        ("::1", "::1/128", None),
+        ("1::80", "1::80/128", None),  # cannot be read as address:port
+        ("[::1:80]", "::1:80/128", None),
+        ("[::1]:80", "::1/128", 80),
+        ("2001:db8::1", "2001:db8::1/128", None),
+        ("10.0.0.0/8:443", "10.0.0.0/8", 443),
+        ("[fd00::/8]:443", "fd00::/8", 443),
+        ("1.2.3.4/32", "1.2.3.4/32", None),
+    ],
+)
+def test_address_entries_that_are_accepted(entry, network, port):
+    rule = Rule.parse(entry)
+    assert (str(rule.network), rule.port) == (network, port)
 
 
 def test_names_never_match_address_rules_and_vice_versa():

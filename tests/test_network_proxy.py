@@ -5,8 +5,12 @@ names reach them only through pins or the test resolver."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import urllib.error
 import urllib.request
 
@@ -342,3 +346,200 @@ def test_close_is_idempotent_and_stops_the_thread():
     proxy.close()
     assert not proxy.running
     assert proxy.end_run("missing").connections == []
+
+
+def test_socks5_reply_codes_for_unresolvable_and_refused(make_run):
+    def resolver(name, port):
+        raise OSError(-2, "Name or service not known")
+
+    witness = TCPWitness()
+    port = witness.port
+    witness.stop()  # nothing listens there any more: the connection is refused
+    run = make_run(["gone.test", f"127.0.0.1:{port}"], resolver=resolver)
+    sock, code = _socks5(run.port, 3, b"gone.test", 80)
+    sock.close()
+    assert code == 0x04  # host unreachable: the allowed name does not resolve
+    sock, code = _socks5(run.port, 1, socket.inet_aton("127.0.0.1"), port)
+    sock.close()
+    assert code == 0x05  # connection refused by the allowed destination
+    records = run.end().connections
+    assert [(c.host, c.decision) for c in records] == [
+        ("gone.test", "allowed"),
+        ("127.0.0.1", "allowed"),
+    ]
+    assert records[0].error.startswith("cannot resolve gone.test")
+    assert records[1].error.startswith("cannot connect")
+
+
+def _socks5_command(port: int, command: int, host: bytes, dest_port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\x00"
+        sock.sendall(
+            bytes([5, command, 0, 3, len(host)]) + host + struct.pack(">H", dest_port)
+        )
+        return sock.recv(10)[1]
+
+
+def test_socks5_udp_associate_is_refused_as_the_command_not_the_host(make_run):
+    run = make_run(["pypi.test"], {"pypi.test": ["127.0.0.1"]})
+    assert _socks5_command(run.port, 3, b"pypi.test", 8765) == 0x07
+    assert _socks5_command(run.port, 2, b"pypi.test", 8765) == 0x07
+    traffic = run.end()
+    assert traffic.denied == {"socks5 UDP ASSOCIATE": 1, "socks5 BIND": 1}
+    udp, bind = traffic.connections
+    assert udp.rule == bind.rule == "socks-command"
+    assert "UDP ASSOCIATE is not supported" in udp.reason
+    assert "BIND is not supported" in bind.reason
+
+
+def test_program_supplied_names_are_escaped_before_they_are_recorded(make_run):
+    run = make_run(["pypi.test"], {"pypi.test": ["127.0.0.1"]})
+    nasty = b"pypi.test\x00\x1b[2J\xff\xe2\x80\xae"
+    assert _socks5_command(run.port, 1, nasty, 80) == 0x02
+    answer = _request(
+        run.port, b"CONNECT evil\x1b]0;owned\x07.test:443 HTTP/1.1\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 403")
+    assert b"\x1b" not in answer
+    traffic = run.end()
+    socks, connect = traffic.connections
+    assert socks.host == "pypi.test\\x00\\x1b[2J\\xff\\u202e"
+    assert connect.host == "evil\\x1b]0;owned\\x07.test"
+    for text in [*traffic.denied, *(f"{c.host} {c.reason}" for c in traffic.connections)]:
+        assert text.isascii() and text.isprintable(), text
+    assert set(traffic.denied) == {
+        "pypi.test\\x00\\x1b[2J\\xff\\u202e:80",
+        "evil\\x1b]0;owned\\x07.test:443",
+    }
+
+
+def test_close_on_the_proxy_thread_stops_it():
+    # what the manager's finalizer does when the collector runs on the
+    # proxy's own thread: it must not wait for the loop it runs on
+    proxy = NetworkProxy()
+    proxy.start()
+    thread = proxy.thread
+    assert thread is not None
+    proxy._loop.call_soon_threadsafe(proxy.close)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not proxy.running
+
+
+def _run_python(code: str, timeout: float = 60) -> dict:
+    """Run ``code`` in a fresh interpreter (its own RLIMIT_NOFILE); its last JSON line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_start_raises_the_soft_nofile_limit_and_caps_connections_from_it():
+    data = _run_python(
+        """
+        import json, logging, resource
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+        from stockade.network.proxy import NetworkProxy
+        proxy = NetworkProxy()
+        proxy.start()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        print(json.dumps({"soft": soft, "cap": proxy.max_connections, "reserve": proxy.reserve}))
+        proxy.close()
+        """
+    )
+    assert data["soft"] == 4096
+    assert data["reserve"] == 1024
+    assert data["cap"] == (4096 - 1024) // 2
+
+
+def test_running_out_of_descriptors_is_a_connection_limit_refusal():
+    # RLIMIT_NOFILE 128 (hard too: the proxy cannot raise it), then every
+    # free descriptor taken: accept() and socket() fail with EMFILE in the
+    # proxy. Each becomes a recorded refusal; the proxy keeps serving.
+    data = _run_python(
+        """
+        import errno, json, os, resource, socket
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+        from stockade.network.policy import Allowlist
+        from stockade.network.proxy import NetworkProxy
+
+        upstream = socket.socket()
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(16)  # never accepts: connections wait in its backlog
+        up_port = upstream.getsockname()[1]
+        proxy = NetworkProxy()
+        proxy.start()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        proxy.attach("run", Allowlist(["127.0.0.1"]), listener.detach())
+        fillers = []
+
+        def fill():
+            while True:
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError as err:
+                    assert err.errno == errno.EMFILE
+                    return
+
+        def answer(sock):
+            sock.settimeout(5)
+            data = b""
+            try:
+                while chunk := sock.recv(4096):
+                    data += chunk
+            except socket.timeout:
+                data += b"<timeout>"
+            except ConnectionResetError:
+                data += b"<closed>"  # closed with the request unread: a reset
+            sock.close()
+            return data.decode("latin-1")
+
+        request = f"CONNECT 127.0.0.1:{up_port} HTTP/1.1\\r\\n\\r\\n".encode()
+        # 1. no descriptor left: accept() fails in the proxy
+        first = socket.socket()
+        fill()
+        first.connect(("127.0.0.1", port))
+        first.sendall(request)
+        unread = answer(first)
+        # 2. one left: accept() takes it, the upstream socket() fails
+        second = socket.socket()
+        os.close(fillers.pop())
+        second.connect(("127.0.0.1", port))
+        second.sendall(request)
+        refused = answer(second)
+        # 3. descriptors back: served again
+        for fd in fillers:
+            os.close(fd)
+        third = socket.create_connection(("127.0.0.1", port), timeout=5)
+        third.sendall(request)
+        served = third.recv(12).decode()
+        third.close()
+        traffic = proxy.end_run("run")
+        proxy.close()
+        print(json.dumps({
+            "unread": unread, "refused": refused, "served": served,
+            "records": [[c.host, c.port, c.decision, c.rule, c.reason] for c in traffic.connections],
+            "denied": traffic.denied,
+        }))
+        """
+    )
+    assert data["unread"] in ("", "<closed>")  # closed at once, not left hanging
+    assert data["refused"].startswith("HTTP/1.1 403")
+    assert "X-Stockade-Denied: connection-limit; socket() failed with EMFILE" in data["refused"]
+    assert data["served"] == "HTTP/1.1 200"
+    (h1, p1, d1, r1, why1), (h2, _, d2, r2, why2), (_, _, d3, r3, _) = data["records"]
+    assert (h1, p1, d1, r1) == ("127.0.0.1", data["records"][0][1], "denied", "connection-limit")
+    assert "accept() failed with EMFILE" in why1
+    assert (h2, d2, r2) == ("127.0.0.1", "denied", "connection-limit")
+    assert "socket() failed with EMFILE" in why2
+    assert (d3, r3) == ("allowed", "127.0.0.1")
+    assert data["denied"] == {"connection-limit": 2}

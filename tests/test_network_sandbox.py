@@ -16,6 +16,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from _unpriv import give_to_unprivileged, run_code_as_nobody
@@ -23,6 +26,7 @@ from netservers import (
     WHEEL_NAME,
     LoopbackHTTPServer,
     SimpleIndex,
+    TCPHolder,
     TCPWitness,
     ipv6_loopback_works,
 )
@@ -327,8 +331,12 @@ def test_runs_share_one_lazily_started_proxy(server, workspace):
         ["python3", "-c", fetch, f"http://a.test:{server.port}/c"], cwd=workspace
     )
     assert manager._proxy is proxy
+    thread = proxy.thread
+    assert thread in threading.enumerate()
     manager.close()
     assert manager._proxy is None and not proxy.running
+    # the thread itself is gone, not only the flag
+    assert thread not in threading.enumerate() and not thread.is_alive()
     for result, host, text in (
         (first, "a.test", "hello /a"),
         (second, "b.test", "hello /b"),
@@ -502,6 +510,44 @@ def test_cli_summary_counts_connections(server, workspace):
     assert bad.returncode == 125 and "'*foo'" in bad.stderr
 
 
+def test_cli_refuses_resolve_without_allow(workspace):
+    stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
+    proc = subprocess.run(
+        [stockade, "run", "--no-log", "--resolve", "pypi.test=127.0.0.1", "--", "touch", "ran"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--resolve 'pypi.test=127.0.0.1' needs --allow" in proc.stderr
+    assert not (workspace / "ran").exists()
+
+
+def test_cli_summary_escapes_names_the_program_sent(workspace):
+    stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
+    code = """
+        import socket
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+            sock.sendall(b"\\x05\\x01\\x00")
+            sock.recv(2)
+            name = b"evil\\x1b[2J\\x00\\r\\nstockade: forged.test"
+            sock.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(name)]) + name + b"\\x00\\x50")
+            sock.recv(10)
+    """
+    proc = subprocess.run(
+        [stockade, "run", "--no-log", "--allow", "pypi.test", "--", *_py(code)],
+        cwd=workspace,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stderr.decode("ascii")
+    assert "\x1b" not in summary and "\x00" not in summary and "\r" not in summary
+    (line,) = summary.splitlines()
+    assert "denied: evil\\x1b[2J\\x00\\x0d\\x0astockade: forged.test:80 x1" in line
+
+
 @needs_curl
 def test_unprivileged_caller_allowlist_and_loopback(server, workspace):
     code = textwrap.dedent(f"""
@@ -551,3 +597,366 @@ def test_the_listener_exists_before_the_program_starts(
         )
         assert result.success, result.stderr_text
         assert result.stdout_text == f"hello /{index}"
+
+
+# -- the proxy's lifetime, limits and records ------------------------------------
+
+
+def test_a_manager_dropped_without_close_stops_its_proxy(server, workspace):
+    import gc
+
+    def run_and_drop():
+        manager = SandboxManager(
+            SandboxConfig(
+                execution_log=False,
+                network={"allow": [f"127.0.0.1:{server.port}"]},
+            )
+        )
+        result = manager.execute(["true"], cwd=workspace)
+        assert result.success, result.stderr_text
+        assert manager._proxy is not None
+        return manager._proxy.thread
+
+    thread = run_and_drop()
+    assert thread is not None
+    gc.collect()
+    thread.join(10)
+    assert thread not in threading.enumerate()
+
+
+PROCESS_LIST = """
+    import json, os, sys, time, urllib.request
+    body = urllib.request.urlopen(sys.argv[1], timeout=20).read().decode()
+    # the host-side test looks for processes in this network namespace now
+    with open("netns.tmp", "w") as out:
+        out.write(os.readlink("/proc/self/ns/net"))
+    os.rename("netns.tmp", "netns")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("scanned") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read()
+            except OSError:
+                continue
+            end = stat.rindex(")")
+            procs[name] = [stat[stat.index("(") + 1 : end], int(stat[end + 2 :].split()[1])]
+    print(json.dumps({"body": body, "me": os.getpid(), "procs": procs}))
+"""
+
+
+def _processes_in_netns(workspace: Path) -> dict[int, str]:
+    """Host pids (and names) of the processes in the sandbox's network
+    namespace, once the program has written that namespace's id."""
+    marker = workspace / "netns"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the program never wrote its network namespace"
+        time.sleep(0.02)
+    netns = marker.read_text()
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/ns/net") == netns:
+                found[int(name)] = Path(f"/proc/{name}/comm").read_text().strip()
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+    (workspace / "scanned").touch()
+    return found
+
+
+def _check_only_bwrap_and_the_program(inside: dict, host_side: dict[int, str]) -> None:
+    assert inside["body"] == "hello /inside"
+    me = str(inside["me"])
+    # in the sandbox's pid namespace: bubblewrap's pid 1 and the program, its child
+    assert set(inside["procs"]) == {"1", me}, inside["procs"]
+    assert inside["procs"]["1"][0] == "bwrap"
+    assert inside["procs"][me] == ["python3", 1]
+    # from the host: nothing else in the sandbox's network namespace either (no
+    # helper, no launcher left there); the proxy's listener is only a socket
+    assert sorted(host_side.values()) == ["bwrap", "python3"], host_side
+
+
+def test_no_process_of_ours_runs_inside_the_sandbox(allow_manager, server, workspace):
+    found: dict[int, str] = {}
+    scanner = threading.Thread(target=lambda: found.update(_processes_in_netns(workspace)))
+    scanner.start()
+    try:
+        result = allow_manager.execute(
+            [*_py(PROCESS_LIST), f"http://pypi.test:{server.port}/inside"], cwd=workspace
+        )
+    finally:
+        scanner.join(60)
+    assert result.success, result.stderr_text
+    _check_only_bwrap_and_the_program(json.loads(result.stdout_text), found)
+
+
+def test_no_process_of_ours_runs_inside_the_sandbox_of_an_unprivileged_caller(
+    server, workspace
+):
+    (workspace / "list.py").write_text(textwrap.dedent(PROCESS_LIST))
+    code = textwrap.dedent(f"""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, allow_degraded=("memory", "pids", "cpu"),
+            network={{"allow": ["pypi.test", "127.0.0.1:{server.port}"],
+                      "hosts": {{"pypi.test": "127.0.0.1"}}}})
+        with SandboxManager(config) as manager:
+            result = manager.execute(["python3", "list.py", "http://pypi.test:{server.port}/inside"])
+        print(json.dumps({{"out": result.stdout_text, "err": result.stderr_text}}))
+    """)
+    give_to_unprivileged(workspace)
+    found: dict[int, str] = {}
+    scanner = threading.Thread(target=lambda: found.update(_processes_in_netns(workspace)))
+    scanner.start()
+    try:
+        data = run_code_as_nobody(code, cwd=workspace)
+    finally:
+        scanner.join(60)
+    assert data["out"], data["err"]
+    _check_only_bwrap_and_the_program(json.loads(data["out"]), found)
+
+
+def test_execution_log_records_each_connection(server, workspace, tmp_path):
+    log_path = tmp_path / "runs.jsonl"
+    config = SandboxConfig(
+        execution_log=log_path,
+        network={
+            "allow": ["pypi.test", f"127.0.0.1:{server.port}"],
+            "hosts": {"pypi.test": "127.0.0.1"},
+        },
+    )
+    code = f"""
+        import socket, urllib.request, urllib.error
+        print(urllib.request.urlopen("http://pypi.test:{server.port}/logged", timeout=20).read())
+        try:
+            urllib.request.urlopen("http://evil.test:{server.port}/", timeout=20)
+        except urllib.error.HTTPError as err:
+            print(err.code)
+        # a SOCKS5 name with a NUL and an escape sequence
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+            sock.sendall(b"\\x05\\x01\\x00")
+            sock.recv(2)
+            name = b"evil\\x00\\x1b[2J.test"
+            sock.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(name)]) + name + b"\\x00\\x50")
+            print(sock.recv(10)[1])
+    """
+    with SandboxManager(config) as manager:
+        result = manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    (line,) = log_path.read_text().splitlines()
+    assert "\\u001b" not in line and "\\u0000" not in line
+    entry = json.loads(line)
+    allowed, denied, socks = entry["connections"]
+    assert allowed["host"] == "pypi.test" and allowed["port"] == server.port
+    assert allowed["decision"] == "allowed" and allowed["rule"] == "pypi.test"
+    assert allowed["bytes_sent"] > 0 and allowed["bytes_received"] > len("hello /logged")
+    assert (denied["host"], denied["decision"], denied["rule"]) == (
+        "evil.test",
+        "denied",
+        "default-deny",
+    )
+    assert denied["bytes_sent"] == denied["bytes_received"] == 0
+    assert socks["host"] == "evil\\x00\\x1b[2J.test" and socks["rule"] == "bad-host"
+    assert {v["what"] for v in entry["violations"]} == {
+        f"evil.test:{server.port}",
+        "evil\\x00\\x1b[2J.test:80",
+    }
+
+
+FLOOD = """
+    import select, socket, time
+    socks = [socket.create_connection(("127.0.0.1", 3128), timeout=30) for _ in range(300)]
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    closed = set()
+    deadline = time.monotonic() + 15
+    while len(closed) < 44 and time.monotonic() < deadline:
+        for fd, _ in poller.poll(500):
+            if fd not in closed:
+                closed.add(fd)
+    time.sleep(0.5)  # none of the other 256 is closed meanwhile
+    closed.update(fd for fd, _ in poller.poll(0))
+    print(len(closed))
+"""
+
+
+def test_a_run_past_256_open_connections_gets_the_rest_refused(allow_manager, workspace):
+    result = allow_manager.execute(_py(FLOOD), cwd=workspace)
+    assert result.success, result.stderr_text
+    assert result.stdout_text.strip() == "44"
+    assert len(result.connections) == 44
+    for record in result.connections:
+        assert (record.host, record.port, record.protocol) == ("127.0.0.1", 3128, "tcp")
+        assert (record.decision, record.rule) == ("denied", "connection-limit")
+        assert "already has 256 open connections" in record.reason
+    network = [v for v in result.violations if v.mechanism == "network"]
+    assert [(v.what, v.count) for v in network] == [("connection-limit", 44)]
+    assert "network 44 connections, 44 denied; denied: connection-limit x44" in result.summary()
+
+
+def test_connect_to_an_allowed_name_on_another_port_is_refused(server, workspace):
+    config = SandboxConfig(
+        execution_log=False,
+        network={
+            "allow": [f"pypi.test:{server.port}", "127.0.0.1"],
+            "hosts": {"pypi.test": "127.0.0.1"},
+        },
+    )
+    other = server.port + 1 if server.port < 65535 else 1
+    code = f"""
+        import socket
+        for port in ({server.port}, {other}):
+            with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+                sock.sendall(f"CONNECT pypi.test:{{port}} HTTP/1.1\\r\\n\\r\\n".encode())
+                head = b""
+                while b"\\r\\n\\r\\n" not in head:
+                    head += sock.recv(1)
+                print(repr(head.decode()))
+    """
+    with SandboxManager(config) as manager:
+        result = manager.execute(_py(code), cwd=workspace)
+    assert result.success, result.stderr_text
+    tunnel, refused = (eval(line) for line in result.stdout_text.splitlines())
+    assert tunnel.startswith("HTTP/1.1 200")
+    assert refused.startswith("HTTP/1.1 403 Forbidden")
+    assert (
+        f"X-Stockade-Denied: default-deny; no allow entry matches pypi.test port {other}"
+        in refused
+    )
+    assert [(c.port, c.decision, c.rule) for c in result.connections] == [
+        (server.port, "allowed", f"pypi.test:{server.port}"),
+        (other, "denied", "default-deny"),
+    ]
+
+
+HOLD = """
+    import os, select, socket, sys, time
+    mode, count, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+        if mode == "tunnels":
+            sock.sendall(f"CONNECT 127.0.0.1:{sys.argv[4]} HTTP/1.1\\r\\n\\r\\n".encode())
+        socks.append(sock)
+    if mode == "tunnels":
+        ok = 0
+        for sock in socks:
+            try:
+                ok += sock.recv(12) == b"HTTP/1.1 200"
+            except OSError:
+                pass  # closed with its request unread: a reset
+        print(ok, count - ok, flush=True)
+    else:  # idle: each accepted connection holds a descriptor of the proxy
+        expected = int(sys.argv[4])
+        poller = select.poll()
+        for sock in socks:
+            poller.register(sock, select.POLLIN)
+        closed = set()
+        deadline = time.monotonic() + 10
+        while len(closed) < expected and time.monotonic() < deadline:
+            closed.update(fd for fd, _ in poller.poll(200))
+        time.sleep(0.3)  # and no more than those
+        closed.update(fd for fd, _ in poller.poll(0))
+        print(count - len(closed), len(closed), flush=True)
+    open(marker, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def test_connections_of_all_runs_are_capped_so_the_caller_keeps_its_descriptors(workspace):
+    # The audit's case at a smaller scale: the caller at RLIMIT_NOFILE 512
+    # (soft and hard, so the proxy cannot raise it). One run holds 150
+    # tunnels (2 descriptors each), then another opens 200 connections and
+    # sends nothing (1 each while the proxy waits for their request): each run
+    # under the per-run cap of 256, together past what 512 allows. The proxy
+    # refuses the surplus as connection-limit, so the caller can still open
+    # descriptors of its own and a third run starts and gets a result.
+    holder = TCPHolder()
+    (workspace / "hold.py").write_text(textwrap.dedent(HOLD))
+    code = textwrap.dedent(f"""
+        import json, os, resource, threading, time
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, timeout_sec=120, max_open_files=256,
+                               network={{"allow": ["127.0.0.1:{holder.port}"]}})
+        manager = SandboxManager(config)
+        results = {{}}
+
+        def hold(name, argv):
+            results[name] = manager.execute(["python3", "hold.py", *argv])
+
+        def wait_for(path):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path):
+                assert time.monotonic() < deadline, path
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=hold, args=("a", ["tunnels", "150", "a", "{holder.port}"]))]
+        threads[0].start()
+        wait_for("a")
+        cap = getattr(manager._proxy, "max_connections", None)
+        expected = 200 - (cap - 150) if cap is not None else 0
+        threads.append(threading.Thread(target=hold, args=("b", ["idle", "200", "b", str(expected)])))
+        threads[1].start()
+        wait_for("b")
+        opened = []
+        try:
+            while len(opened) < 100:
+                opened.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        free = len(opened)
+        for fd in opened:
+            os.close(fd)
+        try:
+            third = manager.execute(["python3", "-c",
+                "import socket; s = socket.create_connection(('127.0.0.1', 3128), timeout=20);"
+                "s.sendall(b'CONNECT 127.0.0.1:{holder.port} HTTP/1.1\\\\r\\\\n\\\\r\\\\n');"
+                "print(repr(s.recv(100)))"])
+            third = {{"ok": third.termination.value, "err": third.stderr_text,
+                      "records": [[c.rule, c.reason] for c in third.connections]}}
+        except Exception as exc:
+            third = {{"raised": repr(exc)}}
+        open("release", "w").close()
+        for thread in threads:
+            thread.join()
+        manager.close()
+        print(json.dumps({{
+            "cap": cap, "third": third, "free": free,
+            "runs": {{name: [r.stdout_text, r.stderr_text,
+                            [[c.rule, c.decision] for c in r.connections],
+                            [[v.what, v.count] for v in r.violations if v.mechanism == "network"]]
+                     for name, r in results.items()}},
+        }}))
+    """)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True,
+            timeout=300,
+        )
+    finally:
+        holder.stop()
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.splitlines()[-1])
+    # the caller could still open descriptors of its own meanwhile
+    assert data["free"] == 100, data["free"]
+    assert data["third"].get("ok") == "exited", data["third"]
+    (rule, reason), = data["third"]["records"]
+    assert rule == "connection-limit" and "RLIMIT_NOFILE 512" in reason
+    cap = data["cap"]
+    assert 150 < cap < 350 and cap <= (512 - 128) // 2
+    a_out, a_err, a_records, a_denied = data["runs"]["a"]
+    b_out, b_err, b_records, b_denied = data["runs"]["b"]
+    assert a_out.split() == ["150", "0"], a_err
+    assert a_denied == [] and all(decision == "allowed" for _, decision in a_records)
+    assert b_out.split() == [str(cap - 150), str(350 - cap)], b_err
+    assert b_denied == [["connection-limit", 350 - cap]]
+    assert b_records == [["connection-limit", "denied"]] * (350 - cap)

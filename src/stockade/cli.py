@@ -398,6 +398,14 @@ def _network_changes(
     if not args.allow and not args.resolve:
         return None
     current = config.network
+    if args.resolve and not args.allow and not current.allow:
+        # a pin alone would make an allowlist with no entries, which refuses
+        # every destination, the pinned name included
+        parser.error(
+            f"--resolve {args.resolve[0]!r} needs --allow: a pinned name is reached only "
+            "through an allow entry, e.g. --allow pypi.test:8080 --allow 127.0.0.1:8080 "
+            "--resolve pypi.test=127.0.0.1"
+        )
     hosts = {name: list(addresses) for name, addresses in current.hosts.items()}
     for item in args.resolve:
         name, sep, address = item.partition("=")

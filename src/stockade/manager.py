@@ -645,6 +645,10 @@ class SandboxManager:
                         "'none' or 'loopback'",
                     ) from err
                 self._proxy = proxy
+                # a manager dropped without close() must not leave the
+                # proxy's thread, loop and listeners behind; the finalizer
+                # holds the proxy, not the manager
+                weakref.finalize(self, proxy.close)
             return self._proxy
 
     def _root_idmaps(

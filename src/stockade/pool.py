@@ -174,7 +174,11 @@ class PreparedPool:
                 left = deadline - time.monotonic()
                 if len(self._ready) >= count or self.broken or left <= 0:
                     break
-                select.select([self._sock], [], [], left)
+                # poll, not select: the network proxy raises the soft
+                # RLIMIT_NOFILE, so this socket's number may be past 1023
+                waiting = select.poll()
+                waiting.register(self._sock, select.POLLIN)
+                waiting.poll(left * 1000)
             return len(self._ready)
 
     def available(self) -> int:

@@ -21,8 +21,10 @@ ruleset"). Every destination asked for becomes a record.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
+import os
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
@@ -150,7 +152,7 @@ class Exchange:
                     resolved = await self._resolve(name, port)
                 except (TimeoutError, OSError, ValueError) as err:
                     record = self.session.record(shown, port, protocol, decision)
-                    record.error = f"cannot resolve {name}: {err}"
+                    record.fail(f"cannot resolve {name}: {err}")
                     return record, None
                 refusal: Decision | None = None
                 for candidate in resolved:
@@ -174,12 +176,27 @@ class Exchange:
                     CONNECT_TIMEOUT_SEC,
                 )
             except (TimeoutError, OSError) as err:
+                if isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE):
+                    # the caller's process is out of descriptors: not this
+                    # destination's fault, and no later address would fare better
+                    name = errno.errorcode[err.errno]
+                    self.session.refuse(
+                        record,
+                        Decision(
+                            False,
+                            "connection-limit",
+                            f"socket() failed with {name} ({os.strerror(err.errno)}): the "
+                            "caller's process is out of descriptors",
+                        ),
+                        label="connection-limit",
+                    )
+                    return record, None
                 errors.append(f"{candidate}: {err or type(err).__name__}")
                 continue
             record.address = str(candidate)
             self.upstream = writer
             return record, reader
-        record.error = "cannot connect: " + "; ".join(errors)
+        record.fail("cannot connect: " + "; ".join(errors))
         return record, None
 
     async def _resolve(self, name: str, port: int) -> list[IPAddress]:
@@ -291,7 +308,7 @@ class Exchange:
             try:
                 head = await upstream.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as err:
-                record.error = f"bad response head from upstream: {type(err).__name__}"
+                record.fail(f"bad response head from upstream: {type(err).__name__}")
                 await self._reply_http(
                     502, "Bad Gateway", f"stockade proxy: {record.error}\n"
                 )
@@ -303,7 +320,7 @@ class Exchange:
                 or not parts[0].startswith("HTTP/")
                 or not parts[1].isdigit()
             ):
-                record.error = "upstream did not answer HTTP"
+                record.fail("upstream did not answer HTTP")
                 await self._reply_http(
                     502, "Bad Gateway", f"stockade proxy: {record.error}\n"
                 )
@@ -398,12 +415,18 @@ class Exchange:
             host = socket.inet_ntop(socket.AF_INET6, await self.reader.readexactly(16))
         elif kind == 0x03:
             raw = await self.reader.readexactly((await self.reader.readexactly(1))[0])
-            host = raw.decode("utf-8", "replace")
+            # any bytes: the record escapes what is not printable, and a byte
+            # that is not UTF-8 is shown as itself (\xNN)
+            host = raw.decode("utf-8", "surrogateescape")
         else:
             await self._socks5_reply(0x08)
             return
         port = int.from_bytes(await self.reader.readexactly(2), "big")
         if command != 0x01:
+            # BIND and UDP ASSOCIATE carry the address the client expects a
+            # peer or its datagrams from, not a destination: the command is
+            # what is refused, so it is what the refusal is counted under
+            what = _SOCKS5_COMMANDS.get(command, f"command {command}")
             self.session.record(
                 host,
                 port,
@@ -411,8 +434,10 @@ class Exchange:
                 Decision(
                     False,
                     "socks-command",
-                    f"SOCKS5 command {command} (only CONNECT is supported)",
+                    f"SOCKS5 {what} is not supported, only CONNECT; the address in the "
+                    "request was not decided",
                 ),
+                label=f"socks5 {what}",
             )
             await self._socks5_reply(0x07)
             return
@@ -443,8 +468,10 @@ class Exchange:
             Decision(
                 False,
                 "unsupported-protocol",
-                "SOCKS4 is not supported; use SOCKS5 (socks5h://)",
+                "SOCKS4 is not supported; use SOCKS5 (socks5h://); the destination was "
+                "not decided",
             ),
+            label="socks4",
         )
         self.writer.write(b"\x00\x5b" + b"\x00" * 6)
         await self.writer.drain()
@@ -480,6 +507,9 @@ class Exchange:
             pump(self.reader, up_writer, True),
             pump(upstream, self.writer, False),
         )
+
+
+_SOCKS5_COMMANDS = {0x02: "BIND", 0x03: "UDP ASSOCIATE"}
 
 
 def _header_safe(value: str) -> str:

@@ -190,15 +190,11 @@ class Rule:
             )
         host, port = _split_port(text, entry)
         if "/" in host:
-            try:
-                network = ipaddress.ip_network(host.strip("[]"), strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{entry!r} has a path; give the host only, e.g. 'pypi.org' or 'pypi.org:443'"
-                ) from None
-            return cls(text=entry, network=network, port=port)
+            return cls(text=entry, network=_parse_network(host, entry), port=port)
         address = parse_address(host)
         if address is not None:
+            if not host.startswith("["):
+                _check_unambiguous(host, entry)
             return cls(text=entry, network=ipaddress.ip_network(address), port=port)
         if host.startswith("[") or ":" in host:
             raise ValueError(f"{entry!r}: {host!r} is not a valid IPv6 address")
@@ -244,6 +240,57 @@ def _split_port(text: str, entry: str) -> tuple[str, int | None]:
         host, _, port = text.partition(":")
         return host, _port(port, entry)
     return text, None  # no port, or a bare IPv6 address (no port possible)
+
+
+def _parse_network(host: str, entry: str) -> IPNetwork:
+    """The network of an ``address/prefix`` entry, refusing what it cannot mean."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    first, _, prefix = bare.partition("/")
+    address = parse_address(first)
+    if address is None:
+        raise ValueError(
+            f"{entry!r} has a path; give the host only, e.g. 'pypi.org' or 'pypi.org:443'"
+        )
+    if ":" in prefix and address.version == 6:
+        bits, _, port = prefix.partition(":")
+        raise ValueError(
+            f"{entry!r}: an IPv6 network with a port needs brackets: write "
+            f"'[{first}/{bits}]:{port}'"
+        )
+    longest = address.max_prefixlen
+    if not prefix.isdigit() or int(prefix) > longest:
+        raise ValueError(
+            f"{entry!r}: prefix length {prefix!r} is not a number from 0 to {longest} "
+            f"(IPv{address.version})"
+        )
+    try:
+        return ipaddress.ip_network(bare, strict=True)
+    except ValueError:
+        # host bits set: 1.2.3.4/8 would silently widen to 1.0.0.0/8
+        meant = ipaddress.ip_network(bare, strict=False)
+        raise ValueError(
+            f"{entry!r} has host bits set: write '{meant}' for the network, or "
+            f"'{first}' for the one address"
+        ) from None
+
+
+def _check_unambiguous(host: str, entry: str) -> None:
+    """Refuse a bare IPv6 address that also reads as ``address:port``.
+
+    ``::1:80`` is a valid address (0::1:80), but most people who write it
+    mean port 80 of ``::1``; brackets say which one is meant.
+    """
+    head, _, tail = host.rpartition(":")
+    if (
+        tail.isdigit()
+        and 0 < int(tail) < 65536
+        and parse_address(head) is not None
+        and ":" in head
+    ):
+        raise ValueError(
+            f"{entry!r} is ambiguous: write '[{head}]:{tail}' for port {tail} of {head}, "
+            f"or '[{host}]' for the address {host}"
+        )
 
 
 def _port(text: str, entry: str) -> int:
