@@ -177,7 +177,7 @@ def test_second_tier_below_abi3_needs_consent_for_the_file_system():
         probe, landlock=dataclasses.replace(probe.landlock, abi=2)
     )
     decision = tiers.decide(
-        old, policy(tier="landlock", allow_degraded=["network", "process_isolation"])
+        old, policy(tier="landlock", allow_degraded=["process_isolation"])
     )
     assert blocking(decision) == ["mount_view", *NO_CGROUP]
     assert "truncate()" in decision.row("mount_view").detail
@@ -193,6 +193,65 @@ def test_second_tier_without_landlock_is_refused_and_cannot_be_accepted():
     assert not decision.ok
     assert decision.error().protection == "landlock"
     assert "lsm=" in decision.error().fix
+
+
+# -- a network the second tier cannot give -----------------------------------------
+
+# loopback, and an allowlist: both need a network namespace of the run's own
+NETWORKS = [
+    pytest.param("loopback", id="loopback"),
+    pytest.param({"allow": ["pypi.test"]}, id="allowlist"),
+]
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_second_tier_refuses_a_network_policy_it_cannot_give(network):
+    probe = load("debian12-vm-root")
+    decision = tiers.decide(probe, policy(tier="landlock", network=network))
+    assert blocking(decision) == ["network"]
+    row = decision.row("network")
+    assert row.status == "degraded" and row.required and not row.accepted
+    err = decision.error()
+    assert err.protection == "network"
+    assert "the second tier has none" in err.reason
+    assert "no network at all" in err.reason
+    assert "tier = 'auto' or 'namespaces'" in err.fix
+    assert "network = 'none'" in err.fix
+    assert "allow_degraded = ['network']" in err.fix
+    # the first tier gives it in full on the same host
+    first = tiers.decide(probe, policy(network=network))
+    assert first.ok and first.row("network").status == "enforced"
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_accepting_the_network_says_what_the_run_gets_instead(network):
+    decision = tiers.decide(
+        load("debian12-vm-root"),
+        policy(tier="landlock", network=network, allow_degraded=["network"]),
+    )
+    assert decision.ok
+    row = decision.row("network")
+    assert row.status == "degraded" and row.accepted
+    assert "no network at all" in row.detail
+    assert "inet, netlink and packet sockets refused by the syscall filter" in row.detail
+
+
+def test_network_none_needs_no_consent_on_the_second_tier():
+    decision = tiers.decide(load("debian12-vm-root"), policy(tier="landlock"))
+    assert decision.row("network").status == "enforced"
+    assert "no network at all" not in decision.row("network").detail
+
+
+def test_accepting_the_second_tier_does_not_accept_its_network():
+    """allow_degraded = ['namespaces'] on a host without user namespaces: a
+    loopback policy still blocks, with its own reason."""
+    decision = tiers.decide(
+        load("container-docker-no-userns"),
+        policy(network="loopback", allow_degraded=["namespaces", *NO_CGROUP]),
+    )
+    assert decision.tier == "landlock"
+    assert "network" in blocking(decision)
+    assert "network 'loopback'" in decision.row("network").detail
 
 
 # -- a cgroup v2 host with systemd delegation, namespaces working ---------------
