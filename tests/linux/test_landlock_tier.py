@@ -219,6 +219,7 @@ def test_second_tier_denials_are_landlock_ones(
         [PY, "payload.py", json.dumps(args)], cwd=workspace
     )
     out = json.loads(result.stdout)
+    assert out["seccomp"] == "2", "the syscall filter was not installed"
     for name in (
         "write_existing",
         "create",
@@ -236,6 +237,72 @@ def test_second_tier_denials_are_landlock_ones(
         assert out[name] == "errno:EAFNOSUPPORT", (name, out)
     denied = {(v.what, v.detail) for v in result.violations}
     assert denied == {("socket", "AF_INET x2, AF_UNIX")}, denied
+
+
+# -- Landlock's own network rules and scoping, without the syscall filter ---------
+#
+# With the filter installed, socket() itself is refused (EAFNOSUPPORT) before
+# Landlock sees a bind or connect, so the runs above cannot tell whether the
+# ruleset denies TCP or scopes abstract sockets. Here the host is taken as
+# one whose kernel has no seccomp user notification: the decision then
+# installs no filter (the policy accepts that, and the network gaps it
+# leaves: UDP, unix socket paths), and the launcher applies exactly the
+# second tier's ruleset, nothing else, before it execs the payload.
+
+
+@pytest.fixture
+def no_filter_host(monkeypatch):
+    import dataclasses
+
+    real = _probe.probe_host(None, NOBODY if os.geteuid() == 0 else None)
+    unfiltered = dataclasses.replace(
+        real, seccomp=dataclasses.replace(real.seccomp, user_notif=False)
+    )
+    monkeypatch.setattr(_probe, "probe_host", lambda *a, **k: unfiltered)
+    return {
+        "tier": "landlock",
+        "allow_degraded": ["syscall_filter", "network"],
+    }
+
+
+def test_landlock_alone_denies_tcp_and_scopes_abstract_sockets_and_signals(
+    no_filter_host, workspace, outside, listener, abstract_listener, victim
+):
+    shutil.copy(HERE / "escape_payload.py", workspace / "payload.py")
+    args = payload_args(outside, listener, abstract_listener, victim)
+    result = manager(**no_filter_host).execute(
+        [PY, "payload.py", json.dumps(args)], cwd=workspace
+    )
+    assert result.success, (result.summary(), result.stderr_text)
+    out = json.loads(result.stdout)
+    assert out["seccomp"] == "0", "a syscall filter was installed after all"
+    assert result.violations == []
+    # Landlock ABI 4: TCP connect and bind with no port granted
+    assert out["tcp_connect"] == "errno:EACCES", out
+    assert out["tcp_bind"] == "errno:EACCES", out
+    # Landlock ABI 6: scoping, for abstract unix sockets and for signals
+    assert out["abstract"] == "errno:EPERM", out
+    assert out["signal"] == "errno:EPERM", out
+    assert_host_untouched(args, outside, listener, abstract_listener, victim)
+    rows = {p.name: p for p in result.protections}
+    assert rows["syscall_filter"].status == "off"
+    assert "TCP bind/connect denied (Landlock)" in rows["network"].detail
+    assert "abstract unix sockets scoped" in rows["network"].detail
+
+
+def test_second_tier_spec_carries_the_network_and_scope_settings(workspace):
+    """What the manager hands the launcher for a second-tier run."""
+    mgr = manager(**SECOND_TIER)
+    prepared = mgr._prepare(["true"], workspace, None, None)
+    try:
+        ruleset = prepared.spec["landlock"]
+        assert ruleset["abi"] == ABI
+        assert ruleset["deny_network"] is True
+        assert ruleset["scope"] is True
+        assert prepared.spec["no_new_privs"] is True
+        assert prepared.spec["monitor"] is True
+    finally:
+        mgr._cleanup(prepared)
 
 
 # argv: seconds to sleep, a token. The grandchild leaves the session and is
