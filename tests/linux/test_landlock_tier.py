@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -404,6 +405,50 @@ def test_home_and_tmpdir_are_per_run_and_removed(workspace):
     assert not os.path.exists(os.path.dirname(home)), (
         "the run directory was left behind"
     )
+
+
+def test_run_directory_is_removed_when_the_cli_is_sigkilled(workspace):
+    """The caller cannot clean up after SIGKILL; the launcher, which ends
+    the run when the caller's socket closes, removes the directory then."""
+    import sys
+
+    cli = str(Path(sys.executable).with_name("stockade"))
+    proc = subprocess.Popen(
+        [cli, "run", "--no-log", "--tier", "landlock", "--workspace", str(workspace),
+         "--", "sh", "-c", 'echo "$TMPDIR"; touch "$HOME/h" "$TMPDIR/t"; sleep 60'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        run_dir = os.path.dirname(proc.stdout.readline().decode().strip())
+        assert os.path.basename(run_dir).startswith("stockade-run-"), run_dir
+        deadline = time.monotonic() + 10
+        while not os.path.exists(os.path.join(run_dir, "tmp", "t")):
+            assert time.monotonic() < deadline, "the program never wrote its TMPDIR"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(run_dir), "the run directory outlived the SIGKILLed CLI"
+
+
+def test_removing_a_run_directory_twice_touches_nothing_above_it(tmp_path):
+    """The launcher removes the run directory, then the caller tries again:
+    a tree already gone is no error, and its parent keeps its mode."""
+    from stockade.linux.launcher import remove_tree
+    from stockade.manager import _remove_tree as callers_cleanup
+
+    os.chmod(tmp_path, 0o755)
+    run_dir = tmp_path / "stockade-run-test"
+    (run_dir / "home").mkdir(parents=True)
+    remove_tree(str(run_dir))
+    callers_cleanup(str(run_dir))
+    assert not run_dir.exists()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
 
 
 def test_mktemp_and_pipes_work(workspace):
