@@ -1088,7 +1088,9 @@ def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:
 _RESULT_STATUS = {
     _tiers.ENFORCED: "enforced",
     _tiers.DEGRADED: "degraded",
-    _tiers.UNAVAILABLE: "off",
+    # the host lacks it (and the policy accepted that): not the same as a
+    # protection nobody asked for, and the summary says which it was
+    _tiers.UNAVAILABLE: "unavailable",
     _tiers.OFF: "off",
 }
 

@@ -465,6 +465,17 @@ def test_error_offers_the_policy_knob_for_a_degradable_row():
     assert "allow_degraded = ['process_isolation', 'memory', 'pids', 'cpu']" in err.fix
 
 
+def test_cpu_time_reads_the_same_however_the_policy_spells_it():
+    probe = load("debian12-vm-root")
+    details = {
+        tiers.decide(probe, policy(cpu_time_sec=value, cpu_cores=cores)).row("cpu").detail
+        for value, cores in ((300, 1), (300.0, 1.0))
+    }
+    assert len(details) == 1, details
+    (detail,) = details
+    assert "300 CPU-s" in detail and "quota 1 cores" in detail
+
+
 def test_decision_is_plain_data():
     decision = tiers.decide(load("ubuntu-24.04-apparmor"), policy())
     data = json.loads(json.dumps(decision.to_dict()))
