@@ -525,6 +525,52 @@ def _ppid(pid: str) -> int | None:
         return None
 
 
+def test_launch_forks_the_launcher_not_the_caller_and_starts_no_interpreter(workspace):
+    """The program's parent is the run's monitor, a fork of the long-lived
+    launcher (same executable and command line: no interpreter started for
+    the run); the launcher is the caller's only child, and the same one for
+    every run."""
+    import threading
+
+    mgr = manager(**SECOND_TIER)
+    mgr.start()
+    launcher = mgr._launcher.pid()
+    assert launcher is not None and _ppid(str(launcher)) == os.getpid()
+    argv = ["sh", "-c", 'echo $$ > pid.tmp && mv pid.tmp pid && exec sleep 30']
+    result: list = []
+    thread = threading.Thread(
+        target=lambda: result.append(mgr.execute(argv, cwd=workspace)), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (workspace / "pid").exists():
+        assert time.monotonic() < deadline, "the program never started"
+        time.sleep(0.02)
+    program = int((workspace / "pid").read_text())
+    try:
+        monitor = _ppid(str(program))
+        assert monitor is not None and monitor != launcher
+        assert _ppid(str(monitor)) == launcher
+        sleep = os.path.realpath(shutil.which("sleep") or "sleep")
+        assert os.path.realpath(f"/proc/{program}/exe") == sleep
+        assert os.readlink(f"/proc/{monitor}/exe") == os.readlink(f"/proc/{launcher}/exe")
+        with open(f"/proc/{monitor}/cmdline", "rb") as a, open(
+            f"/proc/{launcher}/cmdline", "rb"
+        ) as b:
+            assert a.read() == b.read()
+        ours = [
+            int(name) for name in os.listdir("/proc")
+            if name.isdigit() and _ppid(name) == os.getpid() and not _gone(int(name))
+        ]
+        assert ours == [launcher], "the caller has children other than the launcher"
+    finally:
+        os.kill(program, signal.SIGKILL)
+        thread.join(30)
+    assert result and result[0].termination is Termination.SIGNALED
+    assert mgr.execute(["true"], cwd=workspace).success
+    assert mgr._launcher.pid() == launcher, "a launcher was started for the next run"
+
+
 async def test_async_runs_use_the_second_tier_too(workspace):
     result = await manager(**SECOND_TIER).execute_async(
         ["sh", "-c", "echo async"], cwd=workspace
