@@ -223,8 +223,6 @@ def test_cli_run_forced_second_tier_says_so(workspace):
             "--json",
             "--tier",
             "landlock",
-            "--allow-degraded",
-            "network",
             "--workspace",
             str(workspace),
             "--",
@@ -246,8 +244,6 @@ def test_cli_run_forced_second_tier_says_so(workspace):
             "--no-log",
             "--tier",
             "landlock",
-            "--allow-degraded",
-            "network",
             "--workspace",
             str(workspace),
             "--",
@@ -276,7 +272,7 @@ def test_cli_run_refuses_forced_second_tier_without_consent(
 def test_policy_file_can_accept_the_second_tier(tmp_path, workspace):
     policy = tmp_path / "policy.toml"
     policy.write_text(
-        'tier = "landlock"\nallow_degraded = ["network"]\nexecution_log = false\n'
+        'tier = "landlock"\nexecution_log = false\n'
     )
     proc = subprocess.run(
         [
@@ -297,3 +293,71 @@ def test_policy_file_can_accept_the_second_tier(tmp_path, workspace):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tier"] == "landlock"
     os.remove(policy)
+
+
+# -- a network policy the second tier cannot give (issue 7 meets tier 2) ----------
+
+# What the program reports: the proxy variables it got, and whether it can
+# make an inet socket and bind its "own" loopback.
+NET_PROBE = (
+    "import errno, json, os, socket\n"
+    "out = {'proxy': sorted(k for k in os.environ if k.lower().endswith('_proxy'))}\n"
+    "try:\n"
+    "    socket.socket().bind(('127.0.0.1', 0))\n"
+    "    out['inet'] = 'ok'\n"
+    "except OSError as err:\n"
+    "    out['inet'] = errno.errorcode[err.errno]\n"
+    "print(json.dumps(out))\n"
+)
+SECOND_TIER_NETWORKS = [
+    pytest.param(["--network", "loopback"], id="loopback"),
+    pytest.param(["--allow", "pypi.test"], id="allowlist"),
+]
+
+
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
+@pytest.mark.parametrize("network", SECOND_TIER_NETWORKS)
+def test_cli_run_refuses_a_network_the_second_tier_cannot_give(network, workspace):
+    proc = subprocess.run(
+        [STOCKADE, "run", "--no-log", "--tier", "landlock", *network,
+         "--workspace", str(workspace), "--", "touch", "must-not-exist"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 125, proc.stderr
+    assert "cannot enforce network" in proc.stderr
+    assert "the second tier has none" in proc.stderr
+    assert "network = 'none'" in proc.stderr
+    assert "allow_degraded = ['network']" in proc.stderr
+    assert not (workspace / "must-not-exist").exists()
+
+
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
+@pytest.mark.parametrize("network", SECOND_TIER_NETWORKS)
+def test_accepted_network_gap_runs_with_no_network_as_the_row_says(network, workspace):
+    proc = subprocess.run(
+        [STOCKADE, "run", "--no-log", "--json", "--tier", "landlock", *network,
+         "--allow-degraded", "network", "--workspace", str(workspace), "--",
+         "/usr/bin/python3", "-c", NET_PROBE],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["tier"] == "landlock"
+    assert json.loads(data["stdout"]) == {"proxy": [], "inet": "EAFNOSUPPORT"}
+    row = next(p for p in data["protections"] if p["name"] == "network")
+    assert row["status"] == "degraded"
+    assert "no network at all" in row["detail"]
+    assert "accepted by the policy" in row["detail"]
+
+
+@pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6+, have {ABI}")
+def test_doctor_shows_the_second_tier_network_row_blocking(capsys):
+    assert main(["doctor", "--tier", "landlock", "--network", "loopback"]) == 1
+    out = capsys.readouterr().out
+    assert "network            degraded (BLOCKS)" in out
+    assert "cannot enforce network" in out
+    assert main(
+        ["doctor", "--tier", "landlock", "--network", "loopback",
+         "--allow-degraded", "network"]
+    ) == 0
+    assert "network            degraded (accepted)" in capsys.readouterr().out

@@ -434,8 +434,6 @@ def test_workspace_with_a_name_that_is_not_utf8(tier):
     os.chmod(base, 0o755)
     try:
         config = {"tier": tier}
-        if tier == "landlock":
-            config["allow_degraded"] = ["network"]
         result = run(Path(os.fsdecode(odd)), "sh", "-c", "echo ok > made.txt && cat made.txt", **config)
         assert result.success, (result.error, result.stderr_text)
         assert os.path.exists(os.path.join(odd, b"made.txt"))

@@ -97,25 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
     run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
-    run.add_argument(
-        "--network",
-        choices=["none", "loopback"],
-        help="no network (default) or the sandbox's own loopback only",
-    )
-    run.add_argument(
-        "--allow",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="allow a destination through the proxy: name, *.suffix or address (repeatable)",
-    )
-    run.add_argument(
-        "--resolve",
-        action="append",
-        default=[],
-        metavar="NAME=ADDR",
-        help="pin a name to an address for the proxy, without DNS (repeatable; needs --allow)",
-    )
+    _network_options(run)
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
     _path_options(run)
     _tier_options(run)
@@ -160,8 +142,33 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument("--config", metavar="FILE", help="policy file to check")
     doctor.add_argument("--mode", choices=["strict", "moderate", "permissive", "disabled"])
+    # the network policy decides the second tier's network row
+    _network_options(doctor)
     _tier_options(doctor)
+    doctor.set_defaults(doctor_parser=doctor)
     return parser
+
+
+def _network_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--network",
+        choices=["none", "loopback"],
+        help="no network (default) or the sandbox's own loopback only",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="allow a destination through the proxy: name, *.suffix or address (repeatable)",
+    )
+    parser.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="NAME=ADDR",
+        help="pin a name to an address for the proxy, without DNS (repeatable; needs --allow)",
+    )
 
 
 def _path_options(parser: argparse.ArgumentParser) -> None:
@@ -425,6 +432,9 @@ def _doctor(args: argparse.Namespace) -> int:
         changes = _tier_changes(args, config)
         if args.mode is not None:
             changes["mode"] = args.mode
+        network = _network_changes(args, config, args.doctor_parser)
+        if network is not None:
+            changes["network"] = network
         if changes:
             config = config.with_changes(**changes)
         data = report(config)

@@ -31,8 +31,9 @@ from .network.policy import NetworkPolicy
 
 MIB = 1024 * 1024
 
-# Protections a policy may accept as degraded or missing (``allow_degraded``);
-# ``stockade doctor`` shows one row for each.
+# Protections a policy may accept as degraded or missing (``allow_degraded``).
+# ``stockade doctor`` shows a row for each but ``protected_paths``, which
+# depends on the run's paths (its row is in each run's result, fs/run.py).
 DEGRADABLE_PROTECTIONS = (
     "namespaces",
     "mount_view",

@@ -38,7 +38,7 @@ from .linux import seccomp as _seccomp
 from .linux import tiers as _tiers
 from .linux.client import shared_launcher
 from .linux import waiter as _waiter
-from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
+from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS, remove_tree
 from .linux.resolve import resolve_command
 from .network import policy as _netpolicy
 from .network.proxy import NetworkProxy, RunTraffic
@@ -581,6 +581,8 @@ class SandboxManager:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         prepared.cleanup.append(run_dir)
+        # removed by the launcher when the run ends, even if we are gone by then
+        prepared.spec["remove_after"] = [run_dir]
         env = dict(env, HOME=home, TMPDIR=tmp)
 
         rules = _landlock.second_tier_rules(
@@ -717,6 +719,7 @@ class SandboxManager:
         if caller_is_root:
             os.chown(home, self.config.run_as_uid, self.config.run_as_gid)
         prepared.cleanup.append(home)
+        prepared.spec["remove_after"] = [home]
         env = dict(env, HOME=home)
         prepared.spec.update(
             path=resolution.path,
@@ -1089,7 +1092,9 @@ def _may_traverse(st: os.stat_result, uid: int, gid: int) -> bool:
 _RESULT_STATUS = {
     _tiers.ENFORCED: "enforced",
     _tiers.DEGRADED: "degraded",
-    _tiers.UNAVAILABLE: "off",
+    # the host lacks it (and the policy accepted that): not the same as a
+    # protection nobody asked for, and the summary says which it was
+    _tiers.UNAVAILABLE: "unavailable",
     _tiers.OFF: "off",
 }
 
@@ -1112,20 +1117,9 @@ def _resolve_visible(
 
 def _remove_tree(path: str) -> None:
     """rmtree that also removes what the program made unreadable (chmod 000),
-    which an unprivileged caller could not remove otherwise."""
-
-    def retry(func: Any, failed: str, _exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, ignore_errors=True)
-            else:
-                func(failed)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=retry)
+    which an unprivileged caller could not remove otherwise; a tree the
+    launcher already removed is no error (``launcher.remove_tree``)."""
+    remove_tree(path)
 
 
 def _fileno(stream: Any, default: int) -> int:

@@ -105,7 +105,7 @@ class Protection:
     """One protection of the policy and whether it was in force for the run."""
 
     name: str
-    status: str             # "enforced", "degraded", "off"
+    status: str             # "enforced", "degraded", "unavailable" (the host lacks it), "off"
     detail: str = ""
     required: bool = True   # the policy asks for it (False: e.g. Landlock in the namespace tier)
 

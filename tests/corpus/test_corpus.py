@@ -49,11 +49,10 @@ def _params() -> list[object]:
         for label in entry.runs:
             for caller in entry.callers:
                 marks = []
-                if entry.todo is not None:
+                todo = entry.todo_for(label)
+                if todo is not None:
                     marks.append(
-                        pytest.mark.xfail(
-                            strict=True, raises=CaseFailed, reason=entry.todo.reason
-                        )
+                        pytest.mark.xfail(strict=True, raises=CaseFailed, reason=todo.reason)
                     )
                 if entry.slow:
                     marks.append(pytest.mark.slow)

@@ -23,7 +23,7 @@ PROBE_NAME = ".fs_probe.py"
 
 ABI, _WHY = abi_version()
 _HOST = _probe.probe_host(None, NOBODY if os.geteuid() == 0 else None)
-SECOND_TIER: dict[str, Any] = {"tier": "landlock", "allow_degraded": ["network"]}
+SECOND_TIER: dict[str, Any] = {"tier": "landlock"}
 
 needs_second_tier = pytest.mark.skipif(
     ABI < 6, reason=f"needs Landlock ABI 6+ (have {ABI}: {_WHY})"

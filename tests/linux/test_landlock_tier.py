@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -59,7 +60,9 @@ ESCAPES = (
 )
 MUST_WORK = ("workspace_write", "home_write", "tmpdir_write", "system_read")
 
-SECOND_TIER = {"tier": "landlock", "allow_degraded": ["network"]}
+# The network policy is "none": the second tier enforces that in full here
+# (the filter refuses the sockets), so nothing needs accepting.
+SECOND_TIER = {"tier": "landlock"}
 _HOST = _probe.probe_host(None, NOBODY if os.geteuid() == 0 else None)
 # (tier, policy fields) for the contract both tiers must keep
 TIERS = [
@@ -217,6 +220,7 @@ def test_second_tier_denials_are_landlock_ones(
         [PY, "payload.py", json.dumps(args)], cwd=workspace
     )
     out = json.loads(result.stdout)
+    assert out["seccomp"] == "2", "the syscall filter was not installed"
     for name in (
         "write_existing",
         "create",
@@ -234,6 +238,74 @@ def test_second_tier_denials_are_landlock_ones(
         assert out[name] == "errno:EAFNOSUPPORT", (name, out)
     denied = {(v.what, v.detail) for v in result.violations}
     assert denied == {("socket", "AF_INET x2, AF_UNIX")}, denied
+
+
+# -- Landlock's own network rules and scoping, without the syscall filter ---------
+#
+# With the filter installed, socket() itself is refused (EAFNOSUPPORT) before
+# Landlock sees a bind or connect, so the runs above cannot tell whether the
+# ruleset denies TCP or scopes abstract sockets. Here the host is taken as
+# one whose kernel has no seccomp user notification: the decision then
+# installs no filter (the policy accepts that, and the network gaps it
+# leaves: UDP, unix socket paths), and the launcher applies exactly the
+# second tier's ruleset, nothing else, before it execs the payload.
+
+
+@pytest.fixture
+def no_filter_host(monkeypatch):
+    import dataclasses
+
+    real = _probe.probe_host(None, NOBODY if os.geteuid() == 0 else None)
+    unfiltered = dataclasses.replace(
+        real, seccomp=dataclasses.replace(real.seccomp, user_notif=False)
+    )
+    monkeypatch.setattr(_probe, "probe_host", lambda *a, **k: unfiltered)
+    return {
+        "tier": "landlock",
+        "allow_degraded": ["syscall_filter", "network"],
+    }
+
+
+def test_landlock_alone_denies_tcp_and_scopes_abstract_sockets_and_signals(
+    no_filter_host, workspace, outside, listener, abstract_listener, victim
+):
+    shutil.copy(HERE / "escape_payload.py", workspace / "payload.py")
+    args = payload_args(outside, listener, abstract_listener, victim)
+    result = manager(**no_filter_host).execute(
+        [PY, "payload.py", json.dumps(args)], cwd=workspace
+    )
+    assert result.success, (result.summary(), result.stderr_text)
+    out = json.loads(result.stdout)
+    assert out["seccomp"] == "0", "a syscall filter was installed after all"
+    assert result.violations == []
+    # Landlock ABI 4: TCP connect and bind with no port granted
+    assert out["tcp_connect"] == "errno:EACCES", out
+    assert out["tcp_bind"] == "errno:EACCES", out
+    # Landlock ABI 6: scoping, for abstract unix sockets and for signals
+    assert out["abstract"] == "errno:EPERM", out
+    assert out["signal"] == "errno:EPERM", out
+    assert_host_untouched(args, outside, listener, abstract_listener, victim)
+    rows = {p.name: p for p in result.protections}
+    # the host lacks it and the policy accepted that: not "off"
+    assert rows["syscall_filter"].status == "unavailable"
+    assert "syscall_filter (unavailable)" in result.summary()
+    assert "TCP bind/connect denied (Landlock)" in rows["network"].detail
+    assert "abstract unix sockets scoped" in rows["network"].detail
+
+
+def test_second_tier_spec_carries_the_network_and_scope_settings(workspace):
+    """What the manager hands the launcher for a second-tier run."""
+    mgr = manager(**SECOND_TIER)
+    prepared = mgr._prepare(["true"], workspace, None, None)
+    try:
+        ruleset = prepared.spec["landlock"]
+        assert ruleset["abi"] == ABI
+        assert ruleset["deny_network"] is True
+        assert ruleset["scope"] is True
+        assert prepared.spec["no_new_privs"] is True
+        assert prepared.spec["monitor"] is True
+    finally:
+        mgr._cleanup(prepared)
 
 
 # argv: seconds to sleep, a token. The grandchild leaves the session and is
@@ -337,6 +409,50 @@ def test_home_and_tmpdir_are_per_run_and_removed(workspace):
     )
 
 
+def test_run_directory_is_removed_when_the_cli_is_sigkilled(workspace):
+    """The caller cannot clean up after SIGKILL; the launcher, which ends
+    the run when the caller's socket closes, removes the directory then."""
+    import sys
+
+    cli = str(Path(sys.executable).with_name("stockade"))
+    proc = subprocess.Popen(
+        [cli, "run", "--no-log", "--tier", "landlock", "--workspace", str(workspace),
+         "--", "sh", "-c", 'echo "$TMPDIR"; touch "$HOME/h" "$TMPDIR/t"; sleep 60'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        run_dir = os.path.dirname(proc.stdout.readline().decode().strip())
+        assert os.path.basename(run_dir).startswith("stockade-run-"), run_dir
+        deadline = time.monotonic() + 10
+        while not os.path.exists(os.path.join(run_dir, "tmp", "t")):
+            assert time.monotonic() < deadline, "the program never wrote its TMPDIR"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(run_dir), "the run directory outlived the SIGKILLed CLI"
+
+
+def test_removing_a_run_directory_twice_touches_nothing_above_it(tmp_path):
+    """The launcher removes the run directory, then the caller tries again:
+    a tree already gone is no error, and its parent keeps its mode."""
+    from stockade.linux.launcher import remove_tree
+    from stockade.manager import _remove_tree as callers_cleanup
+
+    os.chmod(tmp_path, 0o755)
+    run_dir = tmp_path / "stockade-run-test"
+    (run_dir / "home").mkdir(parents=True)
+    remove_tree(str(run_dir))
+    callers_cleanup(str(run_dir))
+    assert not run_dir.exists()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
 def test_mktemp_and_pipes_work(workspace):
     result = manager(**SECOND_TIER).execute(
         [
@@ -407,6 +523,52 @@ def _ppid(pid: str) -> int | None:
             return int(fh.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_launch_forks_the_launcher_not_the_caller_and_starts_no_interpreter(workspace):
+    """The program's parent is the run's monitor, a fork of the long-lived
+    launcher (same executable and command line: no interpreter started for
+    the run); the launcher is the caller's only child, and the same one for
+    every run."""
+    import threading
+
+    mgr = manager(**SECOND_TIER)
+    mgr.start()
+    launcher = mgr._launcher.pid()
+    assert launcher is not None and _ppid(str(launcher)) == os.getpid()
+    argv = ["sh", "-c", 'echo $$ > pid.tmp && mv pid.tmp pid && exec sleep 30']
+    result: list = []
+    thread = threading.Thread(
+        target=lambda: result.append(mgr.execute(argv, cwd=workspace)), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (workspace / "pid").exists():
+        assert time.monotonic() < deadline, "the program never started"
+        time.sleep(0.02)
+    program = int((workspace / "pid").read_text())
+    try:
+        monitor = _ppid(str(program))
+        assert monitor is not None and monitor != launcher
+        assert _ppid(str(monitor)) == launcher
+        sleep = os.path.realpath(shutil.which("sleep") or "sleep")
+        assert os.path.realpath(f"/proc/{program}/exe") == sleep
+        assert os.readlink(f"/proc/{monitor}/exe") == os.readlink(f"/proc/{launcher}/exe")
+        with open(f"/proc/{monitor}/cmdline", "rb") as a, open(
+            f"/proc/{launcher}/cmdline", "rb"
+        ) as b:
+            assert a.read() == b.read()
+        ours = [
+            int(name) for name in os.listdir("/proc")
+            if name.isdigit() and _ppid(name) == os.getpid() and not _gone(int(name))
+        ]
+        assert ours == [launcher], "the caller has children other than the launcher"
+    finally:
+        os.kill(program, signal.SIGKILL)
+        thread.join(30)
+    assert result and result[0].termination is Termination.SIGNALED
+    assert mgr.execute(["true"], cwd=workspace).success
+    assert mgr._launcher.pid() == launcher, "a launcher was started for the next run"
 
 
 async def test_async_runs_use_the_second_tier_too(workspace):
@@ -492,7 +654,7 @@ import json, sys
 from stockade import SandboxConfig, SandboxManager
 # uid 65534 has no usable cgroup on a cgroup v1 host: rlimits stand in (#4)
 config = SandboxConfig(execution_log=False, tier="landlock",
-                       allow_degraded=["network", "memory", "pids", "cpu"])
+                       allow_degraded=["memory", "pids", "cpu"])
 mgr = SandboxManager(config)
 escape = mgr.execute(["/usr/bin/python3", "payload.py", sys.argv[1]])
 tree = mgr.execute(["/usr/bin/python3", "tree.py", "60", sys.argv[2]], timeout=1.5)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from stockade import SandboxConfig
 from stockade.linux import tiers
 from stockade.linux.bwrap import find_bwrap
-from stockade.linux.landlock import abi_version
+from landlockpy.flags import LATEST_ABI
 from stockade.linux.probe import HostProbe, probe_host
 
 AS_UID = 65534 if os.geteuid() == 0 else None
@@ -27,7 +30,6 @@ def test_probe_matches_the_kernel_and_bubblewrap():
     probe = probe_host(None, AS_UID)
     assert probe.kernel == os.uname().release and probe.arch == os.uname().machine
     assert probe.euid == os.geteuid()
-    assert probe.landlock.abi == abi_version()[0]
     info = find_bwrap()
     assert probe.bwrap.path == info.path and probe.bwrap.version == info.version
     assert probe.userns.tested_as_uid == AS_UID
@@ -86,7 +88,57 @@ def test_a_missing_bwrap_asks_for_the_package():
     assert err.protection == "namespaces" and "apt-get install bubblewrap" in err.fix
 
 
-@pytest.mark.skipif(abi_version()[0] < 1, reason="no Landlock on this kernel")
-def test_landlock_abi_is_reported():
-    abi, error = abi_version()
-    assert abi >= 1 and error is None
+# -- Landlock's ABI, asked of the kernel without landlockpy ------------------------
+
+# landlock_create_ruleset: the same number on every architecture (added after
+# the syscall tables were unified, Linux 5.13)
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+
+# The first mainline release of each ABI (Documentation/userspace-api/landlock.rst)
+_ABI_SINCE = ((7, (6, 15)), (6, (6, 12)), (5, (6, 10)), (4, (6, 7)), (3, (6, 2)),
+              (2, (5, 19)), (1, (5, 13)))
+
+
+def _raw_abi() -> tuple[int, int]:
+    """(ABI, errno): the kernel's answer to landlock_create_ruleset(NULL, 0,
+    LANDLOCK_CREATE_RULESET_VERSION), through libc's syscall()."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result = libc.syscall(
+        _SYS_LANDLOCK_CREATE_RULESET,
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return (0, ctypes.get_errno()) if result < 0 else (int(result), 0)
+
+
+def _mainline_abi(release: str) -> int:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    assert match, release
+    version = (int(match.group(1)), int(match.group(2)))
+    return next((abi for abi, since in _ABI_SINCE if version >= since), 0)
+
+
+def test_probe_reports_the_abi_the_kernel_answers():
+    probe = probe_host(None, AS_UID)
+    raw, err = _raw_abi()
+    # capped at what landlockpy knows, as the adapter says
+    assert probe.landlock.abi == min(raw, LATEST_ABI)
+    if raw == 0:
+        assert err in (errno.ENOSYS, errno.EOPNOTSUPP), err
+        assert probe.landlock.error, "an ABI of 0 must say why"
+    else:
+        assert probe.landlock.error is None
+
+
+def test_kernel_offers_at_least_its_mainline_abi():
+    """A kernel with Landlock enabled has at least the ABI of the mainline
+    release it is based on (distributions may backport more, never less)."""
+    raw, err = _raw_abi()
+    if raw == 0:
+        pytest.skip(f"Landlock not enabled here (errno {errno.errorcode.get(err, err)})")
+    expected = _mainline_abi(os.uname().release)
+    assert raw >= expected, (os.uname().release, raw)
+    assert probe_host(None, AS_UID).landlock.abi >= min(expected, LATEST_ABI)

@@ -1,8 +1,10 @@
 """The tier decision against recorded host probes.
 
-Fixtures in tests/fixtures/probes: two recorded for real on this project's
-VM (as root and as uid 65534), three synthesised from the documented
-behaviour of hosts we cannot run on here (each file's ``note`` says which).
+Fixtures in tests/fixtures/probes: three recorded for real on this project's
+VM (as root, as uid 65534, and as root under a seccomp filter refusing
+namespaces as Docker's default profile does), three synthesised from the
+documented behaviour of hosts we cannot run on here (each file's ``note``
+says so, which fields, and from what).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def test_fixture_round_trips(name):
     probe = load(name)
     assert HostProbe.from_dict(json.loads(probe.to_json())) == probe
     assert probe.note, "every fixture says where it comes from"
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_fixture_note_says_how_it_was_made(name):
+    note = load(name).note
+    if note.startswith("SYNTHESISED"):
+        assert "not recorded" in note and "https://" in note, note
+    else:
+        assert note.startswith("recorded for real"), note
 
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)
@@ -177,7 +188,7 @@ def test_second_tier_below_abi3_needs_consent_for_the_file_system():
         probe, landlock=dataclasses.replace(probe.landlock, abi=2)
     )
     decision = tiers.decide(
-        old, policy(tier="landlock", allow_degraded=["network", "process_isolation"])
+        old, policy(tier="landlock", allow_degraded=["process_isolation"])
     )
     assert blocking(decision) == ["mount_view", *NO_CGROUP]
     assert "truncate()" in decision.row("mount_view").detail
@@ -193,6 +204,65 @@ def test_second_tier_without_landlock_is_refused_and_cannot_be_accepted():
     assert not decision.ok
     assert decision.error().protection == "landlock"
     assert "lsm=" in decision.error().fix
+
+
+# -- a network the second tier cannot give -----------------------------------------
+
+# loopback, and an allowlist: both need a network namespace of the run's own
+NETWORKS = [
+    pytest.param("loopback", id="loopback"),
+    pytest.param({"allow": ["pypi.test"]}, id="allowlist"),
+]
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_second_tier_refuses_a_network_policy_it_cannot_give(network):
+    probe = load("debian12-vm-root")
+    decision = tiers.decide(probe, policy(tier="landlock", network=network))
+    assert blocking(decision) == ["network"]
+    row = decision.row("network")
+    assert row.status == "degraded" and row.required and not row.accepted
+    err = decision.error()
+    assert err.protection == "network"
+    assert "the second tier has none" in err.reason
+    assert "no network at all" in err.reason
+    assert "tier = 'auto' or 'namespaces'" in err.fix
+    assert "network = 'none'" in err.fix
+    assert "allow_degraded = ['network']" in err.fix
+    # the first tier gives it in full on the same host
+    first = tiers.decide(probe, policy(network=network))
+    assert first.ok and first.row("network").status == "enforced"
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_accepting_the_network_says_what_the_run_gets_instead(network):
+    decision = tiers.decide(
+        load("debian12-vm-root"),
+        policy(tier="landlock", network=network, allow_degraded=["network"]),
+    )
+    assert decision.ok
+    row = decision.row("network")
+    assert row.status == "degraded" and row.accepted
+    assert "no network at all" in row.detail
+    assert "inet, netlink and packet sockets refused by the syscall filter" in row.detail
+
+
+def test_network_none_needs_no_consent_on_the_second_tier():
+    decision = tiers.decide(load("debian12-vm-root"), policy(tier="landlock"))
+    assert decision.row("network").status == "enforced"
+    assert "no network at all" not in decision.row("network").detail
+
+
+def test_accepting_the_second_tier_does_not_accept_its_network():
+    """allow_degraded = ['namespaces'] on a host without user namespaces: a
+    loopback policy still blocks, with its own reason."""
+    decision = tiers.decide(
+        load("container-docker-no-userns"),
+        policy(network="loopback", allow_degraded=["namespaces", *NO_CGROUP]),
+    )
+    assert decision.tier == "landlock"
+    assert "network" in blocking(decision)
+    assert "network 'loopback'" in decision.row("network").detail
 
 
 # -- a cgroup v2 host with systemd delegation, namespaces working ---------------
@@ -254,23 +324,109 @@ def test_this_vm_as_nobody_cannot_write_cgroups():
     assert degraded.ok
 
 
-def test_live_probe_decides_like_its_recording(monkeypatch):
+def stable_facts(probe: HostProbe) -> dict:
+    """The facts of a probe that stay put between boots and sessions of one
+    host: the kernel's release string loses its build suffix (the VM's
+    changes with every image), the free count of user namespaces becomes
+    whether any may be created, and each cgroup keeps its mount and
+    writability but not the caller's own (per-session) directory."""
+    data = probe.to_dict()
+    data.pop("note")
+    data["kernel"] = ".".join(probe.kernel.split(".")[:2])
+    limit = probe.userns.max_user_namespaces
+    data["userns"]["max_user_namespaces"] = None if limit is None else limit != "0"
+    for item in data["cgroup"]["v1"].values():
+        item.pop("own")
+    data["cgroup"].pop("v2_own")
+    return data
+
+
+LIVE_POLICIES = [
+    {},
+    {"tier": "landlock"},
+    {"tier": "landlock", "network": "loopback"},
+    {"tier": "landlock", "network": "loopback", "allow_degraded": ["network"]},
+    {"allow_degraded": ["namespaces"]},
+]
+
+
+def assert_decides_alike(live: HostProbe, recorded: HostProbe) -> None:
+    assert stable_facts(live) == stable_facts(recorded)
+    for fields in LIVE_POLICIES:
+        config = policy(**fields)
+        here, there = tiers.decide(live, config), tiers.decide(recorded, config)
+        assert statuses(here) == statuses(there), fields
+        assert (here.tier, here.ok) == (there.tier, there.ok), fields
+
+
+def _same_host(live: HostProbe, recorded: HostProbe) -> bool:
+    return stable_facts(live)["kernel"] == stable_facts(recorded)["kernel"] and (
+        live.arch,
+        live.cgroup.layout,
+    ) == (recorded.arch, recorded.cgroup.layout)
+
+
+def test_live_probe_decides_like_its_recording():
     """The live probe of this machine and the recorded one agree."""
     import os
 
     recorded = load("debian12-vm-root" if os.geteuid() == 0 else "debian12-vm-nobody")
     live = probe_host(None, 65534 if os.geteuid() == 0 else None)
-    if (live.kernel, live.cgroup.layout) != (recorded.kernel, recorded.cgroup.layout):
+    if not _same_host(live, recorded):
         pytest.skip(f"not the recorded VM (kernel {live.kernel}, {live.cgroup.layout})")
-    for config in (
-        policy(),
-        policy(tier="landlock"),
-        policy(tier="landlock", allow_degraded=["network"]),
-    ):
-        assert statuses(tiers.decide(live, config)) == statuses(
-            tiers.decide(recorded, config)
-        )
-        assert tiers.decide(live, config).ok == tiers.decide(recorded, config).ok
+    assert_decides_alike(live, recorded)
+
+
+# -- a container's seccomp profile, recorded for real on this VM ------------------
+
+
+def test_recorded_container_profile_refuses_the_default_policy_naming_it():
+    decision = tiers.decide(load("debian12-vm-container-seccomp"), policy())
+    assert decision.tier == "namespaces" and not decision.ok
+    err = decision.error()
+    assert err.protection == "namespaces"
+    assert "No permissions to create new namespace" in err.reason
+    assert "forbids creating namespaces" in err.reason
+    assert "seccomp=unconfined" in err.fix
+    assert "allow_degraded = ['namespaces']" in err.fix
+
+
+def test_recorded_container_profile_runs_the_accepted_second_tier():
+    probe = load("debian12-vm-container-seccomp")
+    decision = tiers.decide(probe, policy(allow_degraded=["namespaces"]))
+    assert decision.tier == "landlock" and decision.ok, blocking(decision)
+    assert decision.landlock_abi == 7
+    assert statuses(decision)["network"] == "enforced"
+    assert statuses(decision)["syscall_filter"] == "enforced"
+    loopback = tiers.decide(
+        probe, policy(network="loopback", allow_degraded=["namespaces"])
+    )
+    assert blocking(loopback) == ["network"]
+
+
+def test_container_profile_recorded_again_decides_like_its_fixture(tmp_path):
+    """record.py --container-seccomp, run now, gives the fixture's facts."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or platform.machine() != "x86_64":
+        pytest.skip("the fixture was recorded as root on x86_64")
+    recorded = load("debian12-vm-container-seccomp")
+    live_host = probe_host(None, 65534)
+    if not _same_host(live_host, recorded):
+        pytest.skip(f"not the recorded VM (kernel {live_host.kernel})")
+    out = tmp_path / "probe.json"
+    proc = subprocess.run(
+        [sys.executable, str(FIXTURES / "record.py"), "--container-seccomp",
+         "--out", str(out), "again", "recorded again by the test"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    again = HostProbe.from_dict(json.loads(out.read_text()))
+    assert again.userns.works is False and again.seccomp.mode == 2
+    assert_decides_alike(again, recorded)
 
 
 # -- policy semantics -------------------------------------------------------------
@@ -307,6 +463,17 @@ def test_error_offers_the_policy_knob_for_a_degradable_row():
     assert err.protection == "process_isolation"
     # the recorded host also lacks a cgroup for the tree limits (issue #4)
     assert "allow_degraded = ['process_isolation', 'memory', 'pids', 'cpu']" in err.fix
+
+
+def test_cpu_time_reads_the_same_however_the_policy_spells_it():
+    probe = load("debian12-vm-root")
+    details = {
+        tiers.decide(probe, policy(cpu_time_sec=value, cpu_cores=cores)).row("cpu").detail
+        for value, cores in ((300, 1), (300.0, 1.0))
+    }
+    assert len(details) == 1, details
+    (detail,) = details
+    assert "300 CPU-s" in detail and "quota 1 cores" in detail
 
 
 def test_decision_is_plain_data():

@@ -267,9 +267,10 @@ def limit_rows(
     )
     cpu_parts = []
     if config.cpu_time_sec is not None:
-        cpu_parts.append(f"{config.cpu_time_sec} CPU-s for the whole tree (RLIMIT_CPU per process as a backstop)")
+        # :g so that 300 and 300.0 (a policy file, the CLI) read the same
+        cpu_parts.append(f"{config.cpu_time_sec:g} CPU-s for the whole tree (RLIMIT_CPU per process as a backstop)")
     if config.cpu_cores is not None:
-        cpu_parts.append(f"quota {config.cpu_cores} cores")
+        cpu_parts.append(f"quota {config.cpu_cores:g} cores")
     degraded_cpu = (
         f"RLIMIT_CPU {math.ceil(config.cpu_time_sec)} s per process"
         if config.cpu_time_sec is not None
