@@ -1217,8 +1217,15 @@ class _SetupFailed(Exception):
 
 
 class Launcher:
-    def __init__(self, control: socket.socket):
+    """Args:
+        control: the caller's control socket.
+        scope: the systemd scope (``<unit>.scope``) ``client.py`` started
+            this process in with ``Delegate=yes``, or None.
+    """
+
+    def __init__(self, control: socket.socket, scope: str | None = None):
         self.control = control
+        self.scope = scope
         # poll(2), not epoll: a seccomp notification wakes a poll() waiter
         # directly on the notifying task's CPU (SYNC_WAKE_UP, see
         # supervise.py); through epoll the wake-up takes a detour via its
@@ -1245,7 +1252,7 @@ class Launcher:
         """Probe the cgroups, remove what dead launchers left, make the first
         run's cgroup ahead of time."""
         try:
-            self.cgroups = RunCgroups(found or probe(leave_delegated=True))
+            self.cgroups = RunCgroups(found or probe(leave_delegated=True, scope=self.scope))
             if not self.cgroups.backends():
                 self.cgroup_problem = "no writable cgroup hierarchy for this process"
                 self.cgroups = None
@@ -1466,7 +1473,9 @@ class Launcher:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     control = socket.socket(fileno=int(argv[1]))
-    Launcher(control).serve()
+    # argv[2]: the delegated systemd scope it was started in (client.py)
+    scope = argv[2] if len(argv) > 2 and argv[2] else None
+    Launcher(control, scope).serve()
 
 
 if __name__ == "__main__":  # pragma: no cover
