@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -273,6 +274,76 @@ def test_private_tmp_stops_at_the_disk_size_with_enospc(workspace):
     assert b"No space left on device" in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize("area", ["/tmp", "/var/tmp", "/dev/shm", "$HOME"])
+def test_a_full_private_area_ends_the_run_with_disk_limit(workspace, area):
+    # the program survives the refused write and exits 0: the result still
+    # says the cap acted, and the CLI does not report success
+    from stockade.cli import EXIT_LIMIT_SURVIVED, exit_status
+
+    result = _manager(disk_mb=20, max_file_size_mb=100).execute(
+        ["sh", "-c", f"head -c 30000000 /dev/zero > {area}/fill; echo written; exit 0"],
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary() + result.stderr_text
+    assert result.exit_code == 0 and result.stdout == b"written\n"
+    assert b"No space left on device" in result.stderr
+    assert exit_status(result) == EXIT_LIMIT_SURVIVED
+    full = [v for v in result.violations if v.mechanism == "disk"]
+    expected = "/home/sandbox" if area == "$HOME" else area
+    assert [(v.what, v.action) for v in full] == [(expected, "errno:ENOSPC")], result.violations
+    assert "20 MiB" in full[0].detail
+
+
+def test_only_a_full_area_is_a_disk_limit(workspace):
+    manager = _manager(disk_mb=20)
+    below = manager.execute(
+        ["sh", "-c", "head -c 5000000 /dev/zero > /tmp/part; head -c 5000000 /dev/zero > /dev/shm/part"],
+        cwd=workspace,
+    )
+    assert below.success, below.summary() + below.stderr_text
+    assert not below.violations
+    assert not any("tmpfs" in note for note in below.notes), below.notes
+    # the same 20 MiB in one area fills it
+    full = manager.execute(
+        ["sh", "-c", "head -c 10000000 /dev/zero > /tmp/a; head -c 11000000 /dev/zero > /tmp/b"],
+        cwd=workspace,
+    )
+    assert full.termination is Termination.DISK_LIMIT, full.summary()
+    assert full.exit_code == 1  # head's own status: its write was refused
+
+
+def test_without_a_syscall_filter_a_full_area_is_still_seen(workspace, monkeypatch):
+    # no filter, so no exec is seen: the launcher opens the areas once
+    # bubblewrap's view is finished
+    import stockade.manager as manager_mod
+
+    monkeypatch.setattr(manager_mod._seccomp, "filter_for_config", lambda *a, **k: None)
+    result = _manager(disk_mb=20, max_file_size_mb=100).execute(
+        ["sh", "-c", "sleep 0.2; head -c 30000000 /dev/zero > /tmp/fill; exit 0"], cwd=workspace
+    )
+    assert "seccomp" not in {v.mechanism for v in result.violations}
+    assert result.termination is Termination.DISK_LIMIT, result.summary() + str(result.notes)
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["/tmp"]
+
+
+def test_a_prepared_sandboxs_full_tmp_is_a_disk_limit(workspace):
+    # a pooled run: the areas were opened when the sandbox's waiter started
+    manager = SandboxManager(
+        SandboxConfig(execution_log=False, disk_mb=20, max_file_size_mb=100, workspace=workspace),
+        prewarm=1,
+    )
+    try:
+        manager.start(wait=True)
+        result = manager.execute(
+            ["sh", "-c", "head -c 30000000 /dev/zero > /tmp/fill; exit 0"], cwd=workspace
+        )
+    finally:
+        manager.close()
+    assert result.pooled, result.notes
+    assert result.termination is Termination.DISK_LIMIT, result.summary() + result.stderr_text
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["/tmp"]
+
+
 def test_many_files_past_the_workspace_budget_end_with_disk_limit(workspace):
     result = _manager(disk_mb=30, timeout_sec=60).execute(
         _py("""
@@ -291,6 +362,25 @@ def test_many_files_past_the_workspace_budget_end_with_disk_limit(workspace):
     assert b"wrote everything" not in result.stdout
     written = sum(p.stat().st_size for p in workspace.glob("part*"))
     assert 30 * MIB < written <= 60 * MIB
+
+
+def test_past_the_budget_at_the_end_keeps_the_programs_exit_status(workspace):
+    # just under the budget, then 3 MB more and exit at once: the last look
+    # at the end finds it over (a poll can catch the last write itself, a
+    # window of a millisecond or two in 50 ms; then try again)
+    manager = _manager(disk_mb=30)
+    for attempt in range(4):
+        for part in workspace.glob("part*"):
+            part.unlink()
+        result = manager.execute(
+            ["sh", "-c", "head -c 29000000 /dev/zero > part1; sleep 0.2; head -c 3000000 /dev/zero > part2"],
+            cwd=workspace,
+        )
+        assert result.termination is Termination.DISK_LIMIT, result.summary()
+        if result.exit_code is not None:
+            break
+    assert result.exit_code == 0 and result.signal is None, (attempt, result.summary())
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["workspace"]
 
 
 def test_files_already_in_the_workspace_do_not_count(workspace):
@@ -374,6 +464,45 @@ def test_no_rlimit_data_when_the_cgroup_limits_memory():
     spec = {"args_data": ["--"], "cgroup": plan.cgroup, "rlimits": plan.rlimits}
     assert limits_mod.finalize(spec, config) == limits_mod.BWRAP_TASKS
     assert plan.cgroup["pids_max"] == 512 + limits_mod.BWRAP_TASKS
+
+
+def test_the_disk_row_claims_only_what_the_sandbox_enforces():
+    config = SandboxConfig(disk_mb=10, memory_mb=64)
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_CAPPED)
+    assert status == "enforced" and "each private tmpfs area" in detail
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_UNCAPPED, bwrap_version="0.4.1")
+    assert status == "degraded" and "not capped" in detail and "0.4.1 lacks --size" in detail
+    assert "memory_mb (64 MiB)" in detail
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_RUN_DIR)
+    assert status == "degraded" and "HOME and TMPDIR" in detail and "not capped" in detail
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_NONE, unbudgeted=["/x"])
+    assert status == "degraded" and "capped" not in detail and "host's /tmp" in detail
+
+
+def test_disabled_mode_reports_no_tmpfs_cap(workspace, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="stockade.manager"):
+        manager = _manager(mode="disabled", disk_mb=10)
+    warning = caplog.text
+    assert "cgroup limits" in warning and "disk budget" in warning, warning
+    assert "only the timeout, rlimits" not in warning
+    result = manager.execute(["true"], cwd=workspace)
+    assert result.success, result.summary()
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "degraded", disk
+    assert "tmpfs area" not in disk.detail and "not budgeted" in disk.detail
+
+
+def test_writable_paths_outside_the_workspace_are_named_as_unbudgeted(workspace, tmp_path):
+    other = Path(tempfile.mkdtemp(prefix="stockade-test-rw-", dir="/var/tmp"))
+    try:
+        result = _manager(disk_mb=10, writable=[str(other)]).execute(["true"], cwd=workspace)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    assert result.success, result.summary() + result.stderr_text
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "enforced" and f"not budgeted: {other}" in disk.detail
 
 
 def test_without_cgroups_a_tree_limit_is_refused_or_degraded(monkeypatch):

@@ -25,6 +25,10 @@ write between two polls (``LIMIT_POLL_SEC``); single files are held to the
 size cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by
 their size (ENOSPC).
 
+The private tmpfs areas (``TmpfsAreas``) are capped by their size, which the
+kernel enforces with ENOSPC; the launcher only needs to see afterwards that
+one was full, to report ``disk_limit``.
+
 Stdlib only; used by the launcher.
 """
 
@@ -33,6 +37,13 @@ from __future__ import annotations
 import os
 import stat
 import time
+
+from . import _sys
+
+# A tmpfs area with at most this many blocks (pages) free counts as full: a
+# writer stopped by ENOSPC leaves less than the block it asked for, and most
+# write whole pages.
+FULL_SLACK_BLOCKS = 2
 
 
 class DiskBudget:
@@ -151,3 +162,97 @@ def _entries(fd: int) -> list[tuple[str, os.stat_result]] | None:
             return out
     except OSError:
         return None
+
+
+class TmpfsAreas:
+    """The sandbox's size-capped tmpfs areas, to tell afterwards whether one
+    was full.
+
+    ``open`` is called when the program's execve is seen (before any of its
+    code runs; bubblewrap has finished the mount view by then) with the pid
+    of a process in the sandbox: each area is opened ``O_PATH`` through
+    ``/proc/<pid>/root`` and kept only if it is a tmpfs of the cap's size,
+    that is, the area bubblewrap mounted for the run. The descriptor pins
+    the superblock, so ``full`` can ``fstatfs`` it after the sandbox is
+    gone. A few syscalls per run: one open and one fstatfs per area, one
+    fstatfs per area at the end.
+
+    Args:
+        paths: the areas' paths inside the sandbox.
+        size_bytes: each area's cap (bubblewrap ``--size``).
+    """
+
+    def __init__(self, paths: list[str], size_bytes: int) -> None:
+        self.paths = list(paths)
+        self.size = int(size_bytes)
+        self.fds: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.opened = False
+
+    def open(self, pid: int, *, wait_for_view: bool = False) -> bool:
+        """Open the areas as ``pid`` sees them. Returns False only when
+        ``wait_for_view`` is set and the mount view is not finished yet
+        (its root is not yet bubblewrap's read-only tmpfs): try again later.
+        """
+        root = f"/proc/{pid}/root"
+        if wait_for_view:
+            try:
+                top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as err:
+                self.problems.append(f"{root}: {err.strerror}")
+                self.opened = True
+                return True
+            try:
+                st = _sys.fstatfs(top)
+            except OSError:
+                return False
+            finally:
+                os.close(top)
+            if st.f_type != _sys.TMPFS_MAGIC or not st.f_flags & _sys.ST_RDONLY:
+                return False
+        for path in self.paths:
+            try:
+                # O_NOFOLLOW: the area itself, never where a link in it points
+                fd = os.open(
+                    root + path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                )
+            except OSError as err:
+                self.problems.append(f"{path}: {err.strerror}")
+                continue
+            try:
+                st = _sys.fstatfs(fd)
+            except OSError as err:
+                os.close(fd)
+                self.problems.append(f"{path}: {err}")
+                continue
+            total = st.f_blocks * st.f_bsize
+            if st.f_type != _sys.TMPFS_MAGIC or abs(total - self.size) >= max(st.f_bsize, 1):
+                os.close(fd)
+                self.problems.append(
+                    f"{path}: not the run's tmpfs (type {st.f_type:#x}, {total} bytes)"
+                )
+                continue
+            self.fds[path] = fd
+        self.opened = True
+        return True
+
+    def full(self) -> list[dict[str, int | str]]:
+        """The areas that are full (or within ``FULL_SLACK_BLOCKS``)."""
+        out: list[dict[str, int | str]] = []
+        for path, fd in self.fds.items():
+            try:
+                st = _sys.fstatfs(fd)
+            except OSError:
+                continue
+            if st.f_bavail <= FULL_SLACK_BLOCKS:
+                out.append({
+                    "area": path,
+                    "size_bytes": st.f_blocks * st.f_bsize,
+                    "free_bytes": st.f_bavail * st.f_bsize,
+                })
+        return out
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()

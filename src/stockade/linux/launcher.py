@@ -46,7 +46,7 @@ from typing import Any
 from . import _sys, netbridge, reaper
 from . import landlock as _landlock  # before any fork: children do no import work
 from .cgroups import CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
-from .diskbudget import DiskBudget
+from .diskbudget import DiskBudget, TmpfsAreas
 from .supervise import Supervisor
 
 MAX_MESSAGE = 1 << 20
@@ -486,6 +486,9 @@ class Run:
         # workspace's disk budget, read by poll() until the run ends
         self.cgroup: RunCgroup | None = None
         self.disk: DiskBudget | None = None
+        # the sandbox's size-capped tmpfs areas, opened at the program's
+        # start and looked at when it ends: a full one is disk_limit
+        self.areas: TmpfsAreas | None = None
         self.next_poll: float | None = None
         self.limit_error: dict[str, Any] | None = None
         # a prepared sandbox of a pool (stockade.pool): its waiter's socket,
@@ -616,6 +619,9 @@ class Run:
                     return
             if self.cgroup is not None:
                 self.spec["cgroup_procs"] = self.cgroup.join_paths
+        areas = self.spec.get("tmpfs_areas")
+        if areas:
+            self.areas = TmpfsAreas(list(areas["paths"]), int(areas["bytes"]))
         if self.spec.get("pool"):
             return  # the rest starts with the program (on_go)
         budget = self.spec.get("disk_budget")
@@ -642,6 +648,18 @@ class Run:
                 self.kill("disk_limit")
                 return
             delays.append(LIMIT_POLL_SEC)
+        areas = self.areas
+        if areas is not None and not areas.opened and self.supervisor is None:
+            # no filter, so no exec is seen: open the areas once bubblewrap's
+            # view is finished (its root remounted read-only, its last step)
+            if self.init_pid is not None:
+                try:
+                    areas.open(self.init_pid, wait_for_view=True)
+                except OSError as err:
+                    areas.problems.append(str(err))
+                    areas.opened = True
+            if not areas.opened:
+                delays.append(LIMIT_POLL_SEC)
         if delays:
             self.next_poll = now + min(delays)
 
@@ -670,6 +688,7 @@ class Run:
                 seccomp,
                 monitor_pid=self.pid if seccomp.get("trust_monitor") else None,
                 on_kill=self.kill,
+                on_program=self.on_program if self.areas is not None else None,
             )
             callback = (self.on_notify, _NOTIFY)
             self.launcher.sel.register(fds[0], selectors.EVENT_READ, callback)
@@ -679,6 +698,18 @@ class Run:
             self.setup_error = data
             for fd in fds:
                 os.close(fd)
+
+    def on_program(self, pid: int) -> None:
+        """The program's execve is seen (it waits for our answer): the mount
+        view is complete and none of its code has run. Open the tmpfs areas."""
+        areas = self.areas
+        if areas is None or areas.opened:
+            return
+        try:
+            areas.open(pid)
+        except OSError as err:
+            areas.problems.append(str(err))
+            areas.opened = True
 
     def on_notify(self, _arg: Any) -> None:
         assert self.supervisor is not None
@@ -969,11 +1000,41 @@ class Run:
             # the modes without it (a setsid'ed daemon must not outlive us)
             self.cgroup.kill()
             cgroup_usage = self.cgroup.usage()
-        disk = None
+        disk: dict[str, Any] | None = None
         if self.disk is not None:
-            if self.killed is None and self.disk.check(time.monotonic(), final=True):
-                self.killed = "disk_limit"
-            disk = {"measured_bytes": self.disk.measured, "walks": self.disk.walks}
+            # past the budget at the end: the program ended by itself, so it
+            # keeps its exit status and the caller reports disk_limit
+            over = self.killed == "disk_limit" or (
+                self.killed is None and self.disk.check(time.monotonic(), final=True)
+            )
+            disk = {
+                "measured_bytes": self.disk.measured,
+                "limit_bytes": self.disk.limit,
+                "walks": self.disk.walks,
+                "over": over,
+            }
+            if over:
+                violations.append({
+                    "mechanism": "disk",
+                    "what": "workspace",
+                    "action": "disk_limit",
+                    "count": 1,
+                    "detail": f"{self.disk.measured >> 20} MiB added, budget {self.disk.limit >> 20} MiB",
+                })
+        if self.areas is not None:
+            full = self.areas.full()
+            disk = dict(disk or {}, tmpfs_full=full, tmpfs_problems=list(self.areas.problems))
+            if not self.areas.opened:
+                disk["tmpfs_problems"].append("the program's start was not seen")
+            for area in full:
+                violations.append({
+                    "mechanism": "disk",
+                    "what": str(area["area"]),
+                    "action": "errno:ENOSPC",
+                    "count": 1,
+                    "detail": f"tmpfs area full ({int(area['size_bytes']) >> 20} MiB)",
+                })
+            self.areas.close()
         event = {
             "event": "exit",
             "run_id": self.run_id,
@@ -1074,6 +1135,8 @@ class Run:
         if self.init_pidfd is not None:
             os.close(self.init_pidfd)
             self.init_pidfd = None
+        if self.areas is not None:
+            self.areas.close()
         if self.block_w is not None:
             os.close(self.block_w)
             self.block_w = None
