@@ -383,6 +383,74 @@ def test_past_the_budget_at_the_end_keeps_the_programs_exit_status(workspace):
     assert [v.what for v in result.violations if v.mechanism == "disk"] == ["workspace"]
 
 
+def test_deleted_files_held_open_count_against_the_workspace_budget(workspace):
+    # 80 MiB in 8 files unlinked while open: no walk finds them, the disk
+    # still holds them
+    result = _manager(disk_mb=10, timeout_sec=60).execute(
+        _py("""
+            import os, time
+            fds = []
+            for i in range(8):
+                fds.append(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY))
+                os.unlink(f"f{i}")
+                for _ in range(10):
+                    os.write(fds[-1], b"x" * (1 << 20))
+                os.fsync(fds[-1])
+            print("wrote", flush=True)
+            time.sleep(1.5)
+            print("still running")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary()
+    assert b"still running" not in result.stdout
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["workspace"]
+
+
+def test_deleted_files_held_only_by_a_mapping_count_against_the_budget(workspace):
+    result = _manager(disk_mb=10, timeout_sec=60).execute(
+        _py("""
+            import mmap, os, time
+            maps = []
+            for i in range(8):
+                fd = os.open(f"m{i}", os.O_CREAT | os.O_RDWR)
+                os.unlink(f"m{i}")
+                os.ftruncate(fd, 8 << 20)
+                maps.append(mmap.mmap(fd, 8 << 20))
+                os.close(fd)  # only the mapping holds the file now
+                for off in range(0, 8 << 20, 4096):
+                    maps[-1][off] = 1
+                maps[-1].flush()
+            print("wrote", flush=True)
+            time.sleep(1.5)
+            print("still running")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary()
+    assert b"still running" not in result.stdout
+
+
+def test_the_budget_counts_deleted_files_of_the_runs_processes_only(tmp_path):
+    from stockade.linux.diskbudget import DiskBudget
+
+    mine: list[int] = []
+    budget = DiskBudget(str(tmp_path), 4 * MIB, pids=lambda: mine)
+    fd = os.open(tmp_path / "held", os.O_CREAT | os.O_WRONLY)
+    try:
+        os.unlink(tmp_path / "held")
+        os.write(fd, b"x" * (3 * MIB))
+        os.fsync(fd)
+        assert budget.measure() == (0, True)  # not one of the run's processes
+        mine.append(os.getpid())
+        measured, complete = budget.measure()
+        assert complete and 3 * MIB <= measured < 4 * MIB, measured
+        assert budget.held == measured
+    finally:
+        os.close(fd)
+    assert budget.measure() == (0, True)  # closed: its space is free again
+
+
 def test_files_already_in_the_workspace_do_not_count(workspace):
     (workspace / "old.bin").write_bytes(b"\0" * (40 * MIB))
     result = _manager(disk_mb=30).execute(

@@ -126,3 +126,25 @@ def test_an_unprivileged_launcher_sees_a_full_private_tmp(workspace):
     data = run_code_as_nobody(code, cwd=workspace)
     assert data["term"] == "disk_limit" and data["code"] == 0, data
     assert data["disk"] == ["/tmp"], data
+
+
+def test_an_unprivileged_launcher_counts_deleted_files_held_open(workspace):
+    give_to_unprivileged(workspace)
+    code = textwrap.dedent("""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, memory_mb=None, max_processes=None,
+                               cpu_time_sec=None, disk_mb=10, timeout_sec=60)
+        program = (
+            "import os, time\\n"
+            "fds = []\\n"
+            "for i in range(8):\\n"
+            "    fds.append(os.open(f'f{i}', os.O_CREAT | os.O_WRONLY)); os.unlink(f'f{i}')\\n"
+            "    os.write(fds[-1], b'x' * (10 << 20)); os.fsync(fds[-1])\\n"
+            "time.sleep(1.5); print('still running')\\n"
+        )
+        r = SandboxManager(config).execute(["python3", "-c", program])
+        print(json.dumps({"term": r.termination.value, "out": r.stdout_text}))
+    """)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert data["term"] == "disk_limit" and "still running" not in data["out"], data

@@ -15,12 +15,25 @@ measured, by the launcher, while the run lasts:
   each inode once. ctime cannot be set back by the program: any write,
   truncate, chmod, rename or link of a file moves it to the present.
   Directories the walk cannot read are charged at the full free-space drop.
+* Files the run deleted but still holds (open, or mapped), which no walk
+  finds yet which still take space: with the walk, the descriptors of the
+  run's processes (``/proc/<pid>/fd``) and their mappings of deleted files
+  (``/proc/<pid>/maps``, sized through ``/proc/<pid>/map_files``) are
+  looked at; each regular file on the workspace's file system with no link
+  left and a ctime at or after the start is added, once. What cannot be
+  looked at (a process whose descriptors the launcher may not read, a
+  mapping it cannot size) makes the walk incomplete: charged at the full
+  free-space drop.
 * Over the budget the launcher ends the run with ``disk_limit``.
 
 Other writers on the same file system only cause extra walks (at most one
 per max(0.2 s, 20 times the last walk's duration)). What the walk counts is
 a superset of the run's growth: a pre-existing file the run appended to
-counts whole. Deleted files count nothing. Overshoot is what the program can
+counts whole. Deleted files count nothing once no process of the run holds
+them (their space is free again). TODO(#4): a deleted file whose only
+reference is a descriptor in flight in a unix socket (sent with SCM_RIGHTS
+and not yet received) is not seen; meanwhile it escapes the budget until
+it is received. Overshoot is what the program can
 write between two polls (``LIMIT_POLL_SEC``); single files are held to the
 size cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by
 their size (ENOSPC).
@@ -37,8 +50,11 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 
 from . import _sys
+
+_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
 
 # A tmpfs area with at most this many blocks (pages) free counts as full: a
 # writer stopped by ENOSPC leaves less than the block it asked for, and most
@@ -52,12 +68,24 @@ class DiskBudget:
     Args:
         path: the workspace directory (host path).
         limit_bytes: how much the run may add.
+        pids: the run's processes now (None: they cannot be listed); their
+            deleted files still open or mapped are counted too.
     """
 
-    def __init__(self, path: str, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        limit_bytes: int,
+        pids: Callable[[], list[int] | None] | None = None,
+    ) -> None:
         self.path = path
         self.limit = int(limit_bytes)
-        self.start_ns = time.time_ns()
+        self.pids = pids
+        self.held = 0  # bytes of deleted files the run held at the last walk
+        # the clock file systems stamp ctime with (current_time(): the coarse
+        # realtime clock, up to a tick behind time.time_ns()), so that a file
+        # changed right after the start is never stamped before it
+        self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
         self.free0 = self._free()
         self.trigger = self.limit
         self.next_walk = 0.0
@@ -100,8 +128,9 @@ class DiskBudget:
         return False
 
     def measure(self) -> tuple[int, bool]:
-        """Bytes allocated to inodes changed since the start, and whether the
-        walk saw everything."""
+        """Bytes allocated to inodes changed since the start (in the tree,
+        and deleted ones the run's processes hold), and whether the walk saw
+        everything."""
         try:
             top = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -146,6 +175,71 @@ class DiskBudget:
                 complete = False
                 listing = []
             stack.append((child, iter(listing)))
+        held, held_complete = self._held_deleted(dev, seen)
+        self.held = held
+        return total + held, complete and held_complete
+
+    def _held_deleted(self, dev: int, seen: set[tuple[int, int]]) -> tuple[int, bool]:
+        """Bytes of deleted regular files on ``dev`` that the run's processes
+        hold open or mapped, and whether every process could be looked at."""
+        if self.pids is None:
+            return 0, True
+        pids = self.pids()
+        if pids is None:
+            return 0, False
+        total = 0
+        complete = True
+        wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}"
+
+        def charge(st: os.stat_result) -> None:
+            nonlocal total
+            key = (st.st_dev, st.st_ino)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_nlink == 0
+                and st.st_dev == dev
+                and st.st_ctime_ns >= self.start_ns
+                and key not in seen
+            ):
+                seen.add(key)
+                total += st.st_blocks * 512
+
+        for pid in pids:
+            fd_dir = f"/proc/{pid}/fd"
+            try:
+                names = os.listdir(fd_dir)
+            except FileNotFoundError:
+                continue  # exited meanwhile: its files are closed
+            except OSError:
+                complete = False
+                continue
+            for name in names:
+                try:
+                    charge(os.stat(f"{fd_dir}/{name}"))  # follows the magic link
+                except OSError:
+                    continue  # closed meanwhile, or not a file
+            try:
+                with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
+                    maps = fh.read().splitlines()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                complete = False
+                continue
+            for line in maps:
+                if not line.endswith(" (deleted)"):
+                    continue
+                fields = line.split(None, 5)
+                if len(fields) < 6 or fields[4] == "0":
+                    continue
+                try:
+                    # map_files needs CAP_SYS_ADMIN (a root launcher)
+                    charge(os.stat(f"/proc/{pid}/map_files/{fields[0]}"))
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    if fields[3] == wanted:
+                        complete = False  # on the workspace's file system, size unknown
         return total, complete
 
 

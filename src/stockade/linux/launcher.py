@@ -626,9 +626,37 @@ class Run:
             return  # the rest starts with the program (on_go)
         budget = self.spec.get("disk_budget")
         if budget:
-            self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
+            self.disk = DiskBudget(budget["path"], int(budget["bytes"]), self.tree_pids)
         if self.cgroup is not None or self.disk is not None:
             self.next_poll = time.monotonic()
+
+    def tree_pids(self) -> list[int] | None:
+        """The run's processes: its cgroup's, else the descendants of the
+        launcher's child (a process that left that tree is not among them).
+        None when they cannot be listed."""
+        if self.cgroup is not None:
+            return self.cgroup.procs()
+        if self.pid <= 0:
+            return []
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            for tid in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                        todo += [int(c) for c in fh.read().split()]
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return None
+        return found
 
     def poll(self, now: float) -> None:
         """Read the counters the limits act on; end the run at a limit."""
@@ -878,7 +906,7 @@ class Run:
                 os.close(fd)
         budget = self.spec.get("disk_budget")
         if budget:
-            self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
+            self.disk = DiskBudget(budget["path"], int(budget["bytes"]), self.tree_pids)
         if self.cgroup is not None or self.disk is not None:
             self.next_poll = now
 

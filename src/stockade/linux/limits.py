@@ -311,7 +311,7 @@ def disk_status(
         unbudgeted: writable paths of the policy outside the workspace.
     """
     size = f"{config.disk_mb} MiB"
-    workspace = "workspace growth measured, run ended past it"
+    workspace = "workspace growth measured (deleted files still held included), run ended past it"
     others = ""
     if unbudgeted:
         others = f"; writable paths outside the workspace not budgeted: {', '.join(unbudgeted)}"
