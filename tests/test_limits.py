@@ -64,6 +64,74 @@ def _our_cgroups(pid: int | None = None) -> list[str]:
     return found
 
 
+# -- joining before any code runs ------------------------------------------------------
+
+
+def _without_cgroup_namespace(monkeypatch) -> None:
+    """bubblewrap's cgroup namespace shows the run's cgroup as "/" to the
+    program: leave it out so that the path itself is visible. Who joins
+    when does not change: the launcher's child joins before it execs
+    bubblewrap, whose children inherit the cgroup."""
+    import stockade.manager as manager_mod
+
+    real = manager_mod._bwrap.build_args
+
+    def build_args(*args, **kwargs):
+        return [a for a in real(*args, **kwargs) if a != "--unshare-cgroup-try"]
+
+    monkeypatch.setattr(manager_mod._bwrap, "build_args", build_args)
+
+
+def _assert_in_the_runs_cgroup(result) -> None:
+    """Every limited hierarchy's line of /proc/self/cgroup, as the program
+    read it first thing, names one run cgroup of this launcher."""
+    assert result.success, result.summary() + result.stderr_text
+    backend = cgroups.probe().choose({cgroups.MEMORY, cgroups.PIDS, cgroups.CPU, cgroups.CPUACCT})
+    by_controller = {}
+    for line in result.stdout.decode().splitlines():
+        _num, names, path = line.split(":", 2)
+        for name in names.split(",") if names else [""]:
+            by_controller[name] = path
+    prefix = f"stockade-{cgroups.pid_namespace_id()}-{shared_launcher().pid()}-"
+    wanted = [""] if backend.version == 2 else sorted(backend.parents)
+    leaves = {os.path.basename(by_controller[c]) for c in wanted}
+    assert len(leaves) == 1 and leaves.pop().startswith(prefix), by_controller
+
+
+def test_the_program_finds_itself_in_its_runs_cgroups_as_its_first_action(workspace, monkeypatch):
+    manager = _manager()
+    # with bubblewrap's cgroup namespace, the run's cgroup is its root
+    inside = manager.execute(["cat", "/proc/self/cgroup"], cwd=workspace)
+    assert inside.success, inside.summary()
+    assert {line.split(":", 2)[2] for line in inside.stdout.decode().splitlines()} == {"/"}
+    _without_cgroup_namespace(monkeypatch)
+    _assert_in_the_runs_cgroup(_manager().execute(["cat", "/proc/self/cgroup"], cwd=workspace))
+
+
+def test_a_prepared_sandboxs_program_is_in_its_runs_cgroups(workspace, monkeypatch):
+    _without_cgroup_namespace(monkeypatch)
+    manager = SandboxManager(SandboxConfig(execution_log=False, workspace=workspace), prewarm=1)
+    try:
+        manager.start(wait=True)
+        result = manager.execute(["cat", "/proc/self/cgroup"], cwd=workspace)
+    finally:
+        manager.close()
+    assert result.pooled, result.notes
+    _assert_in_the_runs_cgroup(result)
+
+
+def test_the_landlock_tiers_program_is_in_its_runs_cgroups(workspace):
+    from stockade.linux.landlock import abi_version
+
+    abi, why = abi_version()
+    if abi < 6:
+        pytest.skip(f"needs Landlock ABI 6+ (have {abi}: {why})")
+    # no cgroup namespace on this tier: the program sees the host's paths
+    result = _manager(tier="landlock").execute(["cat", "/proc/self/cgroup"], cwd=workspace)
+    assert result.tier == "landlock"
+    _assert_in_the_runs_cgroup(result)
+
+
 # -- memory -------------------------------------------------------------------------
 
 
@@ -111,10 +179,51 @@ def test_eight_children_each_under_the_limit_together_over_it(workspace):
 
 
 def test_memory_limit_applies_without_swap_and_is_reported(workspace):
-    result = _manager(memory_mb=64).execute(["true"], cwd=workspace)
+    # read the run's own cgroup while it runs: the memory limit, and swap
+    # held at zero (v1: memory+swap equal to memory; v2: memory.swap.max 0)
+    import threading
+
+    launcher = shared_launcher()
+    manager = _manager(memory_mb=64)
+    assert manager.execute(["true"], cwd=workspace).success  # the launcher is up
+    backend = cgroups.probe().choose({cgroups.MEMORY})
+    files = {}
+    box = {}
+    worker = threading.Thread(
+        target=lambda: box.setdefault("result", manager.execute(["sleep", "2"], cwd=workspace))
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not files and time.monotonic() < deadline:
+            for path in _our_cgroups(launcher.pid()):
+                if os.path.dirname(path) != backend.parents[cgroups.MEMORY]:
+                    continue  # another v1 hierarchy
+                if not Path(path, "cgroup.procs").read_text().split():
+                    continue  # the one made ahead for the next run
+                names = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.swappiness")
+                if backend.version == 2:
+                    names = ("memory.max", "memory.swap.max")
+                files = {n: Path(path, n).read_text().strip() for n in names if Path(path, n).exists()}
+            time.sleep(0.02)
+    finally:
+        worker.join()
+    assert files, "the run's cgroup was not found while it ran"
+    if backend.version == 2:
+        assert files["memory.max"] == str(64 * MIB)
+        assert files.get("memory.swap.max", "0") == "0"
+    else:
+        assert files["memory.limit_in_bytes"] == str(64 * MIB)
+        if backend.swap_accounting:
+            assert files["memory.memsw.limit_in_bytes"] == str(64 * MIB)
+        else:
+            assert files["memory.swappiness"] == "0"
+    result = box["result"]
+    assert result.success, result.summary()
     memory = {p.name: p for p in result.protections}["memory"]
     assert memory.status == "enforced"
     assert "whole tree" in memory.detail and "cgroup v" in memory.detail
+    assert ("swap disabled" if backend.swap_accounting else "swap not limited") in memory.detail
 
 
 def test_peak_memory_of_a_program_touching_200_mib(workspace):
