@@ -671,6 +671,33 @@ def test_disabled_mode_reports_no_tmpfs_cap(workspace, caplog):
     assert "tmpfs area" not in disk.detail and "not budgeted" in disk.detail
 
 
+def test_without_bubblewraps_size_option_the_disk_row_is_degraded(workspace, monkeypatch):
+    import dataclasses
+
+    import stockade.manager as manager_mod
+
+    real = manager_mod._bwrap.find_bwrap
+    monkeypatch.setattr(
+        manager_mod._bwrap, "find_bwrap", lambda *a: dataclasses.replace(real(*a), has_size=False)
+    )
+    result = _manager(disk_mb=10).execute(["sh", "-c", "df -k /tmp | tail -1"], cwd=workspace)
+    assert result.success, result.summary() + result.stderr_text
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "degraded" and "lacks --size" in disk.detail, disk
+    assert int(result.stdout.split()[1]) > 10 * 1024  # /tmp really is not capped
+
+
+def test_the_landlock_tiers_disk_row_is_degraded(workspace):
+    from stockade.linux.landlock import abi_version
+
+    if abi_version()[0] < 6:
+        pytest.skip("needs Landlock ABI 6+")
+    result = _manager(tier="landlock", disk_mb=10).execute(["true"], cwd=workspace)
+    assert result.success and result.tier == "landlock", result.summary()
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "degraded" and "HOME and TMPDIR" in disk.detail, disk
+
+
 def test_writable_paths_outside_the_workspace_are_named_as_unbudgeted(workspace, tmp_path):
     other = Path(tempfile.mkdtemp(prefix="stockade-test-rw-", dir="/var/tmp"))
     try:
