@@ -10,7 +10,10 @@ Three kinds of test:
   controllers: memory, pids and cpu are bound to v1) checks the v2 core
   protocol for real: create, join through cgroup.procs, CPU usage from
   cpu.stat, cgroup.kill, removal; the v2 limit files are covered by the fake
-  tree.
+  tree;
+* the probe on a cgroup2 hierarchy freshly mounted in a private mount
+  namespace: it reads the controllers the kernel offers there (only hugetlb
+  on this host, so it cannot serve the limits either).
 """
 
 from __future__ import annotations
@@ -498,19 +501,67 @@ def test_real_v1_refused_fork_and_oom_are_counted():
     assert not owner.pending
 
 
-def test_a_fresh_cgroup2_mount_shows_which_controllers_v2_can_have():
-    """Record (not assert) whether this kernel lets a private cgroup2 mount
-    have memory and pids: on a hybrid host they stay bound to v1."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting needs root")
+_PROBE_FRESH_MOUNT = """
+import json, os, sys
+from stockade.linux import cgroups
+mount = sys.argv[1]
+# the v1 hierarchies as they are, and of cgroup2 only the fresh mount
+lines = [l for l in open("/proc/self/mountinfo")
+         if " - cgroup2 " not in l or l.split()[4] == mount]
+with open(mount + ".mountinfo", "w") as fh:
+    fh.writelines(lines)
+found = cgroups._probe(mount + ".mountinfo", "/proc/self/cgroup", os.geteuid())
+own = [l for l in open("/proc/self/cgroup") if l.startswith("0::")][0].strip()
+try:
+    chosen = found.choose({cgroups.MEMORY, cgroups.PIDS}).version
+except cgroups.CgroupUnavailable as err:
+    chosen = str(err)
+print(json.dumps({
+    "controllers": open(os.path.join(mount, "cgroup.controllers")).read().split(),
+    "own": own,
+    "v2": found.v2.to_dict() if found.v2 else None,
+    "chosen": chosen,
+}))
+"""
+
+
+@needs_root
+def test_the_probe_reads_a_fresh_cgroup2_mount_as_the_kernel_offers_it():
+    """stockade's probe on a cgroup2 hierarchy mounted in a private mount
+    namespace (the only cgroup2 mount the probe is shown): v2 gets exactly the
+    controllers the kernel lists there, the missing ones are named, and the
+    choice falls to v1 for what v2 lacks. On this host the mount offers only
+    hugetlb: memory, pids and cpu are bound to v1 hierarchies."""
+    import json
+    import sys
+
+    script = (
+        'd=$(mktemp -d) && mount -t cgroup2 none "$d" && "$1" -c "$2" "$d"; '
+        'rc=$?; umount "$d"; rm -f "$d.mountinfo"; rmdir "$d"; exit $rc'
+    )
     proc = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         "d=$(mktemp -d) && mount -t cgroup2 none $d && cat $d/cgroup.controllers; umount $d; rmdir $d"],
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sys.executable,
+         _PROBE_FRESH_MOUNT],
         capture_output=True, text=True, timeout=30,
     )
-    if proc.returncode != 0:
+    if proc.returncode != 0 and "mount" in proc.stderr:
         pytest.skip(f"cannot mount cgroup2 in a private namespace: {proc.stderr.strip()}")
-    controllers = proc.stdout.split()
-    found = cgroups.probe(refresh=True)
-    if found.v1 is not None and MEMORY in found.v1.parents:
-        assert MEMORY not in controllers  # one hierarchy per controller
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    if data["own"] != "0::/":
+        pytest.skip(f"this process is not in the v2 root cgroup ({data['own']})")
+    v2 = data["v2"]
+    assert v2 is not None
+    mount = v2["parents"][CPUACCT]  # cpu.stat is core: always there
+    for controller in (MEMORY, PIDS, CPU):
+        offered = controller in data["controllers"]
+        assert (controller in v2["parents"]) == offered, (controller, data)
+        if not offered:
+            assert f"cgroup.controllers: {' '.join(sorted(data['controllers'])) or 'none'}" in (
+                v2["problems"][controller]
+            )
+    assert set(v2["parents"].values()) == {mount}
+    if not {MEMORY, PIDS} <= set(data["controllers"]):
+        found = cgroups.probe(refresh=True)
+        if found.v1 is not None and found.v1.covers({MEMORY, PIDS}):
+            assert data["chosen"] == 1, data

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -63,6 +64,74 @@ def _our_cgroups(pid: int | None = None) -> list[str]:
     return found
 
 
+# -- joining before any code runs ------------------------------------------------------
+
+
+def _without_cgroup_namespace(monkeypatch) -> None:
+    """bubblewrap's cgroup namespace shows the run's cgroup as "/" to the
+    program: leave it out so that the path itself is visible. Who joins
+    when does not change: the launcher's child joins before it execs
+    bubblewrap, whose children inherit the cgroup."""
+    import stockade.manager as manager_mod
+
+    real = manager_mod._bwrap.build_args
+
+    def build_args(*args, **kwargs):
+        return [a for a in real(*args, **kwargs) if a != "--unshare-cgroup-try"]
+
+    monkeypatch.setattr(manager_mod._bwrap, "build_args", build_args)
+
+
+def _assert_in_the_runs_cgroup(result) -> None:
+    """Every limited hierarchy's line of /proc/self/cgroup, as the program
+    read it first thing, names one run cgroup of this launcher."""
+    assert result.success, result.summary() + result.stderr_text
+    backend = cgroups.probe().choose({cgroups.MEMORY, cgroups.PIDS, cgroups.CPU, cgroups.CPUACCT})
+    by_controller = {}
+    for line in result.stdout.decode().splitlines():
+        _num, names, path = line.split(":", 2)
+        for name in names.split(",") if names else [""]:
+            by_controller[name] = path
+    prefix = f"stockade-{cgroups.pid_namespace_id()}-{shared_launcher().pid()}-"
+    wanted = [""] if backend.version == 2 else sorted(backend.parents)
+    leaves = {os.path.basename(by_controller[c]) for c in wanted}
+    assert len(leaves) == 1 and leaves.pop().startswith(prefix), by_controller
+
+
+def test_the_program_finds_itself_in_its_runs_cgroups_as_its_first_action(workspace, monkeypatch):
+    manager = _manager()
+    # with bubblewrap's cgroup namespace, the run's cgroup is its root
+    inside = manager.execute(["cat", "/proc/self/cgroup"], cwd=workspace)
+    assert inside.success, inside.summary()
+    assert {line.split(":", 2)[2] for line in inside.stdout.decode().splitlines()} == {"/"}
+    _without_cgroup_namespace(monkeypatch)
+    _assert_in_the_runs_cgroup(_manager().execute(["cat", "/proc/self/cgroup"], cwd=workspace))
+
+
+def test_a_prepared_sandboxs_program_is_in_its_runs_cgroups(workspace, monkeypatch):
+    _without_cgroup_namespace(monkeypatch)
+    manager = SandboxManager(SandboxConfig(execution_log=False, workspace=workspace), prewarm=1)
+    try:
+        manager.start(wait=True)
+        result = manager.execute(["cat", "/proc/self/cgroup"], cwd=workspace)
+    finally:
+        manager.close()
+    assert result.pooled, result.notes
+    _assert_in_the_runs_cgroup(result)
+
+
+def test_the_landlock_tiers_program_is_in_its_runs_cgroups(workspace):
+    from stockade.linux.landlock import abi_version
+
+    abi, why = abi_version()
+    if abi < 6:
+        pytest.skip(f"needs Landlock ABI 6+ (have {abi}: {why})")
+    # no cgroup namespace on this tier: the program sees the host's paths
+    result = _manager(tier="landlock").execute(["cat", "/proc/self/cgroup"], cwd=workspace)
+    assert result.tier == "landlock"
+    _assert_in_the_runs_cgroup(result)
+
+
 # -- memory -------------------------------------------------------------------------
 
 
@@ -110,10 +179,51 @@ def test_eight_children_each_under_the_limit_together_over_it(workspace):
 
 
 def test_memory_limit_applies_without_swap_and_is_reported(workspace):
-    result = _manager(memory_mb=64).execute(["true"], cwd=workspace)
+    # read the run's own cgroup while it runs: the memory limit, and swap
+    # held at zero (v1: memory+swap equal to memory; v2: memory.swap.max 0)
+    import threading
+
+    launcher = shared_launcher()
+    manager = _manager(memory_mb=64)
+    assert manager.execute(["true"], cwd=workspace).success  # the launcher is up
+    backend = cgroups.probe().choose({cgroups.MEMORY})
+    files = {}
+    box = {}
+    worker = threading.Thread(
+        target=lambda: box.setdefault("result", manager.execute(["sleep", "2"], cwd=workspace))
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not files and time.monotonic() < deadline:
+            for path in _our_cgroups(launcher.pid()):
+                if os.path.dirname(path) != backend.parents[cgroups.MEMORY]:
+                    continue  # another v1 hierarchy
+                if not Path(path, "cgroup.procs").read_text().split():
+                    continue  # the one made ahead for the next run
+                names = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.swappiness")
+                if backend.version == 2:
+                    names = ("memory.max", "memory.swap.max")
+                files = {n: Path(path, n).read_text().strip() for n in names if Path(path, n).exists()}
+            time.sleep(0.02)
+    finally:
+        worker.join()
+    assert files, "the run's cgroup was not found while it ran"
+    if backend.version == 2:
+        assert files["memory.max"] == str(64 * MIB)
+        assert files.get("memory.swap.max", "0") == "0"
+    else:
+        assert files["memory.limit_in_bytes"] == str(64 * MIB)
+        if backend.swap_accounting:
+            assert files["memory.memsw.limit_in_bytes"] == str(64 * MIB)
+        else:
+            assert files["memory.swappiness"] == "0"
+    result = box["result"]
+    assert result.success, result.summary()
     memory = {p.name: p for p in result.protections}["memory"]
     assert memory.status == "enforced"
     assert "whole tree" in memory.detail and "cgroup v" in memory.detail
+    assert ("swap disabled" if backend.swap_accounting else "swap not limited") in memory.detail
 
 
 def test_peak_memory_of_a_program_touching_200_mib(workspace):
@@ -273,6 +383,76 @@ def test_private_tmp_stops_at_the_disk_size_with_enospc(workspace):
     assert b"No space left on device" in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize("area", ["/tmp", "/var/tmp", "/dev/shm", "$HOME"])
+def test_a_full_private_area_ends_the_run_with_disk_limit(workspace, area):
+    # the program survives the refused write and exits 0: the result still
+    # says the cap acted, and the CLI does not report success
+    from stockade.cli import EXIT_LIMIT_SURVIVED, exit_status
+
+    result = _manager(disk_mb=20, max_file_size_mb=100).execute(
+        ["sh", "-c", f"head -c 30000000 /dev/zero > {area}/fill; echo written; exit 0"],
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary() + result.stderr_text
+    assert result.exit_code == 0 and result.stdout == b"written\n"
+    assert b"No space left on device" in result.stderr
+    assert exit_status(result) == EXIT_LIMIT_SURVIVED
+    full = [v for v in result.violations if v.mechanism == "disk"]
+    expected = "/home/sandbox" if area == "$HOME" else area
+    assert [(v.what, v.action) for v in full] == [(expected, "errno:ENOSPC")], result.violations
+    assert "20 MiB" in full[0].detail
+
+
+def test_only_a_full_area_is_a_disk_limit(workspace):
+    manager = _manager(disk_mb=20)
+    below = manager.execute(
+        ["sh", "-c", "head -c 5000000 /dev/zero > /tmp/part; head -c 5000000 /dev/zero > /dev/shm/part"],
+        cwd=workspace,
+    )
+    assert below.success, below.summary() + below.stderr_text
+    assert not below.violations
+    assert not any("tmpfs" in note for note in below.notes), below.notes
+    # the same 20 MiB in one area fills it
+    full = manager.execute(
+        ["sh", "-c", "head -c 10000000 /dev/zero > /tmp/a; head -c 11000000 /dev/zero > /tmp/b"],
+        cwd=workspace,
+    )
+    assert full.termination is Termination.DISK_LIMIT, full.summary()
+    assert full.exit_code == 1  # head's own status: its write was refused
+
+
+def test_without_a_syscall_filter_a_full_area_is_still_seen(workspace, monkeypatch):
+    # no filter, so no exec is seen: the launcher opens the areas once
+    # bubblewrap's view is finished
+    import stockade.manager as manager_mod
+
+    monkeypatch.setattr(manager_mod._seccomp, "filter_for_config", lambda *a, **k: None)
+    result = _manager(disk_mb=20, max_file_size_mb=100).execute(
+        ["sh", "-c", "sleep 0.2; head -c 30000000 /dev/zero > /tmp/fill; exit 0"], cwd=workspace
+    )
+    assert "seccomp" not in {v.mechanism for v in result.violations}
+    assert result.termination is Termination.DISK_LIMIT, result.summary() + str(result.notes)
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["/tmp"]
+
+
+def test_a_prepared_sandboxs_full_tmp_is_a_disk_limit(workspace):
+    # a pooled run: the areas were opened when the sandbox's waiter started
+    manager = SandboxManager(
+        SandboxConfig(execution_log=False, disk_mb=20, max_file_size_mb=100, workspace=workspace),
+        prewarm=1,
+    )
+    try:
+        manager.start(wait=True)
+        result = manager.execute(
+            ["sh", "-c", "head -c 30000000 /dev/zero > /tmp/fill; exit 0"], cwd=workspace
+        )
+    finally:
+        manager.close()
+    assert result.pooled, result.notes
+    assert result.termination is Termination.DISK_LIMIT, result.summary() + result.stderr_text
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["/tmp"]
+
+
 def test_many_files_past_the_workspace_budget_end_with_disk_limit(workspace):
     result = _manager(disk_mb=30, timeout_sec=60).execute(
         _py("""
@@ -291,6 +471,93 @@ def test_many_files_past_the_workspace_budget_end_with_disk_limit(workspace):
     assert b"wrote everything" not in result.stdout
     written = sum(p.stat().st_size for p in workspace.glob("part*"))
     assert 30 * MIB < written <= 60 * MIB
+
+
+def test_past_the_budget_at_the_end_keeps_the_programs_exit_status(workspace):
+    # just under the budget, then 3 MB more and exit at once: the last look
+    # at the end finds it over (a poll can catch the last write itself, a
+    # window of a millisecond or two in 50 ms; then try again)
+    manager = _manager(disk_mb=30)
+    for attempt in range(4):
+        for part in workspace.glob("part*"):
+            part.unlink()
+        result = manager.execute(
+            ["sh", "-c", "head -c 29000000 /dev/zero > part1; sleep 0.2; head -c 3000000 /dev/zero > part2"],
+            cwd=workspace,
+        )
+        assert result.termination is Termination.DISK_LIMIT, result.summary()
+        if result.exit_code is not None:
+            break
+    assert result.exit_code == 0 and result.signal is None, (attempt, result.summary())
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["workspace"]
+
+
+def test_deleted_files_held_open_count_against_the_workspace_budget(workspace):
+    # 80 MiB in 8 files unlinked while open: no walk finds them, the disk
+    # still holds them
+    result = _manager(disk_mb=10, timeout_sec=60).execute(
+        _py("""
+            import os, time
+            fds = []
+            for i in range(8):
+                fds.append(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY))
+                os.unlink(f"f{i}")
+                for _ in range(10):
+                    os.write(fds[-1], b"x" * (1 << 20))
+                os.fsync(fds[-1])
+            print("wrote", flush=True)
+            time.sleep(1.5)
+            print("still running")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary()
+    assert b"still running" not in result.stdout
+    assert [v.what for v in result.violations if v.mechanism == "disk"] == ["workspace"]
+
+
+def test_deleted_files_held_only_by_a_mapping_count_against_the_budget(workspace):
+    result = _manager(disk_mb=10, timeout_sec=60).execute(
+        _py("""
+            import mmap, os, time
+            maps = []
+            for i in range(8):
+                fd = os.open(f"m{i}", os.O_CREAT | os.O_RDWR)
+                os.unlink(f"m{i}")
+                os.ftruncate(fd, 8 << 20)
+                maps.append(mmap.mmap(fd, 8 << 20))
+                os.close(fd)  # only the mapping holds the file now
+                for off in range(0, 8 << 20, 4096):
+                    maps[-1][off] = 1
+                maps[-1].flush()
+            print("wrote", flush=True)
+            time.sleep(1.5)
+            print("still running")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.DISK_LIMIT, result.summary()
+    assert b"still running" not in result.stdout
+
+
+def test_the_budget_counts_deleted_files_of_the_runs_processes_only(tmp_path):
+    from stockade.linux.diskbudget import DiskBudget
+
+    mine: list[int] = []
+    budget = DiskBudget(str(tmp_path), 4 * MIB, pids=lambda: mine)
+    fd = os.open(tmp_path / "held", os.O_CREAT | os.O_WRONLY)
+    try:
+        os.unlink(tmp_path / "held")
+        os.write(fd, b"x" * (3 * MIB))
+        os.fsync(fd)
+        assert budget.measure() == (0, True)  # not one of the run's processes
+        mine.append(os.getpid())
+        measured, complete = budget.measure()
+        assert complete and 3 * MIB <= measured < 4 * MIB, measured
+        assert budget.held == measured
+    finally:
+        os.close(fd)
+    assert budget.measure() == (0, True)  # closed: its space is free again
 
 
 def test_files_already_in_the_workspace_do_not_count(workspace):
@@ -374,6 +641,72 @@ def test_no_rlimit_data_when_the_cgroup_limits_memory():
     spec = {"args_data": ["--"], "cgroup": plan.cgroup, "rlimits": plan.rlimits}
     assert limits_mod.finalize(spec, config) == limits_mod.BWRAP_TASKS
     assert plan.cgroup["pids_max"] == 512 + limits_mod.BWRAP_TASKS
+
+
+def test_the_disk_row_claims_only_what_the_sandbox_enforces():
+    config = SandboxConfig(disk_mb=10, memory_mb=64)
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_CAPPED)
+    assert status == "enforced" and "each private tmpfs area" in detail
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_UNCAPPED, bwrap_version="0.4.1")
+    assert status == "degraded" and "not capped" in detail and "0.4.1 lacks --size" in detail
+    assert "memory_mb (64 MiB)" in detail
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_RUN_DIR)
+    assert status == "degraded" and "HOME and TMPDIR" in detail and "not capped" in detail
+    status, detail = limits_mod.disk_status(config, limits_mod.TMPFS_NONE, unbudgeted=["/x"])
+    assert status == "degraded" and "capped" not in detail and "host's /tmp" in detail
+
+
+def test_disabled_mode_reports_no_tmpfs_cap(workspace, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="stockade.manager"):
+        manager = _manager(mode="disabled", disk_mb=10)
+    warning = caplog.text
+    assert "cgroup limits" in warning and "disk budget" in warning, warning
+    assert "only the timeout, rlimits" not in warning
+    result = manager.execute(["true"], cwd=workspace)
+    assert result.success, result.summary()
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "degraded", disk
+    assert "tmpfs area" not in disk.detail and "not budgeted" in disk.detail
+
+
+def test_without_bubblewraps_size_option_the_disk_row_is_degraded(workspace, monkeypatch):
+    import dataclasses
+
+    import stockade.manager as manager_mod
+
+    real = manager_mod._bwrap.find_bwrap
+    monkeypatch.setattr(
+        manager_mod._bwrap, "find_bwrap", lambda *a: dataclasses.replace(real(*a), has_size=False)
+    )
+    result = _manager(disk_mb=10).execute(["sh", "-c", "df -k /tmp | tail -1"], cwd=workspace)
+    assert result.success, result.summary() + result.stderr_text
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "degraded" and "lacks --size" in disk.detail, disk
+    assert int(result.stdout.split()[1]) > 10 * 1024  # /tmp really is not capped
+
+
+def test_the_landlock_tiers_disk_row_is_degraded(workspace):
+    from stockade.linux.landlock import abi_version
+
+    if abi_version()[0] < 6:
+        pytest.skip("needs Landlock ABI 6+")
+    result = _manager(tier="landlock", disk_mb=10).execute(["true"], cwd=workspace)
+    assert result.success and result.tier == "landlock", result.summary()
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "degraded" and "HOME and TMPDIR" in disk.detail, disk
+
+
+def test_writable_paths_outside_the_workspace_are_named_as_unbudgeted(workspace, tmp_path):
+    other = Path(tempfile.mkdtemp(prefix="stockade-test-rw-", dir="/var/tmp"))
+    try:
+        result = _manager(disk_mb=10, writable=[str(other)]).execute(["true"], cwd=workspace)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    assert result.success, result.summary() + result.stderr_text
+    disk = {p.name: p for p in result.protections}["disk"]
+    assert disk.status == "enforced" and f"not budgeted: {other}" in disk.detail
 
 
 def test_without_cgroups_a_tree_limit_is_refused_or_degraded(monkeypatch):

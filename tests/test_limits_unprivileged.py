@@ -108,3 +108,43 @@ def test_a_policy_without_tree_limits_runs_without_a_cgroup(workspace):
     data = run_code_as_nobody(code, cwd=workspace)
     assert data["out"] == "ok\n" and data["term"] == "exited"
     assert data["prot"]["memory"] == "off" and data["prot"]["pids"] == "off"
+
+
+def test_an_unprivileged_launcher_sees_a_full_private_tmp(workspace):
+    # the launcher runs as uid 65534 too; it reaches the sandbox's areas
+    # through /proc/<pid>/root as the owner of the sandbox's user namespace
+    give_to_unprivileged(workspace)
+    code = textwrap.dedent("""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, memory_mb=None, max_processes=None,
+                               cpu_time_sec=None, disk_mb=10, max_file_size_mb=50)
+        r = SandboxManager(config).execute(["sh", "-c", "head -c 20000000 /dev/zero > /tmp/f; exit 0"])
+        print(json.dumps({"term": r.termination.value, "code": r.exit_code, "notes": r.notes,
+                          "disk": [v.what for v in r.violations if v.mechanism == "disk"]}))
+    """)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert data["term"] == "disk_limit" and data["code"] == 0, data
+    assert data["disk"] == ["/tmp"], data
+
+
+def test_an_unprivileged_launcher_counts_deleted_files_held_open(workspace):
+    give_to_unprivileged(workspace)
+    code = textwrap.dedent("""
+        import json
+        from stockade import SandboxConfig, SandboxManager
+        config = SandboxConfig(execution_log=False, memory_mb=None, max_processes=None,
+                               cpu_time_sec=None, disk_mb=10, timeout_sec=60)
+        program = (
+            "import os, time\\n"
+            "fds = []\\n"
+            "for i in range(8):\\n"
+            "    fds.append(os.open(f'f{i}', os.O_CREAT | os.O_WRONLY)); os.unlink(f'f{i}')\\n"
+            "    os.write(fds[-1], b'x' * (10 << 20)); os.fsync(fds[-1])\\n"
+            "time.sleep(1.5); print('still running')\\n"
+        )
+        r = SandboxManager(config).execute(["python3", "-c", program])
+        print(json.dumps({"term": r.termination.value, "out": r.stdout_text}))
+    """)
+    data = run_code_as_nobody(code, cwd=workspace)
+    assert data["term"] == "disk_limit" and "still running" not in data["out"], data

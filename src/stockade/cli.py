@@ -92,7 +92,10 @@ def _parser() -> argparse.ArgumentParser:
         "--disk",
         type=_limit(int),
         metavar="MIB",
-        help="disk budget, MiB: each private tmpfs, the largest file, workspace growth",
+        help=(
+            "disk budget, MiB: each private tmpfs, the largest file, workspace growth "
+            "(--rw paths outside the workspace are not budgeted)"
+        ),
     )
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
     run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")

@@ -27,7 +27,7 @@ from typing import IO, Any
 from . import _io
 from . import pool as _pool
 from .audit import ExecutionLog, resolve_log_path
-from .config import SandboxConfig, SandboxMode
+from .config import MIB, SandboxConfig, SandboxMode
 from .errors import CommandError, PolicyError, SandboxUnavailableError
 from .fs import policy as _fs
 from .fs import run as _fsrun
@@ -78,6 +78,9 @@ class _Prepared:
     use_filter: bool = False
     pooled: bool = False
     pool_note: str | None = None
+    # what holds the private tmpfs areas to disk_mb (limits.TMPFS_*)
+    tmpfs: str = _limits.TMPFS_NONE
+    bwrap_version: str = ""
 
 
 # How long ``SandboxManager.start(wait=True)`` waits for prepared sandboxes.
@@ -134,8 +137,12 @@ class SandboxManager:
         )
         if config.mode is SandboxMode.DISABLED:
             log.warning(
-                "stockade mode 'disabled': commands run WITHOUT namespaces or a syscall "
-                "filter; only the timeout, rlimits and the execution log apply"
+                "stockade mode 'disabled': commands run WITHOUT namespaces, a mount view or "
+                "a syscall filter (the host's files and network are reachable); what applies: "
+                "the timeout, the cgroup limits of the whole tree (memory, processes, CPU), "
+                "rlimits (file size, open files, CPU), the workspace's disk budget (not /tmp "
+                "or HOME), the sandbox uid for a root caller, the scrubbed environment and "
+                "the execution log"
             )
         if self._prewarm and config.workspace is not None:
             self._start_pool(os.fspath(config.workspace))
@@ -385,10 +392,29 @@ class SandboxManager:
                 decision, caller_is_root, prepared.syscall_filter
             )
             prepared.protections += _fsrun.protection_rows(prepared.fs, second_tier=second)
-        prepared.protections = _limits.merge_protections(prepared.protections, limit_plan.protections)
+        limit_rows = _limits.merge_protections(limit_plan.protections, self._disk_rows(prepared, workspace))
+        prepared.protections = _limits.merge_protections(prepared.protections, limit_rows)
         prepared.overhead_tasks = _limits.finalize(prepared.spec, config)
         prepared.prepare_ms = (time.monotonic() - t0) * 1000
         return prepared
+
+    def _disk_rows(self, prepared: _Prepared, workspace: str) -> list[Protection]:
+        """The ``disk`` row as this run's sandbox enforces it."""
+        config = self.config
+        if not config.disk_mb:
+            return []
+        unbudgeted = []
+        if prepared.fs is not None:
+            inside = workspace.rstrip("/") + "/"
+            unbudgeted = [
+                rule.path
+                for rule in prepared.fs.writable_roots()
+                if rule.path != workspace and not rule.path.startswith(inside)
+            ]
+        status, detail = _limits.disk_status(
+            config, prepared.tmpfs, bwrap_version=prepared.bwrap_version, unbudgeted=unbudgeted
+        )
+        return [Protection("disk", status, detail)]
 
     def decide(self) -> _tiers.Decision:
         """The tier and protections this manager's policy gets on this host.
@@ -501,6 +527,11 @@ class SandboxManager:
                 f"or stdin",
                 command=argv[:3],
             )
+        prepared.bwrap_version = info.version
+        prepared.tmpfs = _limits.TMPFS_CAPPED if info.has_size else _limits.TMPFS_UNCAPPED
+        if config.disk_mb and info.has_size:
+            # the launcher looks at them when the run ends: a full one is disk_limit
+            spec["tmpfs_areas"] = {"paths": list(_bwrap.WRITABLE_TMPFS), "bytes": config.disk_mb * MIB}
         spec.update(
             path=info.path,
             argv=["bwrap", "--args", "3", "--", resolution.path, *argv[1:]],
@@ -583,6 +614,7 @@ class SandboxManager:
         prepared.cleanup.append(run_dir)
         # removed by the launcher when the run ends, even if we are gone by then
         prepared.spec["remove_after"] = [run_dir]
+        prepared.tmpfs = _limits.TMPFS_RUN_DIR
         env = dict(env, HOME=home, TMPDIR=tmp)
 
         rules = _landlock.second_tier_rules(
@@ -1020,6 +1052,13 @@ class SandboxManager:
             prepared.notes += notes
             prepared.timings["fs_guard_ms"] = guard_ms
         prepared.notes += _pool_notes(prepared, event)
+        unchecked = (event.get("disk") or {}).get("tmpfs_problems")
+        if unchecked and termination is not Termination.SANDBOX_ERROR:
+            prepared.notes.append(
+                "disk: the private tmpfs areas were not looked at when the run ended ("
+                + "; ".join(unchecked)
+                + "): their cap still applied, but a full one is not reported as disk_limit"
+            )
         times = event.get("times") or {}
         timings = {"prepare_ms": round(prepared.prepare_ms, 3)}
         for key, value in prepared.timings.items():

@@ -17,7 +17,9 @@ class Termination(str, enum.Enum):
     RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``. They also
     come before ``exited``: a run in which the OOM killer acted or a fork was
     refused at the process cap is ``memory_limit`` / ``pids_limit`` even if
-    its main process then exited by itself (``exit_code`` keeps its status).
+    its main process then exited by itself (``exit_code`` keeps its status);
+    so is ``disk_limit`` for a run whose private tmpfs area was full at its
+    end or whose workspace was past its budget.
     """
 
     EXITED = "exited"                    # the program exited by itself
@@ -27,7 +29,7 @@ class Termination(str, enum.Enum):
     MEMORY_LIMIT = "memory_limit"        # the OOM killer acted in the run's cgroup
     FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ)
     PIDS_LIMIT = "pids_limit"            # a fork or thread was refused at the cap
-    DISK_LIMIT = "disk_limit"            # the workspace's disk budget ran out
+    DISK_LIMIT = "disk_limit"            # the workspace's budget ran out, or a private tmpfs was full
     SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter
     OUTPUT_LIMIT = "output_limit"        # captured output past max_output_bytes
     CANCELLED = "cancelled"              # the caller cancelled the run

@@ -174,6 +174,37 @@ def move_mount(tree_fd: int, target: str) -> None:
     )
 
 
+TMPFS_MAGIC = 0x01021994
+ST_RDONLY = 1
+
+
+class Statfs(ctypes.Structure):
+    """struct statfs of the 64-bit ABIs (x86_64, aarch64); os.statvfs has
+    no f_type."""
+
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+def fstatfs(fd: int) -> Statfs:
+    """fstatfs(2); works on O_PATH descriptors (Linux 3.12+)."""
+    buf = Statfs()
+    _check(_libc.fstatfs(fd, ctypes.byref(buf)), f"fstatfs({fd})")
+    return buf
+
+
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     """Close every fd from first to last; falls back to os.closerange."""
     result = _libc.syscall(NR_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), 0)

@@ -54,6 +54,8 @@ _SYSTEM_RO = {
     SandboxMode.PERMISSIVE: ("/usr", "/etc", "/opt", "/sys", "/var/lib", "/var/cache"),
 }
 _PRIVATE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm")
+# The private areas the program may write, each a tmpfs of disk_mb.
+WRITABLE_TMPFS = (*_PRIVATE_TMPFS, HOME_IN_SANDBOX)
 # Size of the empty tmpfs over a hidden directory: it only holds mount points.
 HIDDEN_TMPFS_BYTES = 4096
 # Directories the sandbox gets fresh and empty: no path rule may cover them.

@@ -205,7 +205,9 @@ def _unavailable(
         missing.update(required)
     reason = "no usable cgroup for the limits asked for (" + " | ".join(reasons) + ")"
     fix = (
-        "run the caller as root (the program still runs as an unprivileged uid), "
+        "run the caller as root (the program still runs as an unprivileged uid; "
+        "on a cgroup v2 host with systemd as PID 1 and systemd-run installed, the "
+        "launcher then gets a delegated scope of its own), "
         "or on a cgroup v2 host run it inside a cgroup delegated to its user "
         "(systemd: Delegate=yes with DelegateSubgroup=, which keeps the delegated "
         "cgroup free of processes), or drop the limits that need cgroups, or "
@@ -222,22 +224,29 @@ _cached_probe: Probe | None = None
 LAUNCHER_LEAF = "launcher"
 
 
-def probe(refresh: bool = False, *, leave_delegated: bool = False) -> Probe:
+def probe(
+    refresh: bool = False, *, leave_delegated: bool = False, scope: str | None = None
+) -> Probe:
     """Read this process's cgroups and what it may do with them (cached).
 
     Args:
         refresh: probe again instead of using the cached answer.
         leave_delegated: the launcher only. When this process sits alone in a
-            cgroup v2 delegated to its uid (``systemd-run --user --scope -p
+            cgroup v2 delegated to it (``systemd-run [--user] --scope -p
             Delegate=yes``, see ``client.py``), move it into a leaf beneath,
             so that the delegated cgroup is empty and may give controllers to
             the runs' cgroups made beside the leaf. Only this process moves.
+        scope: the launcher only: the name of the systemd scope it was
+            started in with ``Delegate=yes`` (``<unit>.scope``). A cgroup of
+            that name counts as delegated: a root caller owns every cgroup,
+            so ownership cannot tell, and older systemd sets no
+            ``trusted.delegate`` attribute.
     """
     global _cached_probe
     if _cached_probe is None or refresh:
         if leave_delegated:
-            _leave_delegated_cgroup(_PROC_MOUNTINFO, _PROC_CGROUP, os.geteuid())
-        _cached_probe = _probe(_PROC_MOUNTINFO, _PROC_CGROUP, os.geteuid())
+            _leave_delegated_cgroup(_PROC_MOUNTINFO, _PROC_CGROUP, os.geteuid(), scope)
+        _cached_probe = _probe(_PROC_MOUNTINFO, _PROC_CGROUP, os.geteuid(), scope)
     return _cached_probe
 
 
@@ -248,13 +257,15 @@ def use_probe(found: Probe) -> None:
     _cached_probe = found
 
 
-def _probe(mountinfo: str, proc_cgroup: str, euid: int) -> Probe:
+def _probe(mountinfo: str, proc_cgroup: str, euid: int, scope: str | None = None) -> Probe:
     mounts = _cgroup_mounts(mountinfo)
     paths = _cgroup_paths(proc_cgroup)
-    return Probe(_probe_v1(mounts, paths), _probe_v2(mounts, paths, euid))
+    return Probe(_probe_v1(mounts, paths), _probe_v2(mounts, paths, euid, scope))
 
 
-def _leave_delegated_cgroup(mountinfo: str, proc_cgroup: str, euid: int) -> str | None:
+def _leave_delegated_cgroup(
+    mountinfo: str, proc_cgroup: str, euid: int, scope: str | None = None
+) -> str | None:
     """Move this process into a leaf of its own delegated v2 cgroup, if it is
     that cgroup's only process. Returns the leaf's path, or None."""
     path = _cgroup_paths(proc_cgroup).get("")
@@ -264,7 +275,7 @@ def _leave_delegated_cgroup(mountinfo: str, proc_cgroup: str, euid: int) -> str 
         if fstype != "cgroup2":
             continue
         own = _inside(mount, root, path)
-        if own is None or _is_v2_root(own) or not _delegated(own, euid):
+        if own is None or _is_v2_root(own) or not _delegated(own, euid, scope):
             return None
         members = _read(os.path.join(own, "cgroup.procs")).split()
         if members != [str(os.getpid())]:
@@ -378,7 +389,12 @@ def _probe_v1(mounts: list[tuple[str, str, str, set[str]]], paths: dict[str, str
     return Backend(1, parents, problems, swap)
 
 
-def _probe_v2(mounts: list[tuple[str, str, str, set[str]]], paths: dict[str, str], euid: int) -> Backend | None:
+def _probe_v2(
+    mounts: list[tuple[str, str, str, set[str]]],
+    paths: dict[str, str],
+    euid: int,
+    scope: str | None = None,
+) -> Backend | None:
     for fstype, mount, root, _options in mounts:
         if fstype != "cgroup2":
             continue
@@ -387,7 +403,7 @@ def _probe_v2(mounts: list[tuple[str, str, str, set[str]]], paths: dict[str, str
         if own is None or not os.path.isdir(own):
             problem = f"this process's cgroup is not visible under {mount}"
             return Backend(2, {}, {c: problem for c in CONTROLLERS}, False)
-        parent, problem = _v2_parent(own, mount, euid)
+        parent, problem = _v2_parent(own, mount, euid, scope)
         if parent is None:
             return Backend(2, {}, {c: problem for c in CONTROLLERS}, False)
         available = set(_read(os.path.join(parent, "cgroup.controllers")).split())
@@ -424,14 +440,18 @@ def _is_v2_root(directory: str) -> bool:
     return not os.path.exists(os.path.join(directory, "cgroup.type"))
 
 
-def _v2_parent(own: str, mount: str, euid: int) -> tuple[str | None, str]:
+def _v2_parent(own: str, mount: str, euid: int, scope: str | None = None) -> tuple[str | None, str]:
     """The v2 directory where this process may make cgroups with controllers."""
     if _is_v2_root(own):
         if os.access(own, os.W_OK):
             return own, ""
         return None, f"the root cgroup {own} is not writable by uid {euid}"
     parent = os.path.dirname(own)
-    if own != mount and _delegated(parent, euid) and not _read(os.path.join(parent, "cgroup.procs")).strip():
+    if (
+        own != mount
+        and _delegated(parent, euid, scope)
+        and not _read(os.path.join(parent, "cgroup.procs")).strip()
+    ):
         if os.access(parent, os.W_OK):
             return parent, ""
     problem = (
@@ -442,7 +462,12 @@ def _v2_parent(own: str, mount: str, euid: int) -> tuple[str | None, str]:
     return None, problem
 
 
-def _delegated(directory: str, euid: int) -> bool:
+def _delegated(directory: str, euid: int, scope: str | None = None) -> bool:
+    """Whether ``directory`` is a cgroup delegated to this process: systemd's
+    attribute on it, the name of the scope this launcher was started in
+    (``scope``), or, for a non-root uid, owning its control files."""
+    if scope and os.path.basename(directory) == scope:
+        return True
     for name in ("trusted.delegate", "user.delegate"):
         try:
             if os.getxattr(directory, name).strip(b"\0") == b"1":

@@ -5,17 +5,28 @@ first run (or by ``SandboxManager.start()``), restarted if it died, and
 replaced in a child after ``os.fork()``. It exits by itself when this process
 exits, because its control socket then closes.
 
-Delegated cgroups for unprivileged callers. A user's shell usually sits in a
-cgroup it may not write (a login session's scope), so the tree limits would
-be refused. When the caller is not root, cgroup v2 is mounted and the user's
-systemd manager is reachable, the launcher is started through ``systemd-run
---user --scope -p Delegate=yes``: systemd puts it in a fresh scope owned by
-the user, the launcher moves itself into a leaf of it, and makes the runs'
-cgroups beside that leaf (``cgroups.probe(leave_delegated=True)``). Which
-controllers the scope receives is the user manager's ``Delegate=`` setting;
-the launcher reports what it got in its first message, and the policy is
-judged against that. When systemd-run is missing or fails, the launcher
-starts as a plain child, and tree limits are judged by what that can do.
+Delegated cgroups on systemd hosts. On a cgroup v2 host a caller usually sits
+in a cgroup that cannot give its runs controllers: a login session's scope,
+which holds processes (cgroup v2's "no internal processes" rule) and, for a
+user, is not even writable. The tree limits would then be refused. So the
+launcher is started through ``systemd-run --scope -p Delegate=yes`` when
+that helps and systemd can do it:
+
+* an unprivileged caller: ``--user``, when its user manager is reachable
+  (``$XDG_RUNTIME_DIR/systemd/private``);
+* root: the system manager (no ``--user``), when systemd is PID 1
+  (``/run/systemd/system`` exists) and root's own v2 cgroup is neither the
+  root cgroup nor an empty delegated one (``cgroups.probe()`` finds no
+  usable v2 parent); elsewhere root's own cgroup serves.
+
+systemd puts the launcher in a fresh scope, the launcher moves itself into a
+leaf of it, and makes the runs' cgroups beside that leaf
+(``cgroups.probe(leave_delegated=True)``; the scope's name is passed on, so
+that a root launcher, which owns every cgroup, recognises its own). Which
+controllers the scope receives is the manager's ``Delegate=`` setting; the
+launcher reports what it got in its first message, and the policy is judged
+against that. When systemd-run is missing or fails, the launcher starts as a
+plain child, and tree limits are judged by what that can do.
 ``STOCKADE_SYSTEMD_SCOPE=0`` turns the scope off.
 """
 
@@ -60,26 +71,43 @@ def _launcher_path() -> str:
     return os.pathsep.join(entries)
 
 
-def systemd_scope_prefix() -> list[str] | None:
-    """argv prefix that starts the launcher in a delegated user scope, or None.
+def systemd_scope_prefix(found: cgroups.Probe | None = None) -> list[str] | None:
+    """argv prefix that starts the launcher in a delegated systemd scope, or None.
 
-    Only for unprivileged callers on a cgroup v2 host whose user systemd
-    manager is reachable; see the module docstring.
+    Args:
+        found: this process's cgroups (default: ``cgroups.probe()``); a root
+            caller needs no scope where its own v2 cgroup is usable.
+
+    See the module docstring for when a scope is used.
     """
-    if os.environ.get("STOCKADE_SYSTEMD_SCOPE", "1") == "0" or os.geteuid() == 0:
+    if os.environ.get("STOCKADE_SYSTEMD_SCOPE", "1") == "0":
         return None
     if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        return None  # not a unified (v2) host
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+        return None  # not a unified (v2) host: v1 serves root, and no user
     systemd_run = shutil.which("systemd-run")
-    if not systemd_run or not runtime or not os.path.exists(os.path.join(runtime, "systemd", "private")):
+    if not systemd_run:
         return None
-    return [
-        systemd_run, "--user", "--scope", "--quiet", "--collect",
-        "-p", "Delegate=yes",
-        f"--unit=stockade-launcher-{os.getpid()}-{os.urandom(3).hex()}",
-        "--",
-    ]
+    unit = f"--unit=stockade-launcher-{os.getpid()}-{os.urandom(3).hex()}"
+    tail = ["--scope", "--quiet", "--collect", "-p", "Delegate=yes", unit, "--"]
+    if os.geteuid() == 0:
+        if not os.path.isdir("/run/systemd/system"):
+            return None  # systemd is not the system manager here
+        found = found or cgroups.probe()
+        if found.v2 is not None and found.v2.parents:
+            return None  # root's own v2 cgroup can hold the runs' cgroups
+        return [systemd_run, *tail]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime or not os.path.exists(os.path.join(runtime, "systemd", "private")):
+        return None
+    return [systemd_run, "--user", *tail]
+
+
+def scope_name(prefix: list[str] | None) -> str:
+    """The cgroup name of the scope a prefix asks for ("" without one)."""
+    for arg in prefix or []:
+        if arg.startswith("--unit="):
+            return arg[len("--unit=") :] + ".scope"
+    return ""
 
 
 class LauncherClient:
@@ -116,7 +144,7 @@ class LauncherClient:
         except SandboxUnavailableError:
             if prefix is None:
                 raise
-            log.warning("systemd-run --user --scope did not start the launcher; starting it directly")
+            log.warning("systemd-run --scope did not start the launcher; starting it directly")
             self._scope_failed = True
             self._spawn(None)
 
@@ -131,7 +159,10 @@ class LauncherClient:
             if prefix and name in os.environ:
                 env[name] = os.environ[name]  # systemd-run needs them; it execs with them
         debug = os.environ.get("STOCKADE_DEBUG_LAUNCHER")
-        argv = [sys.executable, "-S", "-c", code, _launcher_path(), str(theirs.fileno())]
+        argv = [
+            sys.executable, "-S", "-c", code, _launcher_path(), str(theirs.fileno()),
+            scope_name(prefix),
+        ]
         try:
             proc = subprocess.Popen(
                 [*(prefix or []), *argv],

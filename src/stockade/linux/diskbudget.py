@@ -15,15 +15,32 @@ measured, by the launcher, while the run lasts:
   each inode once. ctime cannot be set back by the program: any write,
   truncate, chmod, rename or link of a file moves it to the present.
   Directories the walk cannot read are charged at the full free-space drop.
+* Files the run deleted but still holds (open, or mapped), which no walk
+  finds yet which still take space: with the walk, the descriptors of the
+  run's processes (``/proc/<pid>/fd``) and their mappings of deleted files
+  (``/proc/<pid>/maps``, sized through ``/proc/<pid>/map_files``) are
+  looked at; each regular file on the workspace's file system with no link
+  left and a ctime at or after the start is added, once. What cannot be
+  looked at (a process whose descriptors the launcher may not read, a
+  mapping it cannot size) makes the walk incomplete: charged at the full
+  free-space drop.
 * Over the budget the launcher ends the run with ``disk_limit``.
 
 Other writers on the same file system only cause extra walks (at most one
 per max(0.2 s, 20 times the last walk's duration)). What the walk counts is
 a superset of the run's growth: a pre-existing file the run appended to
-counts whole. Deleted files count nothing. Overshoot is what the program can
+counts whole. Deleted files count nothing once no process of the run holds
+them (their space is free again). TODO(#4): a deleted file whose only
+reference is a descriptor in flight in a unix socket (sent with SCM_RIGHTS
+and not yet received) is not seen; meanwhile it escapes the budget until
+it is received. Overshoot is what the program can
 write between two polls (``LIMIT_POLL_SEC``); single files are held to the
 size cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by
 their size (ENOSPC).
+
+The private tmpfs areas (``TmpfsAreas``) are capped by their size, which the
+kernel enforces with ENOSPC; the launcher only needs to see afterwards that
+one was full, to report ``disk_limit``.
 
 Stdlib only; used by the launcher.
 """
@@ -33,6 +50,16 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
+
+from . import _sys
+
+_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+
+# A tmpfs area with at most this many blocks (pages) free counts as full: a
+# writer stopped by ENOSPC leaves less than the block it asked for, and most
+# write whole pages.
+FULL_SLACK_BLOCKS = 2
 
 
 class DiskBudget:
@@ -41,12 +68,24 @@ class DiskBudget:
     Args:
         path: the workspace directory (host path).
         limit_bytes: how much the run may add.
+        pids: the run's processes now (None: they cannot be listed); their
+            deleted files still open or mapped are counted too.
     """
 
-    def __init__(self, path: str, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        limit_bytes: int,
+        pids: Callable[[], list[int] | None] | None = None,
+    ) -> None:
         self.path = path
         self.limit = int(limit_bytes)
-        self.start_ns = time.time_ns()
+        self.pids = pids
+        self.held = 0  # bytes of deleted files the run held at the last walk
+        # the clock file systems stamp ctime with (current_time(): the coarse
+        # realtime clock, up to a tick behind time.time_ns()), so that a file
+        # changed right after the start is never stamped before it
+        self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
         self.free0 = self._free()
         self.trigger = self.limit
         self.next_walk = 0.0
@@ -89,8 +128,9 @@ class DiskBudget:
         return False
 
     def measure(self) -> tuple[int, bool]:
-        """Bytes allocated to inodes changed since the start, and whether the
-        walk saw everything."""
+        """Bytes allocated to inodes changed since the start (in the tree,
+        and deleted ones the run's processes hold), and whether the walk saw
+        everything."""
         try:
             top = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -135,6 +175,71 @@ class DiskBudget:
                 complete = False
                 listing = []
             stack.append((child, iter(listing)))
+        held, held_complete = self._held_deleted(dev, seen)
+        self.held = held
+        return total + held, complete and held_complete
+
+    def _held_deleted(self, dev: int, seen: set[tuple[int, int]]) -> tuple[int, bool]:
+        """Bytes of deleted regular files on ``dev`` that the run's processes
+        hold open or mapped, and whether every process could be looked at."""
+        if self.pids is None:
+            return 0, True
+        pids = self.pids()
+        if pids is None:
+            return 0, False
+        total = 0
+        complete = True
+        wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}"
+
+        def charge(st: os.stat_result) -> None:
+            nonlocal total
+            key = (st.st_dev, st.st_ino)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_nlink == 0
+                and st.st_dev == dev
+                and st.st_ctime_ns >= self.start_ns
+                and key not in seen
+            ):
+                seen.add(key)
+                total += st.st_blocks * 512
+
+        for pid in pids:
+            fd_dir = f"/proc/{pid}/fd"
+            try:
+                names = os.listdir(fd_dir)
+            except FileNotFoundError:
+                continue  # exited meanwhile: its files are closed
+            except OSError:
+                complete = False
+                continue
+            for name in names:
+                try:
+                    charge(os.stat(f"{fd_dir}/{name}"))  # follows the magic link
+                except OSError:
+                    continue  # closed meanwhile, or not a file
+            try:
+                with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
+                    maps = fh.read().splitlines()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                complete = False
+                continue
+            for line in maps:
+                if not line.endswith(" (deleted)"):
+                    continue
+                fields = line.split(None, 5)
+                if len(fields) < 6 or fields[4] == "0":
+                    continue
+                try:
+                    # map_files needs CAP_SYS_ADMIN (a root launcher)
+                    charge(os.stat(f"/proc/{pid}/map_files/{fields[0]}"))
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    if fields[3] == wanted:
+                        complete = False  # on the workspace's file system, size unknown
         return total, complete
 
 
@@ -151,3 +256,97 @@ def _entries(fd: int) -> list[tuple[str, os.stat_result]] | None:
             return out
     except OSError:
         return None
+
+
+class TmpfsAreas:
+    """The sandbox's size-capped tmpfs areas, to tell afterwards whether one
+    was full.
+
+    ``open`` is called when the program's execve is seen (before any of its
+    code runs; bubblewrap has finished the mount view by then) with the pid
+    of a process in the sandbox: each area is opened ``O_PATH`` through
+    ``/proc/<pid>/root`` and kept only if it is a tmpfs of the cap's size,
+    that is, the area bubblewrap mounted for the run. The descriptor pins
+    the superblock, so ``full`` can ``fstatfs`` it after the sandbox is
+    gone. A few syscalls per run: one open and one fstatfs per area, one
+    fstatfs per area at the end.
+
+    Args:
+        paths: the areas' paths inside the sandbox.
+        size_bytes: each area's cap (bubblewrap ``--size``).
+    """
+
+    def __init__(self, paths: list[str], size_bytes: int) -> None:
+        self.paths = list(paths)
+        self.size = int(size_bytes)
+        self.fds: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.opened = False
+
+    def open(self, pid: int, *, wait_for_view: bool = False) -> bool:
+        """Open the areas as ``pid`` sees them. Returns False only when
+        ``wait_for_view`` is set and the mount view is not finished yet
+        (its root is not yet bubblewrap's read-only tmpfs): try again later.
+        """
+        root = f"/proc/{pid}/root"
+        if wait_for_view:
+            try:
+                top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as err:
+                self.problems.append(f"{root}: {err.strerror}")
+                self.opened = True
+                return True
+            try:
+                st = _sys.fstatfs(top)
+            except OSError:
+                return False
+            finally:
+                os.close(top)
+            if st.f_type != _sys.TMPFS_MAGIC or not st.f_flags & _sys.ST_RDONLY:
+                return False
+        for path in self.paths:
+            try:
+                # O_NOFOLLOW: the area itself, never where a link in it points
+                fd = os.open(
+                    root + path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                )
+            except OSError as err:
+                self.problems.append(f"{path}: {err.strerror}")
+                continue
+            try:
+                st = _sys.fstatfs(fd)
+            except OSError as err:
+                os.close(fd)
+                self.problems.append(f"{path}: {err}")
+                continue
+            total = st.f_blocks * st.f_bsize
+            if st.f_type != _sys.TMPFS_MAGIC or abs(total - self.size) >= max(st.f_bsize, 1):
+                os.close(fd)
+                self.problems.append(
+                    f"{path}: not the run's tmpfs (type {st.f_type:#x}, {total} bytes)"
+                )
+                continue
+            self.fds[path] = fd
+        self.opened = True
+        return True
+
+    def full(self) -> list[dict[str, int | str]]:
+        """The areas that are full (or within ``FULL_SLACK_BLOCKS``)."""
+        out: list[dict[str, int | str]] = []
+        for path, fd in self.fds.items():
+            try:
+                st = _sys.fstatfs(fd)
+            except OSError:
+                continue
+            if st.f_bavail <= FULL_SLACK_BLOCKS:
+                out.append({
+                    "area": path,
+                    "size_bytes": st.f_blocks * st.f_bsize,
+                    "free_bytes": st.f_bavail * st.f_bsize,
+                })
+        return out
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()

@@ -49,7 +49,7 @@ from typing import Any
 from . import _sys, netbridge, reaper
 from . import landlock as _landlock  # before any fork: children do no import work
 from .cgroups import CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
-from .diskbudget import DiskBudget
+from .diskbudget import DiskBudget, TmpfsAreas
 from .supervise import Supervisor
 
 MAX_MESSAGE = 1 << 20
@@ -524,6 +524,9 @@ class Run:
         # workspace's disk budget, read by poll() until the run ends
         self.cgroup: RunCgroup | None = None
         self.disk: DiskBudget | None = None
+        # the sandbox's size-capped tmpfs areas, opened at the program's
+        # start and looked at when it ends: a full one is disk_limit
+        self.areas: TmpfsAreas | None = None
         self.next_poll: float | None = None
         self.limit_error: dict[str, Any] | None = None
         # a prepared sandbox of a pool (stockade.pool): its waiter's socket,
@@ -654,13 +657,44 @@ class Run:
                     return
             if self.cgroup is not None:
                 self.spec["cgroup_procs"] = self.cgroup.join_paths
+        areas = self.spec.get("tmpfs_areas")
+        if areas:
+            self.areas = TmpfsAreas(list(areas["paths"]), int(areas["bytes"]))
         if self.spec.get("pool"):
             return  # the rest starts with the program (on_go)
         budget = self.spec.get("disk_budget")
         if budget:
-            self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
+            self.disk = DiskBudget(budget["path"], int(budget["bytes"]), self.tree_pids)
         if self.cgroup is not None or self.disk is not None:
             self.next_poll = time.monotonic()
+
+    def tree_pids(self) -> list[int] | None:
+        """The run's processes: its cgroup's, else the descendants of the
+        launcher's child (a process that left that tree is not among them).
+        None when they cannot be listed."""
+        if self.cgroup is not None:
+            return self.cgroup.procs()
+        if self.pid <= 0:
+            return []
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            for tid in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                        todo += [int(c) for c in fh.read().split()]
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return None
+        return found
 
     def poll(self, now: float) -> None:
         """Read the counters the limits act on; end the run at a limit."""
@@ -680,6 +714,18 @@ class Run:
                 self.kill("disk_limit")
                 return
             delays.append(LIMIT_POLL_SEC)
+        areas = self.areas
+        if areas is not None and not areas.opened and self.supervisor is None:
+            # no filter, so no exec is seen: open the areas once bubblewrap's
+            # view is finished (its root remounted read-only, its last step)
+            if self.init_pid is not None:
+                try:
+                    areas.open(self.init_pid, wait_for_view=True)
+                except OSError as err:
+                    areas.problems.append(str(err))
+                    areas.opened = True
+            if not areas.opened:
+                delays.append(LIMIT_POLL_SEC)
         if delays:
             self.next_poll = now + min(delays)
 
@@ -708,6 +754,7 @@ class Run:
                 seccomp,
                 monitor_pid=self.pid if seccomp.get("trust_monitor") else None,
                 on_kill=self.kill,
+                on_program=self.on_program if self.areas is not None else None,
             )
             callback = (self.on_notify, _NOTIFY)
             self.launcher.sel.register(fds[0], selectors.EVENT_READ, callback)
@@ -717,6 +764,18 @@ class Run:
             self.setup_error = data
             for fd in fds:
                 os.close(fd)
+
+    def on_program(self, pid: int) -> None:
+        """The program's execve is seen (it waits for our answer): the mount
+        view is complete and none of its code has run. Open the tmpfs areas."""
+        areas = self.areas
+        if areas is None or areas.opened:
+            return
+        try:
+            areas.open(pid)
+        except OSError as err:
+            areas.problems.append(str(err))
+            areas.opened = True
 
     def on_notify(self, _arg: Any) -> None:
         assert self.supervisor is not None
@@ -885,7 +944,7 @@ class Run:
                 os.close(fd)
         budget = self.spec.get("disk_budget")
         if budget:
-            self.disk = DiskBudget(budget["path"], int(budget["bytes"]))
+            self.disk = DiskBudget(budget["path"], int(budget["bytes"]), self.tree_pids)
         if self.cgroup is not None or self.disk is not None:
             self.next_poll = now
 
@@ -1014,11 +1073,41 @@ class Run:
         # stale ones at the next start meanwhile (docs/hosts.md).
         for path in self.spec.get("remove_after") or []:
             remove_tree(path)
-        disk = None
+        disk: dict[str, Any] | None = None
         if self.disk is not None:
-            if self.killed is None and self.disk.check(time.monotonic(), final=True):
-                self.killed = "disk_limit"
-            disk = {"measured_bytes": self.disk.measured, "walks": self.disk.walks}
+            # past the budget at the end: the program ended by itself, so it
+            # keeps its exit status and the caller reports disk_limit
+            over = self.killed == "disk_limit" or (
+                self.killed is None and self.disk.check(time.monotonic(), final=True)
+            )
+            disk = {
+                "measured_bytes": self.disk.measured,
+                "limit_bytes": self.disk.limit,
+                "walks": self.disk.walks,
+                "over": over,
+            }
+            if over:
+                violations.append({
+                    "mechanism": "disk",
+                    "what": "workspace",
+                    "action": "disk_limit",
+                    "count": 1,
+                    "detail": f"{self.disk.measured >> 20} MiB added, budget {self.disk.limit >> 20} MiB",
+                })
+        if self.areas is not None:
+            full = self.areas.full()
+            disk = dict(disk or {}, tmpfs_full=full, tmpfs_problems=list(self.areas.problems))
+            if not self.areas.opened:
+                disk["tmpfs_problems"].append("the program's start was not seen")
+            for area in full:
+                violations.append({
+                    "mechanism": "disk",
+                    "what": str(area["area"]),
+                    "action": "errno:ENOSPC",
+                    "count": 1,
+                    "detail": f"tmpfs area full ({int(area['size_bytes']) >> 20} MiB)",
+                })
+            self.areas.close()
         event = {
             "event": "exit",
             "run_id": self.run_id,
@@ -1119,6 +1208,8 @@ class Run:
         if self.init_pidfd is not None:
             os.close(self.init_pidfd)
             self.init_pidfd = None
+        if self.areas is not None:
+            self.areas.close()
         if self.block_w is not None:
             os.close(self.block_w)
             self.block_w = None
@@ -1262,8 +1353,15 @@ class _SetupFailed(Exception):
 
 
 class Launcher:
-    def __init__(self, control: socket.socket):
+    """Args:
+        control: the caller's control socket.
+        scope: the systemd scope (``<unit>.scope``) ``client.py`` started
+            this process in with ``Delegate=yes``, or None.
+    """
+
+    def __init__(self, control: socket.socket, scope: str | None = None):
         self.control = control
+        self.scope = scope
         # poll(2), not epoll: a seccomp notification wakes a poll() waiter
         # directly on the notifying task's CPU (SYNC_WAKE_UP, see
         # supervise.py); through epoll the wake-up takes a detour via its
@@ -1290,7 +1388,7 @@ class Launcher:
         """Probe the cgroups, remove what dead launchers left, make the first
         run's cgroup ahead of time."""
         try:
-            self.cgroups = RunCgroups(found or probe(leave_delegated=True))
+            self.cgroups = RunCgroups(found or probe(leave_delegated=True, scope=self.scope))
             if not self.cgroups.backends():
                 self.cgroup_problem = "no writable cgroup hierarchy for this process"
                 self.cgroups = None
@@ -1511,7 +1609,9 @@ class Launcher:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     control = socket.socket(fileno=int(argv[1]))
-    Launcher(control).serve()
+    # argv[2]: the delegated systemd scope it was started in (client.py)
+    scope = argv[2] if len(argv) > 2 and argv[2] else None
+    Launcher(control, scope).serve()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -278,19 +278,67 @@ def limit_rows(
     ) + ("; CPU quota not enforced" if config.cpu_cores is not None else "")
     row("cpu", bool(cpu_parts), "; ".join(cpu_parts), degraded_cpu)
     if config.disk_mb:
-        rows.append(
-            (
-                "disk",
-                "enforced",
-                f"{config.disk_mb} MiB: each private tmpfs area capped at that size; "
-                f"workspace growth measured, run ended past it",
-                "",
-                True,
-            )
-        )
+        status, detail = disk_status(config, TMPFS_CAPPED)
+        rows.append(("disk", status, detail, "", True))
     if config.file_size_mb:
         rows.append(("file_size", "enforced", f"RLIMIT_FSIZE {config.file_size_mb} MiB", "", True))
     return rows
+
+
+# What holds a run's private tmpfs areas (/tmp, /var/tmp, /dev/shm, HOME) to
+# disk_mb, by how the sandbox is built (see disk_status).
+TMPFS_CAPPED = "capped"          # bubblewrap --size: ENOSPC at the cap
+TMPFS_UNCAPPED = "uncapped"      # bubblewrap without --size (before 0.5.0)
+TMPFS_RUN_DIR = "run_dir"        # Landlock tier: HOME and TMPDIR in a host directory
+TMPFS_NONE = "none"              # mode disabled: the host's /tmp, a host HOME
+
+
+def disk_status(
+    config: SandboxConfig,
+    tmpfs: str,
+    *,
+    bwrap_version: str = "",
+    unbudgeted: list[str] | None = None,
+) -> tuple[str, str]:
+    """Status and detail of the ``disk`` protection: only what this run's
+    sandbox enforces. ``enforced`` needs capped tmpfs areas; otherwise the
+    workspace budget and RLIMIT_FSIZE still apply and the row says
+    ``degraded``, naming what is not held to ``disk_mb``.
+
+    Args:
+        config: the policy (``disk_mb`` set).
+        tmpfs: one of the ``TMPFS_*`` values.
+        bwrap_version: for the message when bubblewrap lacks ``--size``.
+        unbudgeted: writable paths of the policy outside the workspace.
+    """
+    size = f"{config.disk_mb} MiB"
+    workspace = "workspace growth measured (deleted files still held included), run ended past it"
+    others = ""
+    if unbudgeted:
+        others = f"; writable paths outside the workspace not budgeted: {', '.join(unbudgeted)}"
+    if tmpfs == TMPFS_CAPPED:
+        return "enforced", (
+            f"{size}: each private tmpfs area (/tmp, /var/tmp, /dev/shm, HOME) capped at that "
+            f"size (ENOSPC; a full one ends the run as disk_limit); {workspace}{others}"
+        )
+    if tmpfs == TMPFS_UNCAPPED:
+        bound = f"memory_mb ({config.memory_mb} MiB)" if config.memory_mb else "nothing"
+        return "degraded", (
+            f"{size}: {workspace}; the private tmpfs areas are not capped (bubblewrap "
+            f"{bwrap_version or '?'} lacks --size, 0.5.0+), only bounded by {bound}{others}"
+        )
+    if tmpfs == TMPFS_RUN_DIR:
+        # TODO(#4): HOME and TMPDIR of the Landlock tier have no cap;
+        # the disk row says degraded meanwhile
+        return "degraded", (
+            f"{size}: {workspace}; no private tmpfs on the Landlock tier: HOME and TMPDIR "
+            f"(a per-run directory on the host) are not capped{others}"
+        )
+    return "degraded", (
+        f"{size}: {workspace} only; mode disabled has no private tmpfs: what the program "
+        f"writes to the host's /tmp, its HOME or any other path its uid may write is not "
+        f"budgeted"
+    )
 
 
 def merge_protections(existing: list[Protection], ours: list[Protection]) -> list[Protection]:
@@ -354,9 +402,12 @@ def usage(event: Mapping[str, Any], overhead_tasks: int) -> Usage:
 def refine_termination(termination: Termination, event: Mapping[str, Any]) -> Termination:
     """A limit that acted outranks how the program's main process ended.
 
-    The launcher ends the run at an OOM kill or a refused fork; when the
-    program ended first (between two polls), the cgroup's counters still
-    show it.
+    The launcher ends the run at an OOM kill, a refused fork or the
+    workspace budget; when the program ended first (between two polls), the
+    cgroup's counters and the launcher's last look at the disk still show
+    it. A private tmpfs area that was full at the end means a write was
+    refused with ENOSPC at its cap: ``disk_limit`` as well, though the
+    program survived it.
     """
     if termination not in (Termination.EXITED, Termination.SIGNALED):
         return termination
@@ -365,4 +416,7 @@ def refine_termination(termination: Termination, event: Mapping[str, Any]) -> Te
         return Termination.MEMORY_LIMIT
     if cg.get("pids_limit_hits"):
         return Termination.PIDS_LIMIT
+    disk = event.get("disk") or {}
+    if disk.get("over") or disk.get("tmpfs_full"):
+        return Termination.DISK_LIMIT
     return termination

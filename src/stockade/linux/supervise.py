@@ -120,10 +120,14 @@ class Supervisor:
         *,
         monitor_pid: int | None,
         on_kill: Callable[[str], None],
+        on_program: Callable[[int], None] | None = None,
     ) -> None:
         self.fd = fd
         self.monitor_pid = monitor_pid
         self.on_kill = on_kill
+        # called with the program's pid at its start, while its execve still
+        # waits for our answer: no code of the program has run yet
+        self.on_program = on_program
         self.arch = int(spec.get("arch") or AUDIT_ARCH_X86_64)
         self.actions: dict[str, Any] = dict(spec.get("actions") or {})
         self.names: dict[str, str] = dict(spec.get("names") or {})
@@ -180,6 +184,8 @@ class Supervisor:
                 self.t_program = time.monotonic()
                 if self._sync_mode == "setup":
                     self._set_sync(False)
+                if self.on_program is not None:
+                    self.on_program(pid)
             else:
                 self.setup_calls[nr] += 1
             self._continue(notif_id)
