@@ -71,6 +71,12 @@ def test_stdin_passes_through(workspace):
     assert proc.stdout.strip() == b"5"
 
 
+def test_stdin_reaches_the_program_with_json(workspace):
+    proc = cli("run", "--no-log", "--json", "--", "cat", cwd=workspace, stdin=b"hello\n")
+    data = json.loads(proc.stdout)
+    assert data["stdout"] == "hello\n", data
+
+
 def test_env_option(workspace):
     proc = cli("run", "--no-log", "--env", "GREETING=hello", "--", "sh", "-c", "echo $GREETING", cwd=workspace)
     assert proc.stdout == b"hello\n"

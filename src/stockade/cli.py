@@ -326,7 +326,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             result = manager.execute(
                 command,
                 cwd=args.cwd,
-                stdin=None if args.json else sys.stdin,
+                # the program reads the CLI's stdin in both modes; --json
+                # only changes where its output goes
+                stdin=_cli_stdin(),
                 capture_output=bool(args.json),
             )
     except CommandError as err:
@@ -346,6 +348,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif not args.quiet:
         print(result.summary(), file=sys.stderr)
     return exit_status(result)
+
+
+def _cli_stdin() -> Any:
+    """The CLI's stdin for the program, or None (/dev/null) when the CLI
+    was started without one (closed fd 0)."""
+    try:
+        sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+    return sys.stdin
 
 
 def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
