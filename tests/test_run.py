@@ -406,6 +406,73 @@ def test_program_outside_system_dirs_exposes_only_itself(workspace):
         shutil.rmtree(outside)
 
 
+@pytest.fixture
+def outside():
+    """A directory outside the system directories and the workspace."""
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="stockade-test-outside-", dir="/var/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def test_command_that_is_a_link_outside_system_dirs_starts(workspace, outside):
+    (outside / "t").mkdir()
+    link = outside / "t" / "mycat"
+    link.symlink_to("/usr/bin/cat")
+    secret = outside / "t" / "secret.txt"
+    secret.write_text("host secret\n")
+    result = run(workspace, str(link), "/etc/hostname")
+    assert result.success, (result.error, result.stderr_text)
+    assert result.stdout == Path("/etc/hostname").read_bytes()
+    # the link is recreated, its directory is not shown
+    assert any(f"{link} -> /usr/bin/cat" in note for note in result.notes), result.notes
+    denied = run(workspace, str(link), str(secret))
+    assert "host secret" not in denied.stdout_text and not denied.success
+
+
+def test_local_bin_link_to_a_python_outside_system_dirs_starts(workspace, outside):
+    # ~/.local/bin/tool -> a link elsewhere (not a bin directory) -> this
+    # test's interpreter (a virtual environment's, itself a link to its base)
+    local_bin = outside / "home" / ".local" / "bin"
+    local_bin.mkdir(parents=True)
+    (outside / "pythons").mkdir()
+    (outside / "pythons" / "current").symlink_to(sys.executable)
+    tool = local_bin / "tool"
+    tool.symlink_to(outside / "pythons" / "current")
+    code = "import sys; print(sys.prefix); print(sys.argv[0])"
+    host = subprocess.run([str(tool), "-c", code], capture_output=True, text=True, check=True)
+    result = run(workspace, str(tool), "-c", code)
+    assert result.success, (result.error, result.stderr_text, result.notes)
+    assert result.stdout_text == host.stdout
+
+
+def test_chain_of_two_links_outside_system_dirs_starts(workspace, outside):
+    for name in ("a", "b"):
+        (outside / name).mkdir()
+    (outside / "b" / "tool").symlink_to("/usr/bin/cat")
+    (outside / "a" / "tool").symlink_to("../b/tool")  # relative, as ln -sr makes
+    (outside / "via").symlink_to(outside / "b")       # a linked directory
+    expected = Path("/etc/hostname").read_bytes()
+    for command in (outside / "a" / "tool", outside / "via" / "tool"):
+        result = run(workspace, str(command), "/etc/hostname")
+        assert result.success, (command, result.error, result.stderr_text, result.notes)
+        assert result.stdout == expected
+
+
+def test_command_link_in_a_hidden_path_is_refused(workspace, outside):
+    from stockade import CommandError
+
+    (outside / "private").mkdir()
+    (outside / "private" / "mycat").symlink_to("/usr/bin/cat")
+    manager = SandboxManager(SandboxConfig(execution_log=False, hidden=[str(outside / "private")]))
+    with pytest.raises(CommandError, match="lies in a path the run cannot see"):
+        manager.execute([str(outside / "private" / "mycat"), "/etc/hostname"], cwd=workspace)
+
+
 def test_large_arguments_and_environment_reach_the_program(workspace):
     # together far more than one launcher message holds (about 200 KiB)
     big = ["x" * 100_000, "y" * 100_000, "z" * 100_000]

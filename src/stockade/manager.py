@@ -462,6 +462,7 @@ class SandboxManager:
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
         mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup, self._empty_file)
+        links = _command_links(resolution, fs, argv, prepared.notes)
 
         args = _bwrap.build_args(
             config,
@@ -472,6 +473,7 @@ class SandboxManager:
             info=info,
             fd_first_bind=FD_FIRST_BIND,
             fd_json_status=FD_JSON_STATUS,
+            command_links=links,
         )
         spec = prepared.spec
         if self._allowlist is not None:
@@ -1104,6 +1106,27 @@ def _resolve_visible(
                 extra_ro.append(entry)
                 prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
     return resolution, extra_ro
+
+
+def _command_links(
+    resolution: Any, fs: _fs.FsPlan, argv: Sequence[str], notes: list[str]
+) -> list[tuple[str, str]]:
+    """The symbolic links of the command to recreate in the mount view.
+
+    Raises:
+        CommandError: a link lies in a hidden path (recreating it there would
+            undo the rule) or in /proc (the sandbox's own).
+    """
+    for link, target in resolution.links:
+        if fs.access_of(link) is _fs.Access.HIDDEN or link == "/proc" or link.startswith("/proc/"):
+            raise CommandError(
+                f"{argv[0]}: the command passes through the link {link} -> {target}, "
+                f"which lies in a path the run cannot see; run {target} itself or "
+                f"move the link",
+                command=list(argv[:3]),
+            )
+    notes.extend(f"{link} -> {target}: link recreated in the sandbox" for link, target in resolution.links)
+    return list(resolution.links)
 
 
 def _remove_tree(path: str) -> None:

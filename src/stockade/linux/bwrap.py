@@ -18,6 +18,9 @@ The mount view, outermost first (bubblewrap applies them in order):
   writable, at its own path; the policy's read-only, writable and hidden
   paths; protected paths read-only; installations the command needs
   read-only (see ``resolve.py``).
+* Symbolic links the command passes through on the way to its file, when
+  the view does not show them (``resolve.py``), recreated with the target
+  read at resolution.
 * Finally the tmpfs root itself is remounted read-only: nothing can be
   written outside the areas above (and their size caps).
 
@@ -273,12 +276,15 @@ def build_args(
     info: BwrapInfo,
     fd_first_bind: int,
     fd_json_status: int,
+    command_links: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """bubblewrap's options (without the command), in mount order.
 
     ``mounts`` are the path rules (``fs/mounts.py``: the workspace, the
     policy's paths, protected paths, installations), applied after the
-    system directories and private areas.
+    system directories and private areas. ``command_links`` are (path, target)
+    symbolic links the command needs on its way to its file (``resolve.py``),
+    made after the mounts, in the private root or a private area.
     """
     args: list[str] = [
         "--unshare-user",
@@ -314,6 +320,8 @@ def build_args(
     args += ["--tmpfs", HOME_IN_SANDBOX]
 
     args += mount_args(mounts, plan, info=info, fd_first_bind=fd_first_bind)
+    for path, target in command_links:
+        args += ["--symlink", target, path]
     # bubblewrap builds the view on a tmpfs root; once every mount point
     # exists, make that root read-only (not recursive: the private areas and
     # the workspace keep their own flags), or a program could fill RAM with
