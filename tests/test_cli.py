@@ -51,6 +51,24 @@ def test_sandbox_errors_give_125(workspace, args):
     assert proc.stderr.startswith(b"stockade: ")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--timeout", "inf", b"timeout_sec = inf"),
+        ("--timeout", "nan", b"timeout_sec = nan"),
+        ("--cpu-time", "1e400", b"cpu_time_sec = inf"),
+        ("--cpu-time", "1e20", b"cpu_time_sec = 1e+20: must be at most 2592000"),
+        ("--disk", str(10**15), b"disk_mb = 1000000000000000: must be at most 16777216"),
+        ("--pids", str(2**40), b"max_processes = 1099511627776: must be at most"),
+    ],
+)
+def test_non_finite_or_huge_limits_are_refused_before_the_run(workspace, option, value, message):
+    proc = cli("run", "--no-log", option, value, "--", "true", cwd=workspace)
+    assert proc.returncode == 125, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert proc.stderr.startswith(b"stockade: command line: ") and message in proc.stderr, proc.stderr
+
+
 def test_not_executable_gives_126(workspace):
     (workspace / "script.sh").write_text("echo hi\n")
     proc = cli("run", "--no-log", "--", "./script.sh", cwd=workspace)

@@ -320,7 +320,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.truncate_output:
             changes["output_limit_action"] = "truncate"
         if changes:
-            config = config.with_changes(**changes)
+            # validated like a policy file: numbers stay numbers (argparse
+            # converted them), errors name the field and the value given
+            config = SandboxConfig.from_mapping(
+                {**config.model_dump(), **changes}, source="command line"
+            )
         manager = SandboxManager(config)
         with _signals_interrupt():
             result = manager.execute(
@@ -344,7 +348,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 128 + err.signum
 
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(result.to_json(indent=2))
     elif not args.quiet:
         print(result.summary(), file=sys.stderr)
     return exit_status(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shlex
 import shutil
 import signal as _signal
@@ -27,7 +28,7 @@ from typing import IO, Any
 from . import _io
 from . import pool as _pool
 from .audit import ExecutionLog, resolve_log_path
-from .config import SandboxConfig, SandboxMode
+from .config import SandboxConfig, SandboxMode, check_timeout
 from .errors import CommandError, PolicyError, SandboxUnavailableError
 from .fs import policy as _fs
 from .fs import run as _fsrun
@@ -308,8 +309,9 @@ class SandboxManager:
         ]
         if not argv or not argv[0]:
             raise CommandError("empty command: nothing to run", command=argv)
-        if timeout is not None and timeout <= 0:
-            raise PolicyError(f"timeout = {timeout!r}: must be greater than 0", key="timeout", value=timeout)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        _check_open_files(config.max_open_files)
 
         run_cwd, workspace = self._directories(cwd)
         run_env = self._environment(env)
@@ -1048,6 +1050,56 @@ class SandboxManager:
         if self._log is not None:
             self._log.record(result, cwd=prepared.cwd)
         return result
+
+
+def _check_open_files(wanted: int) -> None:
+    """Refuse, before anything runs, an RLIMIT_NOFILE this process could not
+    set in the run (setrlimit would fail with EPERM in the launcher child).
+
+    Raises:
+        PolicyError: ``wanted`` is above the caller's hard limit and the caller
+            may not raise it (no CAP_SYS_RESOURCE), or above fs.nr_open.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or wanted <= hard:
+        return
+    if _has_cap_sys_resource():
+        nr_open = _nr_open()
+        if nr_open is None or wanted <= nr_open:
+            return
+        ceiling, why = nr_open, f"fs.nr_open is {nr_open}, the most even a privileged caller may set"
+        fix = "raise fs.nr_open (sysctl) or lower max_open_files"
+    else:
+        ceiling, why = hard, f"this process's RLIMIT_NOFILE hard limit is {hard}, and it may not raise it"
+        fix = (
+            "lower max_open_files (CLI: --config), or start stockade with a higher "
+            "hard limit (ulimit -Hn, LimitNOFILE= of a systemd unit)"
+        )
+    message = f"max_open_files = {wanted}: above {ceiling}: {why}; {fix}"
+    raise PolicyError(message, key="max_open_files", value=wanted)
+
+
+def _has_cap_sys_resource() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_RESOURCE))
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+# capability number (linux/capability.h): may raise hard rlimits
+_CAP_SYS_RESOURCE = 24
 
 
 def _remove_all(paths: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 import signal as _signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -172,7 +173,11 @@ class SandboxResult:
             return f"SIG{self.signal}"
 
     def to_dict(self, *, include_output: bool = True) -> dict[str, Any]:
-        """A JSON-ready mapping. Output is decoded as UTF-8 with replacement."""
+        """A JSON-ready mapping. Output is decoded as UTF-8 with replacement.
+
+        Strict JSON: a float that is not finite (none is expected, limits are
+        validated finite) becomes None rather than NaN or Infinity.
+        """
         data = asdict(self)
         data["termination"] = self.termination.value
         data["success"] = self.success
@@ -189,10 +194,10 @@ class SandboxResult:
                     data[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
         else:
             del data["stdout"], data["stderr"]
-        return data
+        return json_safe(data)
 
     def to_json(self, *, include_output: bool = True, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(include_output=include_output), indent=indent)
+        return json.dumps(self.to_dict(include_output=include_output), indent=indent, allow_nan=False)
 
     def summary(self) -> str:
         """One line for humans: how it ended, wall time, CPU, memory, denials."""
@@ -232,3 +237,16 @@ class SandboxResult:
         if self.error:
             parts.append(f"error: {self.error}")
         return "stockade: " + "; ".join(parts)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, so that
+    ``json.dumps`` writes standard JSON (it would write NaN and Infinity,
+    which JSON parsers in other languages refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
