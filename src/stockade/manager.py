@@ -988,9 +988,12 @@ class SandboxManager:
         exit_code, sig, termination, error = _outcome(event, prepared, stderr)
         termination = _limits.refine_termination(termination, event)
         usage = _limits.usage(event, prepared.overhead_tasks)
-        if termination is Termination.SIGNALED and sig in (_signal.SIGKILL, _signal.SIGXCPU):
-            if config.cpu_time_sec and usage.cpu_total_sec >= config.cpu_time_sec * 0.8:
-                termination = Termination.CPU_LIMIT
+        termination = _rlimit_termination(termination, sig, usage, config)
+        if termination is Termination.SIGNALED and sig is not None and prepared.spec.get("json_status"):
+            prepared.notes.append(
+                f"status {128 + sig}: the sandbox reports a program killed by signal {sig} "
+                f"and one that exited {128 + sig} alike; reported as signal {sig}"
+            )
 
         violations = [
             Violation(
@@ -1255,13 +1258,51 @@ def _outcome(
         return None, sig if sig is not None else _signal.SIGKILL, _KILL_REASONS[killed], None
     if sig is None:
         return exit_code, None, Termination.EXITED, None
-    if sig == _signal.SIGXCPU:
-        return None, sig, Termination.CPU_LIMIT, None
-    if sig == _signal.SIGXFSZ:
-        return None, sig, Termination.FILE_SIZE_LIMIT, None
-    if sig == _signal.SIGSYS:
-        return None, sig, Termination.SYSCALL_DENIED, None
+    # A signal alone blames no limit (``_rlimit_termination`` weighs the
+    # evidence). SIGSYS in particular is never ours: the filter's kills are
+    # the supervisor's SIGKILL, reported above as killed "syscall_denied";
+    # a SIGSYS comes from the program (its own filter, kill -SYS) or is an
+    # exit status 159 that bubblewrap cannot tell apart from it.
     return None, sig, Termination.SIGNALED, None
+
+
+# How far short of the CPU-seconds limit the reported usage may be when a
+# per-process RLIMIT_CPU signal ended the run: the cgroup counts in
+# nanoseconds; rusage is sampled at ticks and was measured 0.1 s short of a
+# 1 s limit on a loaded host.
+CPU_LIMIT_SLACK_SEC = 0.1
+CPU_LIMIT_SLACK_RUSAGE = 0.1  # and this share of the limit, for rusage
+
+
+def _rlimit_termination(
+    termination: Termination, sig: int | None, usage: Any, config: SandboxConfig
+) -> Termination:
+    """A signal of a per-process rlimit, blamed on the limit only with evidence.
+
+    bubblewrap and the second tier's monitor report a program killed by
+    signal N as the status 128+N, so ``exit 152`` and ``kill -XCPU $$``
+    read like SIGXCPU: the signal alone proves nothing.
+
+    * SIGXCPU, or SIGKILL (RLIMIT_CPU's hard limit): ``cpu_limit`` only
+      when the policy has ``cpu_time_sec`` and the usage reached it (less
+      the slack above). The tree limit's own kill is reported by the
+      launcher (killed "cpu_limit") and never reaches here.
+    * SIGXFSZ: ``file_size_limit`` when the policy sets a file size
+      (RLIMIT_FSIZE); inferred from the signal, see known-limitations.
+    * anything else: ``signaled`` with the signal.
+    """
+    if termination is not Termination.SIGNALED or sig is None:
+        return termination
+    if sig in (_signal.SIGXCPU, _signal.SIGKILL) and config.cpu_time_sec is not None:
+        limit = config.cpu_time_sec
+        slack = CPU_LIMIT_SLACK_SEC
+        if not usage.source.startswith("cgroup"):
+            slack += CPU_LIMIT_SLACK_RUSAGE * limit
+        if usage.cpu_total_sec >= limit - slack:
+            return Termination.CPU_LIMIT
+    if sig == _signal.SIGXFSZ and config.file_size_mb is not None:
+        return Termination.FILE_SIZE_LIMIT
+    return termination
 
 
 def _split_code(code: int) -> tuple[int | None, int | None]:

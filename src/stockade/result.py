@@ -15,7 +15,11 @@ class Termination(str, enum.Enum):
     """Why a run ended. Exactly one per run.
 
     Limits come before ``signaled``: a process killed by SIGXCPU after its
-    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``. They also
+    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``, but only
+    with evidence that the limit acted (the run's CPU usage reached
+    ``cpu_time_sec``; the supervisor's kill for ``syscall_denied``): the
+    sandbox reports "killed by signal N" and "exited 128+N" alike, so a
+    status alone blames no limit. They also
     come before ``exited``: a run in which the OOM killer acted or a fork was
     refused at the process cap is ``memory_limit`` / ``pids_limit`` even if
     its main process then exited by itself (``exit_code`` keeps its status).
@@ -26,10 +30,10 @@ class Termination(str, enum.Enum):
     TIMEOUT = "timeout"                  # wall-clock limit; whole tree killed
     CPU_LIMIT = "cpu_limit"              # CPU time of the tree (or RLIMIT_CPU)
     MEMORY_LIMIT = "memory_limit"        # the OOM killer acted in the run's cgroup
-    FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ)
+    FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ, when the policy sets a size)
     PIDS_LIMIT = "pids_limit"            # a fork or thread was refused at the cap
     DISK_LIMIT = "disk_limit"            # the workspace's disk budget ran out
-    SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter
+    SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter's supervisor
     OUTPUT_LIMIT = "output_limit"        # captured output past max_output_bytes
     CANCELLED = "cancelled"              # the caller cancelled the run
     SANDBOX_ERROR = "sandbox_error"      # the sandbox could not be set up
