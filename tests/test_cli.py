@@ -10,11 +10,12 @@ import sys
 import pytest
 
 
-def cli(*args: str, cwd, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(*args: str, cwd, stdin: bytes | None = None, env=None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "stockade.cli", *args],
         cwd=cwd,
         input=stdin,
+        env=env,
         capture_output=True,
         timeout=120,
     )
@@ -93,6 +94,32 @@ def test_stdin_reaches_the_program_with_json(workspace):
     proc = cli("run", "--no-log", "--json", "--", "cat", cwd=workspace, stdin=b"hello\n")
     data = json.loads(proc.stdout)
     assert data["stdout"] == "hello\n", data
+
+
+def test_denied_write_example_as_the_readme_runs_it(workspace, tmp_path):
+    # README: stockade run --workspace DIR -- python3 - /etc/hostname "$HOME/.bashrc" < examples/denied_write.py
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    home = tmp_path / "home"  # a stand-in for the caller's home, with a .bashrc
+    home.mkdir()
+    bashrc = home / ".bashrc"
+    bashrc.write_text("# the caller's shell start-up\n")
+    hostname = Path("/etc/hostname").read_bytes()
+    script = (repo / "examples" / "denied_write.py").read_bytes()
+
+    proc = cli("run", "--no-log", "--workspace", str(workspace), "--", "python3", "-",
+               "/etc/hostname", str(bashrc), cwd=workspace, stdin=script,
+               env={**os.environ, "HOME": str(home)})
+
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0] in ("refused: /etc/hostname: Permission denied",
+                        "refused: /etc/hostname: Read-only file system"), lines
+    assert lines[1] == f"refused: {bashrc}: No such file or directory", lines
+    assert b"stockade: exited 0" in proc.stderr
+    assert Path("/etc/hostname").read_bytes() == hostname
+    assert bashrc.read_text() == "# the caller's shell start-up\n"
 
 
 def test_env_option(workspace):

@@ -207,6 +207,50 @@ def test_program_never_runs_as_host_root(workspace):
 # -- limits and results ------------------------------------------------------
 
 
+def test_all_capabilities_are_dropped_and_every_namespace_is_new(workspace):
+    names = ("ipc", "uts", "net", "pid", "cgroup", "user", "mnt")
+    script = "grep '^Cap' /proc/self/status; " + "; ".join(
+        f"echo ns {n} $(readlink /proc/self/ns/{n})" for n in names
+    )
+    result = run(workspace, "sh", "-c", script)
+    assert result.success, (result.error, result.stderr_text)
+    lines = result.stdout_text.splitlines()
+    caps = dict(line.split(":\t") for line in lines if line.startswith("Cap"))
+    for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
+        assert int(caps[name], 16) == 0, (name, caps)
+    inside = {line.split()[1]: line.split()[2] for line in lines if line.startswith("ns ")}
+    for name in names:
+        host = os.readlink(f"/proc/self/ns/{name}")
+        assert inside[name].startswith(f"{name}:[") and inside[name] != host, (name, inside[name], host)
+
+
+def test_dev_holds_exactly_the_minimal_entries(workspace):
+    result = run(workspace, "sh", "-c", "ls -A /dev; echo --; ls -A /dev/pts")
+    assert result.success, (result.error, result.stderr_text)
+    dev, pts = result.stdout_text.split("--\n")
+    # bubblewrap's --dev: the safe character devices, the std* and fd links,
+    # a private devpts; /dev/shm is the run's own tmpfs
+    assert sorted(dev.split()) == sorted([
+        "core", "fd", "full", "null", "ptmx", "pts", "random", "shm",
+        "stderr", "stdin", "stdout", "tty", "urandom", "zero",
+    ])
+    assert pts.split() == ["ptmx"]
+
+
+def test_open_files_and_core_rlimits_are_in_force(workspace):
+    result = run(workspace, "cat", "/proc/self/limits", max_open_files=321)
+    assert result.success, (result.error, result.stderr_text)
+    rows = {}
+    for line in result.stdout_text.splitlines()[1:]:
+        words = line.split()
+        # "Max open files  321  321  files": the name, soft, hard, unit
+        numbers = [i for i, w in enumerate(words) if w.isdigit() or w == "unlimited"]
+        if numbers:
+            rows[" ".join(words[: numbers[0]])] = words[numbers[0] : numbers[0] + 2]
+    assert rows["Max open files"] == ["321", "321"], rows
+    assert rows["Max core file size"] == ["0", "0"], rows
+
+
 def test_timeout_kills_setsid_grandchild_holding_the_pipes(workspace):
     tag = f"stockade-grandchild-{uuid.uuid4().hex}"
     started = time.monotonic()
