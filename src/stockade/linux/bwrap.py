@@ -1,6 +1,8 @@
 """bubblewrap: finding it, knowing what it can do, and building its arguments.
 
-The mount view, outermost first (bubblewrap applies them in order):
+The mount view, outermost first (bubblewrap applies them in order; the
+system directories of each mode and why each is there are tabled in
+docs/architecture.md, "The mount view"):
 
 * ``/usr``, ``/etc`` read-only, plus ``/bin``, ``/sbin``, ``/lib*`` as the
   host has them (symlinks into ``/usr`` on merged-usr systems, else
