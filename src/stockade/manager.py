@@ -40,7 +40,7 @@ from .linux import tiers as _tiers
 from .linux.client import shared_launcher
 from .linux import waiter as _waiter
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS
-from .linux.resolve import resolve_command
+from .linux.resolve import Resolution, resolve_command
 from .network import policy as _netpolicy
 from .network.proxy import NetworkProxy, RunTraffic
 from .result import Protection, SandboxResult, Termination, Violation
@@ -989,6 +989,9 @@ class SandboxManager:
         termination = _limits.refine_termination(termination, event)
         usage = _limits.usage(event, prepared.overhead_tasks)
         termination = _rlimit_termination(termination, sig, usage, config)
+        # TODO(#2): the second tier's monitor (linux/reaper.py) sees the real
+        # wait status and could tell "exited 152" from SIGXCPU; meanwhile
+        # both tiers report a status 129-192 as its signal, with this note.
         if termination is Termination.SIGNALED and sig is not None and prepared.spec.get("json_status"):
             prepared.notes.append(
                 f"status {128 + sig}: the sandbox reports a program killed by signal {sig} "
@@ -1164,7 +1167,7 @@ def _resolve_visible(
 
 
 def _command_links(
-    resolution: Any, fs: _fs.FsPlan, argv: Sequence[str], notes: list[str]
+    resolution: Resolution, fs: _fs.FsPlan, argv: Sequence[str], notes: list[str]
 ) -> list[tuple[str, str]]:
     """The symbolic links of the command to recreate in the mount view.
 
