@@ -119,3 +119,169 @@ def test_yaml_policy_file_with_unknown_key(tmp_path):
     with pytest.raises(PolicyError) as info:
         load_policy_file(path)
     assert info.value.key == "memroy_mb"
+
+
+# -- numbers: finite, bounded, never coerced -----------------------------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
+
+from pydantic import ValidationError  # noqa: E402
+
+from stockade import config as _config  # noqa: E402
+
+
+def test_constructor_raises_policy_error_with_the_validation_error_as_cause():
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(memory_mb=0)
+    assert info.value.key == "memory_mb" and info.value.value == 0
+    assert "memory_mb = 0" in str(info.value)
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("timeout_sec", math.nan),
+        ("timeout_sec", math.inf),
+        ("cpu_time_sec", math.inf),
+        ("cpu_time_sec", -math.inf),
+        ("cpu_cores", math.nan),
+    ],
+)
+def test_non_finite_numbers_are_refused(key, value):
+    for make in (lambda: SandboxConfig(**{key: value}), lambda: SandboxConfig.from_mapping({key: value})):
+        with pytest.raises(PolicyError) as info:
+            make()
+        assert info.value.key == key and f"{key} = {value!r}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "bound"),
+    [
+        ("timeout_sec", _config.MAX_TIMEOUT_SEC),
+        ("cpu_time_sec", _config.MAX_CPU_TIME_SEC),
+        ("cpu_cores", _config.MAX_CPU_CORES),
+        ("memory_mb", _config.MAX_SIZE_MB),
+        ("disk_mb", _config.MAX_SIZE_MB),
+        ("max_file_size_mb", _config.MAX_SIZE_MB),
+        ("max_processes", _config.MAX_PROCESSES),
+        ("max_open_files", _config.MAX_OPEN_FILES),
+        ("max_output_bytes", _config.MAX_OUTPUT_BYTES),
+        ("run_as_uid", _config.MAX_ID),
+        ("run_as_gid", _config.MAX_ID),
+    ],
+)
+def test_limits_past_their_bound_are_refused_naming_key_value_and_bound(key, bound):
+    assert getattr(SandboxConfig(**{key: bound}), key) == bound  # the bound itself is fine
+    over = bound * 10**6 if key.endswith("_sec") else bound + 1
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(**{key: over})
+    message = str(info.value)
+    assert info.value.key == key and info.value.value == over
+    assert f"{key} = {over!r}" in message and f"at most {bound}" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("memory_mb", True),           # YAML `yes`
+        ("disk_mb", False),
+        ("cpu_time_sec", True),
+        ("timeout_sec", "30"),
+        ("memory_mb", "512"),
+        ("max_open_files", 1.5),
+        ("max_processes", 8.0),
+        ("run_as_uid", "1000"),
+        ("cpu_cores", "0.5"),
+    ],
+)
+def test_wrong_types_are_refused_not_coerced(key, value):
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(**{key: value})
+    assert info.value.key == key and info.value.value == value
+    assert f"{key} = {value!r}" in str(info.value)
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    config = SandboxConfig(timeout_sec=5, cpu_time_sec=2, cpu_cores=1)
+    assert (config.timeout_sec, config.cpu_time_sec, config.cpu_cores) == (5.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key"),
+    [
+        ("policy.yaml", "memory_mb: yes\n", "memory_mb"),
+        ("policy.yaml", 'timeout_sec: "30"\n', "timeout_sec"),
+        ("policy.toml", 'timeout_sec = "30"\n', "timeout_sec"),
+        ("policy.toml", "cpu_time_sec = inf\n", "cpu_time_sec"),
+        ("policy.yaml", "disk_mb: 1000000000000000\n", "disk_mb"),
+        ("flags.yaml", "security:\n  sandbox_resource_limits:\n    memory_mb: yes\n", "memory_mb"),
+        ("flags.yaml", "security:\n  sandbox_resource_limits:\n    cpu_time_sec: .nan\n", "cpu_time_sec"),
+    ],
+)
+def test_policy_and_flag_files_are_strict_too(tmp_path, name, text, key):
+    path = write(tmp_path, name, text)
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    assert info.value.key == key and str(path) in str(info.value)
+    if name == "flags.yaml":
+        with pytest.raises(PolicyError):
+            create_sandbox_from_feature_flags(path)
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, "5", True, 0, -1, 10**9])
+def test_per_call_timeout_is_checked_before_anything_runs(timeout, tmp_path):
+    from stockade import SandboxManager
+
+    manager = SandboxManager(SandboxConfig(execution_log=False))
+    with pytest.raises(PolicyError) as info:
+        manager.execute(["true"], cwd=tmp_path, timeout=timeout)
+    assert info.value.key == "timeout" and f"timeout = {timeout!r}" in str(info.value)
+
+
+def test_open_files_above_what_the_caller_may_set_are_refused_before_the_run(workspace):
+    from stockade import SandboxManager
+    from stockade.manager import _has_cap_sys_resource, _nr_open
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    ceiling = _nr_open() if _has_cap_sys_resource() else hard
+    if ceiling is None or ceiling >= _config.MAX_OPEN_FILES:
+        pytest.skip(f"the caller may set up to {ceiling}: no value in bounds is above it")
+    manager = SandboxManager(SandboxConfig(execution_log=False, max_open_files=ceiling + 1))
+    with pytest.raises(PolicyError) as info:
+        manager.execute(["true"], cwd=workspace)
+    assert info.value.key == "max_open_files" and f"above {ceiling}" in str(info.value)
+    # the ceiling itself runs, and is in force in the sandbox
+    result = SandboxManager(SandboxConfig(execution_log=False, max_open_files=ceiling)).execute(
+        ["sh", "-c", "ulimit -n"], cwd=workspace
+    )
+    assert result.success and result.stdout_text.strip() == str(ceiling), (result.error, result.stderr_text)
+
+
+def _strict_json(text: str):
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_result_json_and_execution_log_never_hold_nan_or_infinity(tmp_path):
+    from stockade.audit import ExecutionLog
+    from stockade.result import SandboxResult, Termination, Usage
+
+    # not reachable through a validated policy: built by hand
+    result = SandboxResult(
+        run_id="r1", command=["true"], termination=Termination.EXITED, exit_code=0, signal=None,
+        stdout=b"", stderr=b"", wall_time_sec=math.inf,
+        usage=Usage(cpu_user_sec=math.nan), mode="moderate",
+        limits={"timeout_sec": math.nan, "cpu_time_sec": math.inf}, protections=[],
+    )
+    data = _strict_json(result.to_json())
+    assert data["limits"] == {"timeout_sec": None, "cpu_time_sec": None}
+    assert data["usage"]["cpu_user_sec"] is None and data["wall_time_sec"] is None
+    log = ExecutionLog(tmp_path / "runs.jsonl")
+    log.record(result, cwd="/w")
+    entry = _strict_json((tmp_path / "runs.jsonl").read_text())
+    assert entry["limits"]["timeout_sec"] is None and entry["usage"]["cpu_user_sec"] is None

@@ -207,6 +207,50 @@ def test_program_never_runs_as_host_root(workspace):
 # -- limits and results ------------------------------------------------------
 
 
+def test_all_capabilities_are_dropped_and_every_namespace_is_new(workspace):
+    names = ("ipc", "uts", "net", "pid", "cgroup", "user", "mnt")
+    script = "grep '^Cap' /proc/self/status; " + "; ".join(
+        f"echo ns {n} $(readlink /proc/self/ns/{n})" for n in names
+    )
+    result = run(workspace, "sh", "-c", script)
+    assert result.success, (result.error, result.stderr_text)
+    lines = result.stdout_text.splitlines()
+    caps = dict(line.split(":\t") for line in lines if line.startswith("Cap"))
+    for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
+        assert int(caps[name], 16) == 0, (name, caps)
+    inside = {line.split()[1]: line.split()[2] for line in lines if line.startswith("ns ")}
+    for name in names:
+        host = os.readlink(f"/proc/self/ns/{name}")
+        assert inside[name].startswith(f"{name}:[") and inside[name] != host, (name, inside[name], host)
+
+
+def test_dev_holds_exactly_the_minimal_entries(workspace):
+    result = run(workspace, "sh", "-c", "ls -A /dev; echo --; ls -A /dev/pts")
+    assert result.success, (result.error, result.stderr_text)
+    dev, pts = result.stdout_text.split("--\n")
+    # bubblewrap's --dev: the safe character devices, the std* and fd links,
+    # a private devpts; /dev/shm is the run's own tmpfs
+    assert sorted(dev.split()) == sorted([
+        "core", "fd", "full", "null", "ptmx", "pts", "random", "shm",
+        "stderr", "stdin", "stdout", "tty", "urandom", "zero",
+    ])
+    assert pts.split() == ["ptmx"]
+
+
+def test_open_files_and_core_rlimits_are_in_force(workspace):
+    result = run(workspace, "cat", "/proc/self/limits", max_open_files=321)
+    assert result.success, (result.error, result.stderr_text)
+    rows = {}
+    for line in result.stdout_text.splitlines()[1:]:
+        words = line.split()
+        # "Max open files  321  321  files": the name, soft, hard, unit
+        numbers = [i for i, w in enumerate(words) if w.isdigit() or w == "unlimited"]
+        if numbers:
+            rows[" ".join(words[: numbers[0]])] = words[numbers[0] : numbers[0] + 2]
+    assert rows["Max open files"] == ["321", "321"], rows
+    assert rows["Max core file size"] == ["0", "0"], rows
+
+
 def test_timeout_kills_setsid_grandchild_holding_the_pipes(workspace):
     tag = f"stockade-grandchild-{uuid.uuid4().hex}"
     started = time.monotonic()
@@ -404,6 +448,73 @@ def test_program_outside_system_dirs_exposes_only_itself(workspace):
         import shutil
 
         shutil.rmtree(outside)
+
+
+@pytest.fixture
+def outside():
+    """A directory outside the system directories and the workspace."""
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="stockade-test-outside-", dir="/var/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def test_command_that_is_a_link_outside_system_dirs_starts(workspace, outside):
+    (outside / "t").mkdir()
+    link = outside / "t" / "mycat"
+    link.symlink_to("/usr/bin/cat")
+    secret = outside / "t" / "secret.txt"
+    secret.write_text("host secret\n")
+    result = run(workspace, str(link), "/etc/hostname")
+    assert result.success, (result.error, result.stderr_text)
+    assert result.stdout == Path("/etc/hostname").read_bytes()
+    # the link is recreated, its directory is not shown
+    assert any(f"{link} -> /usr/bin/cat" in note for note in result.notes), result.notes
+    denied = run(workspace, str(link), str(secret))
+    assert "host secret" not in denied.stdout_text and not denied.success
+
+
+def test_local_bin_link_to_a_python_outside_system_dirs_starts(workspace, outside):
+    # ~/.local/bin/tool -> a link elsewhere (not a bin directory) -> this
+    # test's interpreter (a virtual environment's, itself a link to its base)
+    local_bin = outside / "home" / ".local" / "bin"
+    local_bin.mkdir(parents=True)
+    (outside / "pythons").mkdir()
+    (outside / "pythons" / "current").symlink_to(sys.executable)
+    tool = local_bin / "tool"
+    tool.symlink_to(outside / "pythons" / "current")
+    code = "import sys; print(sys.prefix); print(sys.argv[0])"
+    host = subprocess.run([str(tool), "-c", code], capture_output=True, text=True, check=True)
+    result = run(workspace, str(tool), "-c", code)
+    assert result.success, (result.error, result.stderr_text, result.notes)
+    assert result.stdout_text == host.stdout
+
+
+def test_chain_of_two_links_outside_system_dirs_starts(workspace, outside):
+    for name in ("a", "b"):
+        (outside / name).mkdir()
+    (outside / "b" / "tool").symlink_to("/usr/bin/cat")
+    (outside / "a" / "tool").symlink_to("../b/tool")  # relative, as ln -sr makes
+    (outside / "via").symlink_to(outside / "b")       # a linked directory
+    expected = Path("/etc/hostname").read_bytes()
+    for command in (outside / "a" / "tool", outside / "via" / "tool"):
+        result = run(workspace, str(command), "/etc/hostname")
+        assert result.success, (command, result.error, result.stderr_text, result.notes)
+        assert result.stdout == expected
+
+
+def test_command_link_in_a_hidden_path_is_refused(workspace, outside):
+    from stockade import CommandError
+
+    (outside / "private").mkdir()
+    (outside / "private" / "mycat").symlink_to("/usr/bin/cat")
+    manager = SandboxManager(SandboxConfig(execution_log=False, hidden=[str(outside / "private")]))
+    with pytest.raises(CommandError, match="lies in a path the run cannot see"):
+        manager.execute([str(outside / "private" / "mycat"), "/etc/hostname"], cwd=workspace)
 
 
 def test_large_arguments_and_environment_reach_the_program(workspace):

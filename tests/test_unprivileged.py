@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from _unpriv import UNPRIV_UID, give_to_unprivileged, run_unprivileged
 
@@ -13,7 +14,8 @@ def test_unprivileged_caller_runs_a_sandbox(workspace):
         "import json; from stockade import SandboxManager, SandboxConfig\n"
         # no usable cgroup for uid 65534 on a cgroup v1 host (see test_limits_unprivileged)
         "m = SandboxManager(SandboxConfig(execution_log=False, allow_degraded=('memory', 'pids', 'cpu')))\n"
-        "r = m.execute(['sh', '-c', 'id -u; echo hi > made.txt; ls /root 2>&1; echo x > /etc/x 2>&1'])\n"
+        "r = m.execute(['sh', '-c', 'id -u; echo hi > made.txt; ls -A /root 2>&1 || echo LS-REFUSED;"
+        " (echo x > /etc/x) 2>&1 || echo WRITE-REFUSED'])\n"
         "print(json.dumps(r.to_dict()))\n"
     )
     proc = run_unprivileged(["-c", code], cwd=workspace)
@@ -22,6 +24,15 @@ def test_unprivileged_caller_runs_a_sandbox(workspace):
     assert data["termination"] == "exited", data
     lines = data["stdout"].splitlines()
     assert lines[0] == str(UNPRIV_UID)
+    # /root is not in the mount view; /etc is read-only
+    assert lines[1:] == [
+        "ls: cannot access '/root': No such file or directory",
+        "LS-REFUSED",
+        lines[3],
+        "WRITE-REFUSED",
+    ], lines
+    assert "/etc/x" in lines[3] and ("Read-only file system" in lines[3] or "Permission denied" in lines[3]), lines
+    assert not os.path.exists("/etc/x")
     assert (workspace / "made.txt").read_text() == "hi\n"
     assert (workspace / "made.txt").stat().st_uid == UNPRIV_UID
     assert not any(p["status"] == "enforced" and p["name"] == "never_root" and "uid 0" in p["detail"]

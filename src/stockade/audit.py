@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .result import json_safe
+
 if TYPE_CHECKING:
     from .result import SandboxResult
 
@@ -87,7 +89,7 @@ class ExecutionLog:
             ],
             "error": result.error,
         }
-        line = json.dumps(entry) + "\n"
+        line = json.dumps(json_safe(entry), allow_nan=False) + "\n"
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -330,13 +330,19 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.truncate_output:
             changes["output_limit_action"] = "truncate"
         if changes:
-            config = config.with_changes(**changes)
+            # validated like a policy file: numbers stay numbers (argparse
+            # converted them), errors name the field and the value given
+            config = SandboxConfig.from_mapping(
+                {**config.model_dump(), **changes}, source="command line"
+            )
         manager = SandboxManager(config)
         with _signals_interrupt():
             result = manager.execute(
                 command,
                 cwd=args.cwd,
-                stdin=None if args.json else sys.stdin,
+                # the program reads the CLI's stdin in both modes; --json
+                # only changes where its output goes
+                stdin=_cli_stdin(),
                 capture_output=bool(args.json),
             )
     except CommandError as err:
@@ -352,10 +358,20 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 128 + err.signum
 
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(result.to_json(indent=2))
     elif not args.quiet:
         print(result.summary(), file=sys.stderr)
     return exit_status(result)
+
+
+def _cli_stdin() -> Any:
+    """The CLI's stdin for the program, or None (/dev/null) when the CLI
+    was started without one (closed fd 0)."""
+    try:
+        sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+    return sys.stdin
 
 
 def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -11,10 +11,11 @@ runs.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +31,21 @@ from .fs.presets import PRESETS
 from .network.policy import NetworkPolicy
 
 MIB = 1024 * 1024
+
+# Upper bounds of the limits. A value past one is refused when the policy is
+# made, naming the bound, instead of overflowing a kernel interface at launch
+# (an rlimit, a tmpfs size, a cgroup file, the launcher's poll timeout).
+# None still means "not limited by stockade" wherever a limit is optional.
+MAX_TIMEOUT_SEC = 7 * 24 * 3600      # epoll takes whole ms in an int (24.8 days); a week
+MAX_CPU_TIME_SEC = 30 * 24 * 3600    # CPU-seconds of the tree, all cores together
+MAX_CPU_CORES = 1024
+MAX_SIZE_MB = 1 << 24                # 16 TiB: memory, disk, file size; bytes fit a C long
+PID_MAX_LIMIT = 1 << 22              # the kernel's most pids (pids.max refuses more)
+MAX_PROCESSES = PID_MAX_LIMIT - 2    # bubblewrap's monitor and pid 1 are counted in too
+MAX_OPEN_FILES = 1 << 30             # fs.nr_open's own ceiling is 2**31 - 64; the host's
+                                     # nr_open and hard limit are checked before each run
+MAX_OUTPUT_BYTES = 1 << 30           # per stream, held in the caller's memory
+MAX_ID = 2**32 - 2                   # uid_t/gid_t; 2**32 - 1 is (uid_t) -1, "no id"
 
 # Protections a policy may accept as degraded or missing (``allow_degraded``).
 # ``stockade doctor`` shows a row for each but ``protected_paths``, which
@@ -83,6 +99,14 @@ class SandboxConfig(BaseModel):
 
     Every limit is optional: ``None`` means "not limited by stockade"
     (the host's own limits still apply). Sizes are in MiB, times in seconds.
+    Numbers are taken as numbers only: an int or a float (an int also where
+    a float is expected), finite, greater than 0 and at most the field's
+    bound (``MAX_*`` above); a bool (YAML ``yes``) or a string (``"30"``) is
+    refused, never converted.
+
+    Raises:
+        PolicyError: on construction, for an invalid field (``key``,
+            ``value``; pydantic's ``ValidationError`` is its ``__cause__``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
@@ -92,11 +116,17 @@ class SandboxConfig(BaseModel):
     timeout_sec: float | None = Field(
         default=600.0,
         gt=0,
+        le=MAX_TIMEOUT_SEC,
+        strict=True,
+        allow_inf_nan=False,
         description="Wall-clock limit; the whole process tree is killed at it.",
     )
     cpu_time_sec: float | None = Field(
         default=300,
         gt=0,
+        le=MAX_CPU_TIME_SEC,
+        strict=True,
+        allow_inf_nan=False,
         description=(
             "CPU seconds of the whole process tree (all processes and threads "
             "together), read from the run's cgroup; the tree is killed at it "
@@ -108,6 +138,8 @@ class SandboxConfig(BaseModel):
     memory_mb: int | None = Field(
         default=512,
         gt=0,
+        le=MAX_SIZE_MB,
+        strict=True,
         description=(
             "Memory of the whole process tree (cgroup memory limit, swap "
             "disabled for the run): anonymous memory, page cache, tmpfs files "
@@ -120,6 +152,8 @@ class SandboxConfig(BaseModel):
     max_processes: int | None = Field(
         default=512,
         gt=0,
+        le=MAX_PROCESSES,
+        strict=True,
         description=(
             "Processes and threads of the whole tree at once (cgroup pids "
             "limit; bubblewrap's own two processes are not counted). A refused "
@@ -131,6 +165,9 @@ class SandboxConfig(BaseModel):
     cpu_cores: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_CPU_CORES,
+        strict=True,
+        allow_inf_nan=False,
         description=(
             "CPU bandwidth of the tree in cores (cgroup CPU quota), e.g. 0.5 or "
             "1.5. None: not limited."
@@ -139,6 +176,8 @@ class SandboxConfig(BaseModel):
     disk_mb: int | None = Field(
         default=100,
         gt=0,
+        le=MAX_SIZE_MB,
+        strict=True,
         description=(
             "Disk budget: the size of each private writable tmpfs (/tmp, "
             "/var/tmp, /dev/shm, HOME), the largest file a process may write "
@@ -150,12 +189,26 @@ class SandboxConfig(BaseModel):
     max_file_size_mb: int | None = Field(
         default=None,
         gt=0,
+        le=MAX_SIZE_MB,
+        strict=True,
         description="Largest file a process may write; defaults to disk_mb.",
     )
-    max_open_files: int = Field(default=1024, gt=0, description="RLIMIT_NOFILE.")
+    max_open_files: int = Field(
+        default=1024,
+        gt=0,
+        le=MAX_OPEN_FILES,
+        strict=True,
+        description=(
+            "RLIMIT_NOFILE of every process. A value above the hard limit the "
+            "caller may set (its own RLIMIT_NOFILE hard limit; fs.nr_open with "
+            "CAP_SYS_RESOURCE) is refused before the run."
+        ),
+    )
     max_output_bytes: int = Field(
         default=8 * MIB,
         gt=0,
+        le=MAX_OUTPUT_BYTES,
+        strict=True,
         description=(
             "Captured bytes kept per stream; past it the run is ended with "
             "termination 'output_limit'."
@@ -188,13 +241,15 @@ class SandboxConfig(BaseModel):
     run_as_uid: int = Field(
         default=65534,
         ge=1,
+        le=MAX_ID,
+        strict=True,
         description=(
             "Host uid the program runs as when the caller is root (the program "
             "never runs as host uid 0). Ignored for other callers, who keep "
             "their own uid."
         ),
     )
-    run_as_gid: int = Field(default=65534, ge=1)
+    run_as_gid: int = Field(default=65534, ge=1, le=MAX_ID, strict=True)
     syscalls_allow: tuple[str, ...] = Field(
         default=(),
         description=(
@@ -288,6 +343,14 @@ class SandboxConfig(BaseModel):
         ),
     )
 
+    if not TYPE_CHECKING:  # type checkers keep pydantic's keyword signature
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as err:
+                raise _policy_error(err, "SandboxConfig") from err
+
     @field_validator("mode", mode="before")
     @classmethod
     def _mode_from_text(cls, value: Any) -> Any:
@@ -373,17 +436,61 @@ class SandboxConfig(BaseModel):
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> SandboxConfig:
-        """Validate a plain mapping, turning pydantic errors into PolicyError."""
+        """Validate a plain mapping (a policy file, options).
+
+        Raises:
+            PolicyError: naming ``source``, the key and the value.
+        """
+        for key in data:
+            if not isinstance(key, str):
+                message = f"{source}: unknown key {key!r} (value {data[key]!r})"
+                raise PolicyError(message, key=str(key), value=data[key])
+        # through the constructor, not model_validate: with our __init__,
+        # pydantic would wrap its PolicyError (a ValueError) in a new
+        # ValidationError
         try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise _policy_error(err, source) from err
+            return cls(**data)
+        except PolicyError as err:
+            if isinstance(err.__cause__, ValidationError):
+                raise _policy_error(err.__cause__, source) from err.__cause__
+            raise
 
     def with_changes(self, **changes: Any) -> SandboxConfig:
-        """A copy with some fields replaced, validated like the original."""
+        """A copy with some fields replaced, validated like the original.
+
+        Raises:
+            PolicyError: a replaced field is invalid.
+        """
         data = self.model_dump()
         data.update(changes)
         return SandboxConfig.from_mapping(data, source="override")
+
+
+def check_timeout(value: object, key: str = "timeout") -> float:
+    """A per-call wall-clock limit, checked like ``timeout_sec``.
+
+    Returns:
+        the seconds as a float.
+
+    Raises:
+        PolicyError: not an int or float (a bool or a string is refused),
+            not finite, not greater than 0, or above ``MAX_TIMEOUT_SEC``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        message = (
+            f"{key} = {value!r}: must be a number of seconds (int or float), "
+            f"not {type(value).__name__}{_number_hint(value)}"
+        )
+        raise PolicyError(message, key=key, value=value)
+    if not math.isfinite(value):
+        message = f"{key} = {value!r}: must be a finite number; use None for the policy's timeout_sec"
+        raise PolicyError(message, key=key, value=value)
+    if value <= 0:
+        raise PolicyError(f"{key} = {value!r}: must be greater than 0", key=key, value=value)
+    if value > MAX_TIMEOUT_SEC:
+        message = f"{key} = {value!r}: must be at most {MAX_TIMEOUT_SEC} seconds (7 days)"
+        raise PolicyError(message, key=key, value=value)
+    return float(value)
 
 
 def _check_env_name(name: str) -> None:
@@ -395,11 +502,47 @@ def _policy_error(err: ValidationError, source: str) -> PolicyError:
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
     value = first.get("input")
-    if first["type"] == "extra_forbidden":
+    kind = first["type"]
+    if kind == "extra_forbidden":
         message = f"{source}: unknown key {key!r} (value {value!r})"
+    elif kind in ("less_than_equal", "less_than") and "ctx" in first:
+        bound = first["ctx"].get("le", first["ctx"].get("lt"))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        word = "at most" if kind == "less_than_equal" else "below"
+        hint = _BOUND_HINTS.get(key, "")
+        message = f"{source}: {key} = {value!r}: must be {word} {bound}{hint}"
     else:
         message = f"{source}: {key} = {value!r}: {first['msg']}"
+        if kind in ("int_type", "float_type", "finite_number"):
+            message += _number_hint(value)
     return PolicyError(message, key=key, value=value)
+
+
+# what the bound is, after "must be at most N"
+_BOUND_HINTS = {
+    "timeout_sec": " seconds (7 days); None: no timeout",
+    "cpu_time_sec": " CPU-seconds (30 days); None: not limited",
+    "cpu_cores": " cores; None: not limited",
+    "memory_mb": " MiB (16 TiB); None: not limited",
+    "disk_mb": " MiB (16 TiB); None: not limited",
+    "max_file_size_mb": " MiB (16 TiB); None: disk_mb",
+    "max_processes": " (the kernel's most pids, less bubblewrap's 2); None: not limited",
+    "max_open_files": " (fs.nr_open cannot be higher)",
+    "max_output_bytes": " bytes (1 GiB) per stream",
+    "run_as_uid": " (2**32 - 1 is no uid)",
+    "run_as_gid": " (2**32 - 1 is no gid)",
+}
+
+
+def _number_hint(value: Any) -> str:
+    if isinstance(value, bool):
+        return "; true/false (YAML also yes/no/on/off) is not a number"
+    if isinstance(value, str):
+        return "; a number is written without quotes (a string is never converted)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "; use None for no limit"
+    return ""
 
 
 # --- files -----------------------------------------------------------------

@@ -4,7 +4,10 @@ The tree::
 
     StockadeError                 base of everything raised on purpose
     ├── PolicyError               the policy (SandboxConfig, feature flags, CLI
-    │                             options) is invalid; raised before anything runs
+    │                             options, a per-call timeout) is invalid; raised
+    │                             before anything runs, by SandboxConfig(...)
+    │                             itself too (pydantic's ValidationError is its
+    │                             __cause__); also a ValueError
     ├── CommandError              the command cannot be run as given: empty,
     │                             not found, not executable, cwd missing
     └── SandboxUnavailableError   a protection the policy asks for cannot be

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shlex
 import shutil
 import signal as _signal
@@ -27,7 +28,7 @@ from typing import IO, Any
 from . import _io
 from . import pool as _pool
 from .audit import ExecutionLog, resolve_log_path
-from .config import MIB, SandboxConfig, SandboxMode
+from .config import MIB, SandboxConfig, SandboxMode, check_timeout
 from .errors import CommandError, PolicyError, SandboxUnavailableError
 from .fs import policy as _fs
 from .fs import run as _fsrun
@@ -39,7 +40,7 @@ from .linux import tiers as _tiers
 from .linux.client import shared_launcher
 from .linux import waiter as _waiter
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS, remove_tree
-from .linux.resolve import resolve_command
+from .linux.resolve import Resolution, resolve_command
 from .network import policy as _netpolicy
 from .network.proxy import NetworkProxy, RunTraffic
 from .result import Protection, SandboxResult, Termination, Violation
@@ -315,8 +316,9 @@ class SandboxManager:
         ]
         if not argv or not argv[0]:
             raise CommandError("empty command: nothing to run", command=argv)
-        if timeout is not None and timeout <= 0:
-            raise PolicyError(f"timeout = {timeout!r}: must be greater than 0", key="timeout", value=timeout)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        _check_open_files(config.max_open_files)
 
         run_cwd, workspace = self._directories(cwd)
         run_env = self._environment(env)
@@ -488,6 +490,7 @@ class SandboxManager:
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
         mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup, self._empty_file)
+        links = _command_links(resolution, fs, argv, prepared.notes)
 
         args = _bwrap.build_args(
             config,
@@ -498,6 +501,7 @@ class SandboxManager:
             info=info,
             fd_first_bind=FD_FIRST_BIND,
             fd_json_status=FD_JSON_STATUS,
+            command_links=links,
         )
         spec = prepared.spec
         if self._allowlist is not None:
@@ -1023,9 +1027,15 @@ class SandboxManager:
         exit_code, sig, termination, error = _outcome(event, prepared, stderr)
         termination = _limits.refine_termination(termination, event)
         usage = _limits.usage(event, prepared.overhead_tasks)
-        if termination is Termination.SIGNALED and sig in (_signal.SIGKILL, _signal.SIGXCPU):
-            if config.cpu_time_sec and usage.cpu_total_sec >= config.cpu_time_sec * 0.8:
-                termination = Termination.CPU_LIMIT
+        termination = _rlimit_termination(termination, sig, usage, config)
+        # TODO(#2): the second tier's monitor (linux/reaper.py) sees the real
+        # wait status and could tell "exited 152" from SIGXCPU; meanwhile
+        # both tiers report a status 129-192 as its signal, with this note.
+        if termination is Termination.SIGNALED and sig is not None and prepared.spec.get("json_status"):
+            prepared.notes.append(
+                f"status {128 + sig}: the sandbox reports a program killed by signal {sig} "
+                f"and one that exited {128 + sig} alike; reported as signal {sig}"
+            )
 
         violations = [
             Violation(
@@ -1094,6 +1104,56 @@ class SandboxManager:
         return result
 
 
+def _check_open_files(wanted: int) -> None:
+    """Refuse, before anything runs, an RLIMIT_NOFILE this process could not
+    set in the run (setrlimit would fail with EPERM in the launcher child).
+
+    Raises:
+        PolicyError: ``wanted`` is above the caller's hard limit and the caller
+            may not raise it (no CAP_SYS_RESOURCE), or above fs.nr_open.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or wanted <= hard:
+        return
+    if _has_cap_sys_resource():
+        nr_open = _nr_open()
+        if nr_open is None or wanted <= nr_open:
+            return
+        ceiling, why = nr_open, f"fs.nr_open is {nr_open}, the most even a privileged caller may set"
+        fix = "raise fs.nr_open (sysctl) or lower max_open_files"
+    else:
+        ceiling, why = hard, f"this process's RLIMIT_NOFILE hard limit is {hard}, and it may not raise it"
+        fix = (
+            "lower max_open_files (CLI: --config), or start stockade with a higher "
+            "hard limit (ulimit -Hn, LimitNOFILE= of a systemd unit)"
+        )
+    message = f"max_open_files = {wanted}: above {ceiling}: {why}; {fix}"
+    raise PolicyError(message, key="max_open_files", value=wanted)
+
+
+def _has_cap_sys_resource() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_RESOURCE))
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+# capability number (linux/capability.h): may raise hard rlimits
+_CAP_SYS_RESOURCE = 24
+
+
 def _remove_all(paths: list[str]) -> None:
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
@@ -1152,6 +1212,27 @@ def _resolve_visible(
                 extra_ro.append(entry)
                 prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
     return resolution, extra_ro
+
+
+def _command_links(
+    resolution: Resolution, fs: _fs.FsPlan, argv: Sequence[str], notes: list[str]
+) -> list[tuple[str, str]]:
+    """The symbolic links of the command to recreate in the mount view.
+
+    Raises:
+        CommandError: a link lies in a hidden path (recreating it there would
+            undo the rule) or in /proc (the sandbox's own).
+    """
+    for link, target in resolution.links:
+        if fs.access_of(link) is _fs.Access.HIDDEN or link == "/proc" or link.startswith("/proc/"):
+            raise CommandError(
+                f"{argv[0]}: the command passes through the link {link} -> {target}, "
+                f"which lies in a path the run cannot see; run {target} itself or "
+                f"move the link",
+                command=list(argv[:3]),
+            )
+    notes.extend(f"{link} -> {target}: link recreated in the sandbox" for link, target in resolution.links)
+    return list(resolution.links)
 
 
 def _remove_tree(path: str) -> None:
@@ -1217,13 +1298,51 @@ def _outcome(
         return None, sig if sig is not None else _signal.SIGKILL, _KILL_REASONS[killed], None
     if sig is None:
         return exit_code, None, Termination.EXITED, None
-    if sig == _signal.SIGXCPU:
-        return None, sig, Termination.CPU_LIMIT, None
-    if sig == _signal.SIGXFSZ:
-        return None, sig, Termination.FILE_SIZE_LIMIT, None
-    if sig == _signal.SIGSYS:
-        return None, sig, Termination.SYSCALL_DENIED, None
+    # A signal alone blames no limit (``_rlimit_termination`` weighs the
+    # evidence). SIGSYS in particular is never ours: the filter's kills are
+    # the supervisor's SIGKILL, reported above as killed "syscall_denied";
+    # a SIGSYS comes from the program (its own filter, kill -SYS) or is an
+    # exit status 159 that bubblewrap cannot tell apart from it.
     return None, sig, Termination.SIGNALED, None
+
+
+# How far short of the CPU-seconds limit the reported usage may be when a
+# per-process RLIMIT_CPU signal ended the run: the cgroup counts in
+# nanoseconds; rusage is sampled at ticks and was measured 0.1 s short of a
+# 1 s limit on a loaded host.
+CPU_LIMIT_SLACK_SEC = 0.1
+CPU_LIMIT_SLACK_RUSAGE = 0.1  # and this share of the limit, for rusage
+
+
+def _rlimit_termination(
+    termination: Termination, sig: int | None, usage: Any, config: SandboxConfig
+) -> Termination:
+    """A signal of a per-process rlimit, blamed on the limit only with evidence.
+
+    bubblewrap and the second tier's monitor report a program killed by
+    signal N as the status 128+N, so ``exit 152`` and ``kill -XCPU $$``
+    read like SIGXCPU: the signal alone proves nothing.
+
+    * SIGXCPU, or SIGKILL (RLIMIT_CPU's hard limit): ``cpu_limit`` only
+      when the policy has ``cpu_time_sec`` and the usage reached it (less
+      the slack above). The tree limit's own kill is reported by the
+      launcher (killed "cpu_limit") and never reaches here.
+    * SIGXFSZ: ``file_size_limit`` when the policy sets a file size
+      (RLIMIT_FSIZE); inferred from the signal, see known-limitations.
+    * anything else: ``signaled`` with the signal.
+    """
+    if termination is not Termination.SIGNALED or sig is None:
+        return termination
+    if sig in (_signal.SIGXCPU, _signal.SIGKILL) and config.cpu_time_sec is not None:
+        limit = config.cpu_time_sec
+        slack = CPU_LIMIT_SLACK_SEC
+        if not usage.source.startswith("cgroup"):
+            slack += CPU_LIMIT_SLACK_RUSAGE * limit
+        if usage.cpu_total_sec >= limit - slack:
+            return Termination.CPU_LIMIT
+    if sig == _signal.SIGXFSZ and config.file_size_mb is not None:
+        return Termination.FILE_SIZE_LIMIT
+    return termination
 
 
 def _split_code(code: int) -> tuple[int | None, int | None]:

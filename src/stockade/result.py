@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 import signal as _signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,7 +15,11 @@ class Termination(str, enum.Enum):
     """Why a run ended. Exactly one per run.
 
     Limits come before ``signaled``: a process killed by SIGXCPU after its
-    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``. They also
+    RLIMIT_CPU ran out is ``cpu_limit``, not merely ``signaled``, but only
+    with evidence that the limit acted (the run's CPU usage reached
+    ``cpu_time_sec``; the supervisor's kill for ``syscall_denied``): the
+    sandbox reports "killed by signal N" and "exited 128+N" alike, so a
+    status alone blames no limit. They also
     come before ``exited``: a run in which the OOM killer acted or a fork was
     refused at the process cap is ``memory_limit`` / ``pids_limit`` even if
     its main process then exited by itself (``exit_code`` keeps its status);
@@ -27,10 +32,10 @@ class Termination(str, enum.Enum):
     TIMEOUT = "timeout"                  # wall-clock limit; whole tree killed
     CPU_LIMIT = "cpu_limit"              # CPU time of the tree (or RLIMIT_CPU)
     MEMORY_LIMIT = "memory_limit"        # the OOM killer acted in the run's cgroup
-    FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ)
+    FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE (SIGXFSZ, when the policy sets a size)
     PIDS_LIMIT = "pids_limit"            # a fork or thread was refused at the cap
     DISK_LIMIT = "disk_limit"            # the workspace's budget ran out, or a private tmpfs was full
-    SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter
+    SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter's supervisor
     OUTPUT_LIMIT = "output_limit"        # captured output past max_output_bytes
     CANCELLED = "cancelled"              # the caller cancelled the run
     SANDBOX_ERROR = "sandbox_error"      # the sandbox could not be set up
@@ -174,7 +179,11 @@ class SandboxResult:
             return f"SIG{self.signal}"
 
     def to_dict(self, *, include_output: bool = True) -> dict[str, Any]:
-        """A JSON-ready mapping. Output is decoded as UTF-8 with replacement."""
+        """A JSON-ready mapping. Output is decoded as UTF-8 with replacement.
+
+        Strict JSON: a float that is not finite (none is expected, limits are
+        validated finite) becomes None rather than NaN or Infinity.
+        """
         data = asdict(self)
         data["termination"] = self.termination.value
         data["success"] = self.success
@@ -191,10 +200,10 @@ class SandboxResult:
                     data[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
         else:
             del data["stdout"], data["stderr"]
-        return data
+        return json_safe(data)
 
     def to_json(self, *, include_output: bool = True, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(include_output=include_output), indent=indent)
+        return json.dumps(self.to_dict(include_output=include_output), indent=indent, allow_nan=False)
 
     def summary(self) -> str:
         """One line for humans: how it ended, wall time, CPU, memory, denials."""
@@ -234,3 +243,16 @@ class SandboxResult:
         if self.error:
             parts.append(f"error: {self.error}")
         return "stockade: " + "; ".join(parts)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, so that
+    ``json.dumps`` writes standard JSON (it would write NaN and Infinity,
+    which JSON parsers in other languages refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value

@@ -1,6 +1,8 @@
 """bubblewrap: finding it, knowing what it can do, and building its arguments.
 
-The mount view, outermost first (bubblewrap applies them in order):
+The mount view, outermost first (bubblewrap applies them in order; the
+system directories of each mode and why each is there are tabled in
+docs/architecture.md, "The mount view"):
 
 * ``/usr``, ``/etc`` read-only, plus ``/bin``, ``/sbin``, ``/lib*`` as the
   host has them (symlinks into ``/usr`` on merged-usr systems, else
@@ -18,6 +20,9 @@ The mount view, outermost first (bubblewrap applies them in order):
   writable, at its own path; the policy's read-only, writable and hidden
   paths; protected paths read-only; installations the command needs
   read-only (see ``resolve.py``).
+* Symbolic links the command passes through on the way to its file, when
+  the view does not show them (``resolve.py``), recreated with the target
+  read at resolution.
 * Finally the tmpfs root itself is remounted read-only: nothing can be
   written outside the areas above (and their size caps).
 
@@ -275,12 +280,15 @@ def build_args(
     info: BwrapInfo,
     fd_first_bind: int,
     fd_json_status: int,
+    command_links: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """bubblewrap's options (without the command), in mount order.
 
     ``mounts`` are the path rules (``fs/mounts.py``: the workspace, the
     policy's paths, protected paths, installations), applied after the
-    system directories and private areas.
+    system directories and private areas. ``command_links`` are (path, target)
+    symbolic links the command needs on its way to its file (``resolve.py``),
+    made after the mounts, in the private root or a private area.
     """
     args: list[str] = [
         "--unshare-user",
@@ -316,6 +324,8 @@ def build_args(
     args += ["--tmpfs", HOME_IN_SANDBOX]
 
     args += mount_args(mounts, plan, info=info, fd_first_bind=fd_first_bind)
+    for path, target in command_links:
+        args += ["--symlink", target, path]
     # bubblewrap builds the view on a tmpfs root; once every mount point
     # exists, make that root read-only (not recursive: the private areas and
     # the workspace keep their own flags), or a program could fill RAM with

@@ -8,6 +8,17 @@ read-only: its installation's ``bin``, ``lib``, ``lib64``, ``libexec`` and a
 virtual environment's ``pyvenv.cfg`` and base interpreter; a program outside
 any such layout is made visible alone, as a single file, never the
 directory it sits in. Shebang scripts are followed to their interpreter.
+
+A command that is a symbolic link (``~/.local/bin/tool -> ...``, a chain of
+them) is followed hop by hop, as the kernel does: each link the mount view
+does not show is recreated in the sandbox (bubblewrap's ``--symlink``) with
+the next hop as its target, written as an absolute path whose directories
+are resolved; the file at the end is exposed as above. The links are read
+once, here: what the sandbox gets is the text read now, and the file at the
+end is bound through a descriptor whose identity the launcher checks
+(docs/filesystem.md, "Paths are resolved once"). Running the link rather
+than its target keeps ``argv[0]``, which a virtual environment's Python and
+multi-call programs depend on.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from ..errors import CommandError
 
 _INSTALL_PARTS = ("bin", "sbin", "lib", "lib64", "libexec", "pyvenv.cfg")
 _MAX_DEPTH = 6
+# symbolic links the kernel follows in one path walk (MAXSYMLINKS)
+_MAX_LINKS = 40
 
 
 @dataclass
@@ -30,11 +43,18 @@ class Resolution:
     path: str                                   # absolute path to exec
     read_only: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (link, target): symbolic links to recreate in the mount view, in the
+    # order they are met; target is absolute, its directories resolved
+    links: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, path: str, why: str) -> None:
         if path not in self.read_only:
             self.read_only.append(path)
             self.notes.append(f"{path} visible read-only: {why}")
+
+    def link(self, path: str, target: str) -> None:
+        if all(path != known for known, _ in self.links):
+            self.links.append((path, target))
 
 
 def resolve_command(
@@ -145,15 +165,26 @@ def _expose(
             command=[path],
         )
 
-    for link in _link_chain(path):
-        if not visible(link):
-            _expose_installation(link, result, visible)
-            if not _covered(link, result):
-                # only the program itself, never the directory it sits in
-                # (that may be /tmp with the host's sockets, or Downloads)
-                result.add(link, "the program itself")
+    hops = _link_chain(path)
+    for index, hop in enumerate(hops):
+        if visible(hop):
+            continue
+        if os.path.dirname(hop) == os.path.realpath(os.path.dirname(hop)):
+            # an installation is bound at its resolved path: it shows this
+            # hop only when no link leads to the hop's directory
+            _expose_installation(hop, result, visible)
+            if _covered(hop, result):
+                continue
+        if index + 1 < len(hops):
+            # a link (or a path through a linked directory): recreated, not
+            # bound, so that its directory stays out of the mount view
+            result.link(hop, hops[index + 1])
+        else:
+            # only the program itself, never the directory it sits in
+            # (that may be /tmp with the host's sockets, or Downloads)
+            result.add(hop, "the program itself")
 
-    real = os.path.realpath(path)
+    real = hops[-1]
     interpreter = _shebang(real)
     if interpreter is None:
         return
@@ -176,20 +207,36 @@ def _expose(
 
 
 def _link_chain(path: str) -> list[str]:
-    """The path, each symlink it passes through, and its final target."""
+    """The hops from ``path`` to the file it names, as the kernel walks them.
+
+    Each hop after the first is absolute with its directories resolved, so
+    only its last component may be a link (the next hop). The first hop is
+    ``path`` as given; when its directory passes through a link, the next
+    hop is the same name in the resolved directory. The last hop is the
+    file itself (``os.path.realpath(path)``).
+    """
     chain = [path]
     current = path
-    for _ in range(40):
+    for _ in range(_MAX_LINKS):
+        directory = os.path.realpath(os.path.dirname(current))
         try:
             target = os.readlink(current)
-        except OSError:
-            break
-        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        except OSError:  # not a link: the file itself
+            if directory != os.path.dirname(current):
+                chain.append(os.path.join(directory, os.path.basename(current)))
+            return chain
+        current = _resolved_directory(os.path.join(directory, target))
         chain.append(current)
-    real = os.path.realpath(path)
-    if real not in chain:
-        chain.append(real)
+    # more links than the kernel follows: exec fails with ELOOP, as on the host
     return chain
+
+
+def _resolved_directory(path: str) -> str:
+    """``path`` with its directories resolved and its last component kept."""
+    name = os.path.basename(path)
+    if name in ("", ".", ".."):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), name)
 
 
 def _covered(path: str, result: Resolution) -> bool:

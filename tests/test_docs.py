@@ -1,0 +1,30 @@
+"""Documentation claims that the code decides, checked against the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from stockade.config import SandboxMode
+from stockade.linux import bwrap
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_architecture_lists_exactly_the_system_directories_of_each_mode():
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## The mount view", 1)[1].split("\n## ", 1)[0]
+    modes = [SandboxMode.STRICT, SandboxMode.MODERATE, SandboxMode.PERMISSIVE]
+    documented: dict[SandboxMode, set[str]] = {mode: set() for mode in modes}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or not cells[0].startswith("`/"):
+            continue
+        paths = re.findall(r"`(/[^`]*)`", cells[0])
+        for mode, cell in zip(modes, cells[1:4]):
+            assert cell in ("yes", "no"), line
+            if cell == "yes":
+                documented[mode].update(paths)
+    for mode in modes:
+        expected = set(bwrap._SYSTEM_RO[mode]) | set(bwrap._MERGED_USR_LINKS)
+        assert documented[mode] == expected, mode
