@@ -47,6 +47,7 @@ from ..errors import PolicyError
 from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
 from . import presets as _presets
 from .guard import Guard
+from .watch import Destination, chain
 
 if TYPE_CHECKING:
     from ..config import SandboxConfig
@@ -105,6 +106,8 @@ class FsPlan:
         guarded: protected paths checked after the run instead.
         notes: what the result should tell the caller.
         elapsed_ms: time spent resolving.
+        destinations: first tier: the host paths its mounts sit on that a
+            host rename would undo (``watch.py``); set with the mounts.
     """
 
     workspace: str
@@ -116,6 +119,18 @@ class FsPlan:
     guarded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    destinations: list[Destination] = field(default_factory=list)
+
+    def watched(self) -> list[tuple[str, str, Destination]]:
+        """The (directory, name) pairs a ``watch.MountWatch`` watches: each
+        destination and the directories between it and the top of the
+        mount it lies in (a rule no other rule covers)."""
+        tops = [
+            r.path
+            for r in (*self.system.values(), *self.rules.values())
+            if self.rule_for(r.path, strict=True) is None
+        ]
+        return [pair for dest in self.destinations for pair in chain(dest, tops)]
 
     def rule_for(self, path: str, *, strict: bool = False) -> PathRule | None:
         """The rule that decides ``path`` (the most specific one), or None.
@@ -200,6 +215,7 @@ def resolve(
     home: str,
     environ: Mapping[str, str],
     guard_protected: bool = False,
+    check_replaced: bool = False,
 ) -> FsPlan:
     """Resolve the policy's path rules for one run (steps in the module doc).
 
@@ -212,6 +228,9 @@ def resolve(
         guard_protected: keep protected paths writable during the run and
             check them after it (the second tier, when the policy accepts
             ``protected_paths`` degraded) instead of making them read-only.
+        check_replaced: check existing protected paths after the run if
+            they are other files then (the first tier: a host rename undoes
+            a read-only mount; ``guard.Guard.watch_identity``).
 
     Returns:
         The plan; writable paths that did not exist have been created.
@@ -277,7 +296,12 @@ def resolve(
     for given, path in missing_hidden:
         _missing_hidden(plan, given, path)
 
-    _protect(plan, config.protected, guard_protected=guard_protected)
+    _protect(
+        plan,
+        config.protected,
+        guard_protected=guard_protected,
+        check_replaced=check_replaced,
+    )
     _check_links(plan)
     if len(plan.rules) > MAX_RULES:
         raise PolicyError(
@@ -422,7 +446,13 @@ def _missing_hidden(plan: FsPlan, given: str, path: str) -> None:
 # -- protected paths -------------------------------------------------------------
 
 
-def _protect(plan: FsPlan, entries: tuple[str, ...], *, guard_protected: bool) -> None:
+def _protect(
+    plan: FsPlan,
+    entries: tuple[str, ...],
+    *,
+    guard_protected: bool,
+    check_replaced: bool,
+) -> None:
     """Protected paths inside each writable root (module doc, step 4)."""
     for root in plan.writable_roots():
         if not root.is_dir:
@@ -437,11 +467,22 @@ def _protect(plan: FsPlan, entries: tuple[str, ...], *, guard_protected: bool) -
                 rel = os.path.normpath(entry)
             parts = tuple(p for p in rel.split("/") if p not in ("", "."))
             if parts:
-                _protect_one(plan, root, parts, guard_protected=guard_protected)
+                _protect_one(
+                    plan,
+                    root,
+                    parts,
+                    guard_protected=guard_protected,
+                    check_replaced=check_replaced,
+                )
 
 
 def _protect_one(
-    plan: FsPlan, root: PathRule, parts: tuple[str, ...], *, guard_protected: bool
+    plan: FsPlan,
+    root: PathRule,
+    parts: tuple[str, ...],
+    *,
+    guard_protected: bool,
+    check_replaced: bool,
 ) -> None:
     current = root.path
     for index, name in enumerate(parts):
@@ -473,13 +514,25 @@ def _protect_one(
                 )
                 target = os.path.realpath(path)
                 if os.path.exists(target) and plan.access_of(target) is Access.WRITABLE:
-                    _make_read_only(plan, target, root, None, guard_protected=False)
+                    _make_read_only(
+                        plan,
+                        target,
+                        root,
+                        None,
+                        guard_protected=False,
+                        check_replaced=False,
+                    )
             return
         if last or not stat.S_ISDIR(st.st_mode):
             # the path itself, or a file where a directory was expected
             # (``.git`` of a worktree names the real git directory)
             _make_read_only(
-                plan, path, root, parts[: index + 1], guard_protected=guard_protected
+                plan,
+                path,
+                root,
+                parts[: index + 1],
+                guard_protected=guard_protected,
+                check_replaced=check_replaced,
             )
             return
         current = path
@@ -492,6 +545,7 @@ def _make_read_only(
     parts: tuple[str, ...] | None,
     *,
     guard_protected: bool,
+    check_replaced: bool,
 ) -> None:
     if plan.access_of(path) is not Access.WRITABLE:
         return  # already read-only or hidden by a rule
@@ -501,6 +555,9 @@ def _make_read_only(
         plan.guarded.append(path)
         return
     st = os.stat(path)
+    if check_replaced and parts is not None:
+        assert root.ident is not None
+        plan.guard.watch_identity(root.path, root.ident, parts, (st.st_dev, st.st_ino))
     plan.add(
         PathRule(
             path,

@@ -21,6 +21,7 @@ from . import presets as _presets
 from .mounts import Mount, plan_mounts
 from .policy import FsPlan, resolve
 from .ruleset import translate
+from .watch import Destination, MountWatch, Trip
 
 if TYPE_CHECKING:
     from ..config import SandboxConfig
@@ -50,6 +51,7 @@ def plan_run(
         home=os.path.expanduser("~"),
         environ=os.environ,
         guard_protected=second_tier and "protected_paths" in config.allow_degraded,
+        check_replaced=not second_tier,
     )
     if not plan.visible(cwd):
         raise PolicyError(
@@ -74,8 +76,43 @@ def mounts_for(
     for path in installations:
         plan.add_installation(path)
     mounts = plan_mounts(plan, empty_file=empty_file or EmptyFile(cleanup))
+    plan.destinations = [
+        Destination(m.dest, _dest_ident(plan, m), m.watch)
+        for m in mounts
+        if m.watch is not None
+    ]
     plan.elapsed_ms += (time.monotonic() - t0) * 1000
     return mounts
+
+
+def _dest_ident(plan: FsPlan, mount: Mount) -> tuple[int, int] | None:
+    # a hidden file's mount carries the stand-in's identity, not its own
+    rule = plan.rules.get(mount.dest)
+    return rule.ident if rule is not None else mount.ident
+
+
+def start_watch(plan: FsPlan | None) -> MountWatch | None:
+    """First tier: watch the host paths the run's mounts sit on, before the
+    run starts (``watch.py``); None when the policy places no such mount.
+
+    Raises:
+        SandboxUnavailableError: inotify cannot be set up.
+    """
+    if plan is None or not plan.destinations:
+        return None
+    return MountWatch(plan.watched())
+
+
+def stale_destinations(
+    prepared: list[Destination], now: list[Destination]
+) -> Destination | None:
+    """A destination whose identity differs between a prepared sandbox's
+    plan and a run's (the path was replaced in between), or None."""
+    before = {d.path: d.ident for d in prepared}
+    for dest in now:
+        if dest.path not in before or before[dest.path] != dest.ident:
+            return dest
+    return None
 
 
 def grants_for(plan: FsPlan, installations: Iterable[str]) -> list[dict[str, object]]:
@@ -151,6 +188,8 @@ class EmptyFile:
 def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
     """Result rows: ``path_rules`` and ``protected_paths``."""
     how = "Landlock rules" if second_tier else "mounts"
+    if not second_tier and plan.destinations:
+        how += "; a host rename over one ends the run"
     rows = [Protection("path_rules", "enforced", f"{plan.summary()} ({how})")]
 
     def short(path: str) -> str:
@@ -211,6 +250,31 @@ def warn_unchecked(plan: FsPlan | None) -> None:
         "could have created or changed were not checked: %s",
         paths,
     )
+
+
+def trip_report(trips: list[Trip], *, killed: bool) -> tuple[list[Violation], list[str]]:
+    """Violations and notes for watched paths that changed on the host
+    during a run (``watch.py``); ``killed``: the run was ended for it."""
+    violations, notes = [], []
+    seen: set[str] = set()
+    action = "run ended" if killed else "reported (the run had ended)"
+    for trip in trips:
+        if trip.path in seen:
+            continue
+        seen.add(trip.path)
+        violations.append(
+            Violation("filesystem", f"{trip.path}: {trip.what}; {trip.how} on the host", action)
+        )
+    notes.append(
+        "filesystem: a path the policy covers with a mount changed on the host during "
+        "the run; that undoes the sandbox's mount over it (the run could then see or "
+        "write the new file), so the run was ended. Protected paths were checked after "
+        "it as if the run had made them."
+        if killed
+        else "filesystem: a path the policy covers with a mount changed on the host as "
+        "the run ended; protected paths were checked after it as if the run had made them."
+    )
+    return violations, notes
 
 
 def after_run(
