@@ -1075,7 +1075,7 @@ class SandboxManager:
                     f"the run was ended: {trips[0].describe()} during the run, which undoes "
                     f"the sandbox's mount over it (docs/filesystem.md)"
                 )
-        if prepared.fs is not None and prepared.fs.guard:
+        if prepared.fs is not None and prepared.fs.checked_after():
             found, notes, guard_ms = _fsrun.after_run(prepared.fs, prepared.run_id)
             violations += found
             prepared.notes += notes

@@ -47,6 +47,7 @@ from ..errors import PolicyError
 from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
 from . import presets as _presets
 from .guard import Guard
+from .metadata import Metadata
 from .watch import Destination, chain
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class FsPlan:
         elapsed_ms: time spent resolving.
         destinations: first tier: the host paths its mounts sit on that a
             host rename would undo (``watch.py``); set with the mounts.
+        metadata: second tier: the named entries' mode, owner, times and
+            extended attributes, put back after the run (``metadata.py``).
     """
 
     workspace: str
@@ -120,6 +123,11 @@ class FsPlan:
     notes: list[str] = field(default_factory=list)
     elapsed_ms: float = 0.0
     destinations: list[Destination] = field(default_factory=list)
+    metadata: Metadata = field(default_factory=Metadata)
+
+    def checked_after(self) -> bool:
+        """Whether anything is checked after the run (guard, metadata)."""
+        return bool(self.guard) or bool(self.metadata)
 
     def watched(self) -> list[tuple[str, str, Destination]]:
         """The (directory, name) pairs a ``watch.MountWatch`` watches: each

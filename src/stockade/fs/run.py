@@ -57,9 +57,38 @@ def plan_run(
         raise PolicyError(
             f"cwd {cwd!r} is hidden by the path rules", key="hidden", value=cwd
         )
+    if second_tier:
+        t0 = time.monotonic()
+        _record_metadata(plan)
+        plan.elapsed_ms += (time.monotonic() - t0) * 1000
     for key, value in plan.env.items():
         env.setdefault(key, value)
     return plan
+
+
+# Rules whose entries the second tier records (metadata.py): those the
+# policy names, not the system's or an installation's (root's own files,
+# which the sandbox uid cannot change).
+_RECORDED_ORIGINS = ("read_only", "hidden", "protected")
+
+
+def _record_metadata(plan: FsPlan) -> None:
+    """Second tier: record the mode, owner, times and xattrs of each
+    read-only, hidden and protected path, and of the direct entries of each
+    protected directory (one listing; a file there made executable is
+    moved aside after the run, like a planted hook)."""
+    for rule in plan.rules.values():
+        if rule.origin not in _RECORDED_ORIGINS:
+            continue
+        plan.metadata.record(rule.path)
+        if rule.origin == "protected" and rule.is_dir:
+            try:
+                with os.scandir(rule.path) as entries:
+                    names = [e.path for e in entries]
+            except OSError:
+                continue
+            for path in names:
+                plan.metadata.record(path, hook=True)
 
 
 def mounts_for(
@@ -188,7 +217,13 @@ class EmptyFile:
 def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
     """Result rows: ``path_rules`` and ``protected_paths``."""
     how = "Landlock rules" if second_tier else "mounts"
-    if not second_tier and plan.destinations:
+    if second_tier and plan.metadata:
+        # Landlock does not cover chmod, chown, utime or xattrs (metadata.py)
+        how += (
+            "; their mode, owner, times and xattrs are not kept during the run, "
+            "and put back after it"
+        )
+    elif not second_tier and plan.destinations:
         how += "; a host rename over one ends the run"
     rows = [Protection("path_rules", "enforced", f"{plan.summary()} ({how})")]
 
@@ -212,6 +247,11 @@ def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
     detail = "; ".join(parts)
     if degraded:
         detail += " (existing ones writable during the run, restored after it)"
+    elif second_tier and names:
+        detail += (
+            " (their mode, owner and times put back after the run; a file in a "
+            "protected directory made executable is moved aside)"
+        )
     rows.append(
         Protection("protected_paths", "degraded" if degraded else "enforced", detail)
     )
@@ -226,7 +266,7 @@ def check_interrupted(plan: FsPlan | None, run_id: str, *, over: bool) -> None:
     returned. Otherwise checking would prove nothing while its processes may
     still write, so the unchecked paths are named instead.
     """
-    if plan is None or not plan.guard:
+    if plan is None or not plan.checked_after():
         return
     if not over:
         warn_unchecked(plan)
@@ -242,9 +282,12 @@ def warn_unchecked(plan: FsPlan | None) -> None:
     TODO(#6): a run the launcher did not report as over within
     ``_io.STOP_WAIT_SEC`` of the kill stays unchecked; this warning says so.
     """
-    if plan is None or not plan.guard:
+    if plan is None or not plan.checked_after():
         return
-    paths = ", ".join(os.path.join(w.root, *w.parts) for w in plan.guard.watches)
+    paths = ", ".join(
+        [os.path.join(w.root, *w.parts) for w in plan.guard.watches]
+        + [r.path for r in plan.metadata.records]
+    )
     log.warning(
         "the run was interrupted before it ended; protected paths it "
         "could have created or changed were not checked: %s",
@@ -285,7 +328,7 @@ def after_run(
     Returns:
         (violations, notes, milliseconds spent).
     """
-    if plan is None or not plan.guard:
+    if plan is None or not plan.checked_after():
         return [], [], 0.0
     t0 = time.monotonic()
     violations, notes = [], []
@@ -294,4 +337,12 @@ def after_run(
             Violation("filesystem", f"{found.path}: {found.what}", found.action)
         )
         notes.append(f"protected: {found.path} {found.what}; {found.action}")
+    for found in plan.metadata.check(run_id):
+        violations.append(
+            Violation("filesystem", f"{found.path}: {found.what}", found.action)
+        )
+        notes.append(
+            f"tier landlock: {found.path} {found.what} (Landlock does not cover "
+            f"chmod, chown, utime or xattrs); {found.action}"
+        )
     return violations, notes, (time.monotonic() - t0) * 1000
