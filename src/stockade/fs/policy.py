@@ -582,34 +582,43 @@ def _make_read_only(
 
 
 def _check_links(plan: FsPlan) -> None:
-    """A read-only or hidden file that has another name is refused where
-    that other name could change it or show it (step 5).
+    """A read-only or hidden file that has another name is refused (step 5):
+    another name could change it or show it. Files are refused whatever
+    covers them, since the other name may lie anywhere (a writable place
+    where an earlier run made it, or one a later rule makes visible).
 
-    Protected directories are checked one level deep (``.git/hooks`` is
-    flat); other read-only directories are not walked (docs: known
-    limitations).
+    Directories are not walked (docs: known limitations); one level is
+    checked where it is cheap and needed: the files directly in a protected
+    directory (``.git/hooks`` is flat), and directly in a hidden directory
+    inside a writable place (on the second tier a grant on the other name
+    reaches the file by its hidden path too: Landlock rules attach to
+    inodes).
     """
     for rule in list(plan.rules.values()):
-        if rule.access is Access.WRITABLE:
-            continue
-        cover = plan.rule_for(rule.path, strict=True)
-        if cover is None or cover.access is Access.HIDDEN:
-            continue
-        if rule.access is Access.READ_ONLY and cover.access is not Access.WRITABLE:
+        if rule.access is Access.WRITABLE or rule.origin not in _LINKED_ORIGINS:
             continue
         if not rule.is_dir:
             _one_link(rule.path, rule.access, rule.origin)
-        elif rule.origin == "protected":
+            continue
+        cover = plan.rule_for(rule.path, strict=True)
+        in_writable = cover is not None and cover.access is Access.WRITABLE
+        if rule.origin == "protected" or (rule.access is Access.HIDDEN and in_writable):
             try:
-                entries = list(os.scandir(rule.path))
+                with os.scandir(rule.path) as it:
+                    entries = list(it)
             except OSError:
                 continue
             for entry in entries:
                 if entry.is_file(follow_symlinks=False):
-                    _one_link(entry.path, rule.access, rule.origin)
+                    _one_link(entry.path, rule.access, rule.origin, within=rule.path)
 
 
-def _one_link(path: str, access: Access, origin: str) -> None:
+# Rules whose files must have one name: the policy's own (system
+# directories and the command's installations are the host's).
+_LINKED_ORIGINS = ("read_only", "hidden", "protected")
+
+
+def _one_link(path: str, access: Access, origin: str, *, within: str | None = None) -> None:
     try:
         links = os.lstat(path).st_nlink
     except OSError:
@@ -619,9 +628,10 @@ def _one_link(path: str, access: Access, origin: str) -> None:
     read_only = access is Access.READ_ONLY
     harm = "change it" if read_only else "show its content"
     state = "read-only" if read_only else "hidden"
+    where = f" (in the {state} directory {within})" if within else ""
     raise PolicyError(
-        f"{origin}: {path} has {links} hard links: another name for the same file "
-        f"could {harm} while this one is {state}. "
+        f"{origin}: {path}{where} has {links} hard links (st_nlink {links}): another "
+        f"name for the same file could {harm} while this one is {state}. "
         f"Give it a name of its own (cp -p {path} {path}.new && mv {path}.new {path}) "
         f"or drop the rule",
         key="protected" if origin == "protected" else origin,
