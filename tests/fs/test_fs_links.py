@@ -191,3 +191,36 @@ def test_a_file_in_a_hidden_directory_with_a_second_name_is_refused(
     os.unlink(workspace / "src" / "key.bak")
     result = manager(fields, hidden=["private"]).execute(["true"], cwd=workspace)
     assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_a_rule_in_the_workspace_may_not_follow_a_link_out_of_it(
+    fields, workspace, outside
+):
+    """An earlier run plants ws/cache -> /data/sub; `--ro /data --rw cache`
+    would then make /data/sub writable."""
+    data = outside / "data"
+    write(data / "sub" / "f.txt", "data\n")
+    os.symlink(str(data / "sub"), workspace / "cache")
+    with pytest.raises(PolicyError, match="symbolic link") as err:
+        manager(fields, read_only=[str(data)], writable=["cache"]).execute(
+            ["true"], cwd=workspace
+        )
+    message = str(err.value)
+    assert "'cache'" in message and str(data / "sub") in message
+    assert f"--rw {data / 'sub'}" in message
+    assert err.value.key == "writable"
+    # nothing is created through the link either
+    with pytest.raises(PolicyError, match="symbolic link"):
+        manager(fields, writable=["cache/new"]).execute(["true"], cwd=workspace)
+    assert not (data / "sub" / "new").exists()
+    os.symlink(str(outside / "elsewhere"), workspace / "secret")
+    with pytest.raises(PolicyError, match="symbolic link"):
+        manager(fields, hidden=["secret"]).execute(["true"], cwd=workspace)
+    # named explicitly, the target is what the caller means
+    answers, _ = probe(
+        manager(fields, read_only=[str(data)], writable=[str(data / "sub")]),
+        workspace,
+        [["write", "append", str(data / "sub" / "f.txt")]],
+    )
+    assert answers["write"] == "ok"

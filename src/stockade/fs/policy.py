@@ -266,32 +266,41 @@ def resolve(
     wanted += [(p, Access.WRITABLE, "writable") for p in config.writable]
     wanted += [(p, Access.HIDDEN, "hidden") for p in config.hidden]
 
-    missing_hidden: list[tuple[str, str]] = []
-    for given, access, origin in wanted:
+    expanded = [
+        (given, path, access, origin)
+        for given, access, origin in wanted
         for path in _expand(
             given, origin, workspace=workspace, home=home, notes=plan.notes
-        ):
-            if not os.path.lexists(path):
-                if access is Access.HIDDEN:
-                    missing_hidden.append((given, path))
-                    continue
-                if access is Access.READ_ONLY:
-                    raise PolicyError(
-                        f"read_only: {path} does not exist (given as {given!r}); "
-                        f"create it or drop the rule",
-                        key="read_only",
-                        value=given,
-                    )
-                why = _refused(os.path.realpath(path), access, home)
-                if why:
-                    raise PolicyError(
-                        f"{origin}: {path} (given as {given!r}): {why}",
-                        key=_key(origin),
-                        value=given,
-                    )
-                _create_dir(path, given, origin)
-                plan.notes.append(f"{origin}: created {path}")
-            plan.add(_rule(path, access, origin, given, home))
+        )
+    ]
+    places = [workspace] + [
+        os.path.realpath(path) for _g, path, access, _o in expanded
+        if access is Access.WRITABLE
+    ]
+    missing_hidden: list[tuple[str, str]] = []
+    for given, path, access, origin in expanded:
+        _check_redirect(given, path, origin, places)
+        if not os.path.lexists(path):
+            if access is Access.HIDDEN:
+                missing_hidden.append((given, path))
+                continue
+            if access is Access.READ_ONLY:
+                raise PolicyError(
+                    f"read_only: {path} does not exist (given as {given!r}); "
+                    f"create it or drop the rule",
+                    key="read_only",
+                    value=given,
+                )
+            why = _refused(os.path.realpath(path), access, home)
+            if why:
+                raise PolicyError(
+                    f"{origin}: {path} (given as {given!r}): {why}",
+                    key=_key(origin),
+                    value=given,
+                )
+            _create_dir(path, given, origin)
+            plan.notes.append(f"{origin}: created {path}")
+        plan.add(_rule(path, access, origin, given, home))
 
     workspace_rule = plan.rules[workspace]
     if workspace_rule.access is Access.HIDDEN:
@@ -368,6 +377,29 @@ def _expand(
     if not matches:
         notes.append(f"{origin}: {given!r} matches nothing at launch")
     return matches
+
+
+def _check_redirect(given: str, path: str, origin: str, places: list[str]) -> None:
+    """Refuse a rule whose path, as written, lies in a writable place but
+    leads through a symbolic link out of it (step 3): a run may have made
+    that link (``ws/cache -> /data/sub``), and the rule would follow it to
+    wherever the run chose (``--rw cache`` making ``/data/sub`` writable)."""
+    real = os.path.realpath(path)
+    if real == path:
+        return
+    for place in places:
+        if _under(path, place) and not _under(real, place):
+            flag = _FLAGS.get(origin, origin)
+            message = (
+                f"{origin}: {given!r} ({path}) lies in the writable place {place} but "
+                f"leads through a symbolic link to {real}, outside it; a run can make "
+                f"such a link, so it may not move the rule. If you mean {real}, name it "
+                f"({flag} {real}); otherwise remove the link"
+            )
+            raise PolicyError(message, key=_key(origin), value=given)
+
+
+_FLAGS = {"read_only": "--ro", "writable": "--rw", "hidden": "--hide"}
 
 
 def _key(origin: str) -> str:
