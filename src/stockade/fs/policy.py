@@ -12,9 +12,13 @@ A path no rule covers is not there (first tier) or not accessible (second
 tier). ``resolve`` turns the policy into an ``FsPlan`` once per run:
 
 1. expand ``~`` (the caller's home), relative paths (against the workspace)
-   and globs (``*``, ``?``, ``[...]`` in any component, never ``**``: each
-   wildcard component lists one directory, nothing walks a tree);
-2. check existence as each field documents: ``read_only`` must exist,
+   and globs (``*``, ``?``, ``[...]`` in any component, never ``**``): each
+   wildcard component lists the directories the components before it
+   matched, at most ``MAX_GLOB_ENTRIES`` entries in all, for at most
+   ``MAX_GLOB_MATCHES`` matches, else the glob is refused;
+2. refuse a path that, as written, lies in a writable place but leads
+   through a symbolic link out of it (a run could have planted the link);
+   then check existence as each field documents: ``read_only`` must exist,
    ``writable`` is created as a directory, ``hidden`` is skipped when
    missing unless it would lie in a writable place (then it is an error,
    since the run could create it);
@@ -27,14 +31,16 @@ tier). ``resolve`` turns the policy into an ``FsPlan`` once per run:
    may accept checking instead of read-only (``allow_degraded``
    ``protected_paths``), so git can still commit there;
 5. refuse what the rules cannot keep: a read-only or hidden file with other
-   hard links (another name could change or show it), a writable system
-   directory, rules over ``/``, ``/proc``, ``/dev`` or the sandbox's private
-   areas.
+   hard links (another name could change or show it), and so a file directly
+   in a protected directory, or in a hidden one inside a writable place; a
+   writable system directory; rules over ``/``, ``/proc``, ``/dev`` or the
+   sandbox's private areas.
 """
 
 from __future__ import annotations
 
 import enum
+import fnmatch
 import glob
 import os
 import stat
@@ -56,7 +62,11 @@ if TYPE_CHECKING:
 # At most this many rules per run (each is a mount, or a few Landlock rules):
 # enough for real policies, and a bound on set-up time and descriptors.
 MAX_RULES = 512
+# A glob's cost is bounded: what it may match, and how many directory
+# entries its wildcard components may examine to find them (listing them
+# costs about 1 us each, on every run).
 MAX_GLOB_MATCHES = 256
+MAX_GLOB_ENTRIES = 4096
 
 class Access(enum.IntEnum):
     """What a rule grants; lower is more restrictive (ties go to the lower)."""
@@ -362,21 +372,73 @@ def _expand(
             key=_key(origin),
             value=given,
         )
-    literal = glob.escape(base) if base else ""
-    matches = sorted(
-        os.path.normpath(m)
-        for m in glob.glob(os.path.join(literal, pattern) if literal else pattern)
-    )
-    if len(matches) > MAX_GLOB_MATCHES:
-        raise PolicyError(
-            f"{origin}: {given!r} matches {len(matches)} paths, more than "
-            f"{MAX_GLOB_MATCHES}; name their directory instead",
-            key=_key(origin),
-            value=given,
-        )
+    matches = sorted(_glob(base or "/", pattern, given, origin))
     if not matches:
         notes.append(f"{origin}: {given!r} matches nothing at launch")
     return matches
+
+
+def _glob(base: str, pattern: str, given: str, origin: str) -> list[str]:
+    """The paths matching ``pattern`` below ``base`` (taken literally), with
+    a bounded cost: at most ``MAX_GLOB_MATCHES`` matches and
+    ``MAX_GLOB_ENTRIES`` directory entries examined, else a PolicyError.
+
+    Each wildcard component lists the directories the components before it
+    matched, so ``/usr/*/*/*`` would otherwise list every directory three
+    levels down on every run (shell rules: ``*`` and ``?`` skip names
+    starting with a dot unless the component starts with one).
+    """
+    parts = [p for p in pattern.split("/") if p and p != "."]
+    examined = 0
+    current = [base]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        found: list[str] = []
+        if not glob.has_magic(part):
+            for directory in current:
+                path = os.path.join(directory, part)
+                if os.path.lexists(path) if last else os.path.isdir(path):
+                    found.append(path)
+        else:
+            dots = part.startswith(".")
+            for directory in current:
+                try:
+                    with os.scandir(directory) as it:
+                        for entry in it:
+                            examined += 1
+                            if examined > MAX_GLOB_ENTRIES:
+                                _glob_too_costly(given, origin, "entries")
+                            if entry.name.startswith(".") and not dots:
+                                continue
+                            if not fnmatch.fnmatchcase(entry.name, part):
+                                continue
+                            if not last and not entry.is_dir():
+                                continue
+                            found.append(os.path.join(directory, entry.name))
+                            if last and len(found) > MAX_GLOB_MATCHES:
+                                _glob_too_costly(given, origin, "matches")
+                except (NotADirectoryError, FileNotFoundError, PermissionError):
+                    continue
+        current = found
+        if not current:
+            break
+    return [os.path.normpath(p) for p in current]
+
+
+def _glob_too_costly(given: str, origin: str, bound: str) -> None:
+    if bound == "matches":
+        message = (
+            f"{origin}: {given!r} matches more than {MAX_GLOB_MATCHES} paths; name "
+            f"their directory instead"
+        )
+    else:
+        message = (
+            f"{origin}: {given!r} examines more than {MAX_GLOB_ENTRIES} directory "
+            f"entries (each wildcard component lists every directory the ones before "
+            f"it matched, on every run); put literal names before the wildcards, or "
+            f"name the directories"
+        )
+    raise PolicyError(message, key=_key(origin), value=given)
 
 
 def _check_redirect(given: str, path: str, origin: str, places: list[str]) -> None:
