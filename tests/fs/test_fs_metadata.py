@@ -12,9 +12,20 @@ entries before the run and puts them back after it.
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
-from fsutil import TIERS, git, is_second, manager, probe, write
+from fsutil import (
+    SECOND_TIER,
+    TIERS,
+    git,
+    is_second,
+    manager,
+    needs_second_tier,
+    probe,
+    write,
+)
 
 HOOK = "#!/bin/sh\ntouch hook-ran\n"
 
@@ -90,3 +101,31 @@ def test_read_only_and_hidden_entries_keep_mode_times_and_xattrs(fields, workspa
     else:
         assert set(answers.values()) == {"EROFS"}, answers
         assert not _fs(result)
+
+
+@needs_second_tier
+def test_a_host_write_during_the_run_is_not_undone(workspace):
+    """Only what the run could have done is put back: a read-only file the
+    host rewrites meanwhile (new size) keeps the host's times."""
+    ro = write(workspace / "ro.txt", "ro\n", 0o644)
+    (workspace / "run").mkdir()
+    os.chmod(workspace / "run", 0o777)
+    mgr = manager(SECOND_TIER, read_only=["ro.txt"])
+    out = {}
+    script = "touch run/ready; sleep 2"
+    thread = threading.Thread(
+        target=lambda: out.setdefault(
+            "r", mgr.execute(["sh", "-c", script], cwd=workspace)
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (workspace / "run" / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(ro, "a") as fh:
+        fh.write("host\n")
+    after_write = os.stat(ro).st_mtime_ns
+    thread.join(30)
+    assert out["r"].exit_code == 0
+    assert not _fs(out["r"])
+    assert ro.read_text() == "ro\nhost\n" and os.stat(ro).st_mtime_ns == after_write

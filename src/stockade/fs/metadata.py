@@ -17,7 +17,9 @@ back as recorded and reported; a hook that became executable is moved aside
 instead (``NAME.stockade-quarantine-RUNID``), as a planted one would be.
 Entries deeper in a read-only or hidden directory are not recorded
 (docs/filesystem.md, known limitations). Access times are not compared (a
-read changes them) but are put back with the rest.
+read changes them) but are put back with the rest; a directory's times are
+not compared (the host may add entries during the run), nor those of a file
+whose size changed (the host wrote it; the run has no right to).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class _Record:
     times: tuple[int, int]  # atime, mtime (ns)
     xattrs: dict[str, bytes] | None  # None: not readable here
     hook: bool
+    # a file's size: the run cannot change it here (no write right), so a
+    # new size means the host wrote it, and its new times are the host's
+    size: int | None
 
 
 @dataclass
@@ -78,85 +83,100 @@ class Metadata:
                 (st.st_atime_ns, st.st_mtime_ns),
                 _xattrs(path, follow=False),
                 hook and stat.S_ISREG(st.st_mode),
+                st.st_size if stat.S_ISREG(st.st_mode) else None,
             )
         )
 
     def check(self, run_id: str) -> list[Finding]:
         """Put back what changed; one finding per changed entry."""
         findings: list[Finding] = []
-        for rec in self.records:
-            try:
-                found = _check_one(rec, run_id)
-            except OSError as err:
-                found = Finding(
-                    rec.path,
-                    "could not be checked after the run",
-                    f"not restored ({err.strerror or err})",
-                )
-            if found is not None:
-                findings.append(found)
+        parents: dict[str, int | None] = {}  # one walk per directory
+        try:
+            for rec in self.records:
+                directory = os.path.dirname(rec.path)
+                if directory not in parents:
+                    try:
+                        parents[directory] = open_nofollow(directory)
+                    except OSError:
+                        parents[directory] = None  # gone or replaced
+                parent = parents[directory]
+                if parent is None:
+                    continue  # not the file we saw
+                try:
+                    found = _check_one(rec, parent, run_id)
+                except OSError as err:
+                    found = Finding(
+                        rec.path,
+                        "could not be checked after the run",
+                        f"not restored ({err.strerror or err})",
+                    )
+                if found is not None:
+                    findings.append(found)
+        finally:
+            for fd in parents.values():
+                if fd is not None:
+                    os.close(fd)
         return findings
 
 
-def _check_one(rec: _Record, run_id: str) -> Finding | None:
+def _check_one(rec: _Record, parent: int, run_id: str) -> Finding | None:
     name = os.path.basename(rec.path)
     try:
-        parent = open_nofollow(os.path.dirname(rec.path))
-    except OSError:
-        return None  # its directory is gone or replaced: not the file we saw
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return None
     try:
-        try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-        except FileNotFoundError:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != rec.ident:
+            return None  # another file now: not what the run could touch
+        proc = f"/proc/self/fd/{fd}"
+        changed = []
+        mode = stat.S_IMODE(st.st_mode)
+        if mode != rec.mode:
+            changed.append(f"mode {rec.mode:04o} -> {mode:04o}")
+        if (st.st_uid, st.st_gid) != (rec.uid, rec.gid):
+            changed.append(
+                f"owner {rec.uid}:{rec.gid} -> {st.st_uid}:{st.st_gid}"
+            )
+        # A directory's times move when the host adds or removes entries,
+        # a file's when the host writes it: only a file of the same size
+        # counts (the run cannot write it)
+        times = rec.times
+        if rec.size is None or rec.size != st.st_size:
+            times = (st.st_atime_ns, st.st_mtime_ns)
+        elif st.st_mtime_ns != rec.times[1]:
+            changed.append("modification time")
+        # the descriptor's magic link leads to the file itself
+        now = _xattrs(proc, follow=True) if rec.xattrs is not None else None
+        if now is not None and now != rec.xattrs:
+            changed.append("extended attributes")
+        if not changed:
             return None
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != rec.ident:
-                return None  # another file now: not what the run could touch
-            proc = f"/proc/self/fd/{fd}"
-            changed = []
-            mode = stat.S_IMODE(st.st_mode)
-            if mode != rec.mode:
-                changed.append(f"mode {rec.mode:04o} -> {mode:04o}")
-            if (st.st_uid, st.st_gid) != (rec.uid, rec.gid):
-                changed.append(
-                    f"owner {rec.uid}:{rec.gid} -> {st.st_uid}:{st.st_gid}"
-                )
-            if st.st_mtime_ns != rec.times[1]:
-                changed.append("modification time")
-            # the descriptor's magic link leads to the file itself
-            now = _xattrs(proc, follow=True) if rec.xattrs is not None else None
-            if now is not None and now != rec.xattrs:
-                changed.append("extended attributes")
-            if not changed:
-                return None
-            what = f"{', '.join(changed)} changed during the run"
-            if rec.hook and mode & 0o111 and not rec.mode & 0o111:
-                # an inert hook made executable: git would run it
-                os.close(fd)
-                fd = -1
-                moved = quarantine(parent, name, run_id)
-                return Finding(rec.path, f"hook made executable ({what})", f"moved to {moved}")
-            failed = []
-            if now is not None and rec.xattrs is not None:
-                failed += _put_xattrs(proc, rec.xattrs, now)
-            if (st.st_uid, st.st_gid) != (rec.uid, rec.gid):
-                try:
-                    os.chown(proc, rec.uid, rec.gid)
-                except OSError as err:
-                    failed.append(f"owner ({err.strerror})")
-            # after chown (which clears set-id bits) and xattrs (an ACL
-            # changes the group bits)
-            os.chmod(proc, rec.mode)
-            os.utime(proc, ns=rec.times)
-            if failed:
-                return Finding(rec.path, what, f"restored except {', '.join(failed)}")
-            return Finding(rec.path, what, "restored")
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        what = f"{', '.join(changed)} changed during the run"
+        if rec.hook and mode & 0o111 and not rec.mode & 0o111:
+            # an inert hook made executable: git would run it
+            os.close(fd)
+            fd = -1
+            moved = quarantine(parent, name, run_id)
+            return Finding(rec.path, f"hook made executable ({what})", f"moved to {moved}")
+        failed = []
+        if now is not None and rec.xattrs is not None:
+            failed += _put_xattrs(proc, rec.xattrs, now)
+        if (st.st_uid, st.st_gid) != (rec.uid, rec.gid):
+            try:
+                os.chown(proc, rec.uid, rec.gid)
+            except OSError as err:
+                failed.append(f"owner ({err.strerror})")
+        # after chown (which clears set-id bits) and xattrs (an ACL
+        # changes the group bits)
+        os.chmod(proc, rec.mode)
+        os.utime(proc, ns=times)
+        if failed:
+            return Finding(rec.path, what, f"restored except {', '.join(failed)}")
+        return Finding(rec.path, what, "restored")
     finally:
-        os.close(parent)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _xattrs(path: str, *, follow: bool) -> dict[str, bytes] | None:
