@@ -308,6 +308,22 @@ def test_the_watch_trips_on_its_names_only(workspace):
         assert [t.how for t in watch.read()] == ["removed"]
 
 
+def test_a_reused_watch_hears_nothing_of_its_last_run(workspace):
+    """Instances are kept for the next run (closing one waits for the
+    kernel's grace period): the old watches and events must not leak."""
+    a = write(workspace / "a", "a\n")
+    b = write(workspace / "b", "b\n")
+    first = fswatch.MountWatch([(str(workspace), "a", _dest(a))])
+    fd = first.fileno()
+    first.close()
+    with fswatch.MountWatch([(str(workspace), "b", _dest(b))]) as second:
+        assert second.fileno() == fd
+        os.unlink(a)
+        assert second.read() == []
+        os.unlink(b)
+        assert [t.path for t in second.read()] == [str(b)]
+
+
 def test_lost_events_trip_every_path(workspace):
     target = write(workspace / "a", "a\n")
     with fswatch.MountWatch([(str(workspace), "a", _dest(target))]) as watch:
@@ -325,6 +341,7 @@ def test_no_inotify_means_no_run(workspace, monkeypatch):
         ctypes.set_errno(errno.EMFILE)
         return -1
 
+    monkeypatch.setattr(fswatch, "_idle", [])  # no instance kept from a run
     monkeypatch.setattr(fswatch._libc, "inotify_init1", used_up)
     with pytest.raises(SandboxUnavailableError, match="max_user_instances"):
         manager(FIRST_TIER, hidden=[".env"]).execute(["true"], cwd=workspace)

