@@ -15,8 +15,9 @@ once its tree is gone, each that is still the same file (device, inode) and
 whose mode, owner, modification time or extended attributes changed is put
 back as recorded and reported; a hook that became executable is moved aside
 instead (``NAME.stockade-quarantine-RUNID``), as a planted one would be.
-Entries deeper in a read-only or hidden directory are not recorded
-(docs/filesystem.md, known limitations). Access times are not compared (a
+TODO(#6): entries deeper in a read-only or hidden directory are not
+recorded (that would walk the tree), so a ``chmod`` inside a ``--ro``
+directory stays (docs/filesystem.md, known limitations). Access times are not compared (a
 read changes them) but are put back with the rest; a directory's times are
 not compared (the host may add entries during the run), nor those of a file
 whose size changed (the host wrote it; the run has no right to).

@@ -681,8 +681,10 @@ def _check_links(plan: FsPlan) -> None:
     covers them, since the other name may lie anywhere (a writable place
     where an earlier run made it, or one a later rule makes visible).
 
-    Directories are not walked (docs: known limitations); one level is
-    checked where it is cheap and needed: the files directly in a protected
+    Directories are not walked. TODO(#6): meanwhile a second name, in a
+    writable place, for a file deeper in a hidden directory or anywhere in
+    a read-only one is not seen and defeats the rule (docs: known
+    limitations). One level is checked where it is cheap and needed: the files directly in a protected
     directory (``.git/hooks`` is flat), and directly in a hidden directory
     inside a writable place (on the second tier a grant on the other name
     reaches the file by its hidden path too: Landlock rules attach to

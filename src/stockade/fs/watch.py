@@ -23,10 +23,12 @@ new ``/etc/ssh`` would be shown). When one is removed, renamed over or moved
 away, the run is ended (``_io.RunIO``) with a violation naming the path.
 
 What no watch can close: the time between the host's rename and the kill
-(the event's delivery, the caller waking, the launcher killing the tree;
-docs/filesystem.md, known limitations). The check after the run
-(``guard.py``) then treats a protected path whose identity changed like one
-the run created.
+(the event's delivery, the caller waking, the launcher killing the tree).
+TODO(#6): meanwhile the program can read or write the new file for that
+moment (up to about 10 ms measured; docs/filesystem.md, known
+limitations); the check after the run (``guard.py``) treats a protected
+path whose identity changed like one the run created, and what was read
+stays read.
 
 Set up before the program starts (``SandboxManager._submit``), so every
 change after the mounts exist is seen; a prepared sandbox (``pool.py``) has
