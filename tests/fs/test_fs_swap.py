@@ -421,3 +421,24 @@ def test_a_pooled_run_is_watched_too(workspace):
     assert result.pooled
     assert result.termination is Termination.SANDBOX_ERROR, result.stdout
     assert b"saw:" not in result.stdout
+
+
+async def test_an_async_run_is_watched_too(workspace):
+    import asyncio
+
+    env = write(workspace / ".env", "OLD\n")
+    (workspace / "run").mkdir()
+    os.chmod(workspace / "run", 0o777)
+    write(workspace / "run" / "watcher.py", WATCHER)
+    mgr = manager(FIRST_TIER, hidden=[".env"])
+    task = asyncio.create_task(
+        mgr.execute_async([PY, "run/watcher.py", str(env), ""], cwd=workspace)
+    )
+    for _ in range(400):
+        if (workspace / "run" / "ready").exists():
+            break
+        await asyncio.sleep(0.025)
+    replace(env, "NEW\n")
+    result = await asyncio.wait_for(task, 30)
+    assert result.termination is Termination.SANDBOX_ERROR, result.stdout
+    assert b"saw:" not in result.stdout
