@@ -17,10 +17,12 @@ back as recorded and reported; a hook that became executable is moved aside
 instead (``NAME.stockade-quarantine-RUNID``), as a planted one would be.
 TODO(#6): entries deeper in a read-only or hidden directory are not
 recorded (that would walk the tree), so a ``chmod`` inside a ``--ro``
-directory stays (docs/filesystem.md, known limitations). Access times are not compared (a
-read changes them) but are put back with the rest; a directory's times are
-not compared (the host may add entries during the run), nor those of a file
-whose size changed (the host wrote it; the run has no right to).
+directory stays (docs/filesystem.md, known limitations).
+
+Access times are not compared (a read changes them) but are put back with
+the rest; a directory's times are not compared (the host may add entries
+during the run), nor those of a file whose size changed (the host wrote it;
+the run has no right to).
 """
 
 from __future__ import annotations
@@ -159,7 +161,9 @@ def _check_one(rec: _Record, parent: int, run_id: str) -> Finding | None:
             os.close(fd)
             fd = -1
             moved = quarantine(parent, name, run_id)
-            return Finding(rec.path, f"hook made executable ({what})", f"moved to {moved}")
+            return Finding(
+                rec.path, f"hook made executable ({what})", f"moved to {moved}"
+            )
         failed = []
         if now is not None and rec.xattrs is not None:
             failed += _put_xattrs(proc, rec.xattrs, now)
@@ -200,7 +204,9 @@ def _xattrs(path: str, *, follow: bool) -> dict[str, bytes] | None:
     return out
 
 
-def _put_xattrs(path: str, before: dict[str, bytes], now: dict[str, bytes]) -> list[str]:
+def _put_xattrs(
+    path: str, before: dict[str, bytes], now: dict[str, bytes]
+) -> list[str]:
     """Put the recorded attributes back; returns what could not be."""
     failed = []
     for name in sorted(now.keys() - before.keys()):

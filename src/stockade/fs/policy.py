@@ -453,10 +453,10 @@ def _check_redirect(given: str, path: str, origin: str, places: list[str]) -> No
         if _under(path, place) and not _under(real, place):
             flag = _FLAGS.get(origin, origin)
             message = (
-                f"{origin}: {given!r} ({path}) lies in the writable place {place} but "
-                f"leads through a symbolic link to {real}, outside it; a run can make "
-                f"such a link, so it may not move the rule. If you mean {real}, name it "
-                f"({flag} {real}); otherwise remove the link"
+                f"{origin}: {given!r} ({path}) lies in the writable place {place} "
+                f"but leads through a symbolic link to {real}, outside it; a run "
+                f"can make such a link, so it may not move the rule. If you mean "
+                f"{real}, name it ({flag} {real}); otherwise remove the link"
             )
             raise PolicyError(message, key=_key(origin), value=given)
 
@@ -684,11 +684,11 @@ def _check_links(plan: FsPlan) -> None:
     Directories are not walked. TODO(#6): meanwhile a second name, in a
     writable place, for a file deeper in a hidden directory or anywhere in
     a read-only one is not seen and defeats the rule (docs: known
-    limitations). One level is checked where it is cheap and needed: the files directly in a protected
-    directory (``.git/hooks`` is flat), and directly in a hidden directory
-    inside a writable place (on the second tier a grant on the other name
-    reaches the file by its hidden path too: Landlock rules attach to
-    inodes).
+    limitations). One level is checked where it is cheap and needed: the
+    files directly in a protected directory (``.git/hooks`` is flat), and
+    directly in a hidden directory inside a writable place (on the second
+    tier a grant on the other name reaches the file by its hidden path too:
+    Landlock rules attach to inodes).
     """
     for rule in list(plan.rules.values()):
         if rule.access is Access.WRITABLE or rule.origin not in _LINKED_ORIGINS:
@@ -714,7 +714,9 @@ def _check_links(plan: FsPlan) -> None:
 _LINKED_ORIGINS = ("read_only", "hidden", "protected")
 
 
-def _one_link(path: str, access: Access, origin: str, *, within: str | None = None) -> None:
+def _one_link(
+    path: str, access: Access, origin: str, *, within: str | None = None
+) -> None:
     try:
         links = os.lstat(path).st_nlink
     except OSError:

@@ -295,7 +295,9 @@ def warn_unchecked(plan: FsPlan | None) -> None:
     )
 
 
-def trip_report(trips: list[Trip], *, killed: bool) -> tuple[list[Violation], list[str]]:
+def trip_report(
+    trips: list[Trip], *, killed: bool
+) -> tuple[list[Violation], list[str]]:
     """Violations and notes for watched paths that changed on the host
     during a run (``watch.py``); ``killed``: the run was ended for it."""
     violations, notes = [], []
@@ -305,17 +307,17 @@ def trip_report(trips: list[Trip], *, killed: bool) -> tuple[list[Violation], li
         if trip.path in seen:
             continue
         seen.add(trip.path)
-        violations.append(
-            Violation("filesystem", f"{trip.path}: {trip.what}; {trip.how} on the host", action)
-        )
+        what = f"{trip.path}: {trip.what}; {trip.how} on the host"
+        violations.append(Violation("filesystem", what, action))
     notes.append(
         "filesystem: a path the policy covers with a mount changed on the host during "
         "the run; that undoes the sandbox's mount over it (the run could then see or "
         "write the new file), so the run was ended. Protected paths were checked after "
         "it as if the run had made them."
         if killed
-        else "filesystem: a path the policy covers with a mount changed on the host as "
-        "the run ended; protected paths were checked after it as if the run had made them."
+        else "filesystem: a path the policy covers with a mount changed on the host "
+        "as the run ended; protected paths were checked after it as if the run had "
+        "made them."
     )
     return violations, notes
 

@@ -272,7 +272,10 @@ def _give_back(fd: int, wds: list[int]) -> None:
 
 def _unavailable(call: str, code: int, directory: str | None = None) -> None:
     if code == errno.EMFILE:
-        why = "the caller's inotify instances are used up (fs.inotify.max_user_instances)"
+        why = (
+            "the caller's inotify instances are used up "
+            "(fs.inotify.max_user_instances)"
+        )
         fix = (
             "raise it (sysctl -w fs.inotify.max_user_instances=1024), or run fewer "
             "runs with hidden, read-only or protected paths at once"
