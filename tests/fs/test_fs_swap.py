@@ -324,6 +324,22 @@ def test_a_reused_watch_hears_nothing_of_its_last_run(workspace):
         assert [t.path for t in second.read()] == [str(b)]
 
 
+def test_a_forked_child_closing_a_watch_leaves_the_parents(workspace):
+    """A pool inherited through fork is closed by the child (pool.py): the
+    inotify instance is shared, so the child must not remove its watches."""
+    target = write(workspace / "a", "a\n")
+    with fswatch.MountWatch([(str(workspace), "a", _dest(target))]) as watch:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                watch.close()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        os.unlink(target)
+        assert [t.how for t in watch.read()] == ["removed"]
+
+
 def test_lost_events_trip_every_path(workspace):
     target = write(workspace / "a", "a\n")
     with fswatch.MountWatch([(str(workspace), "a", _dest(target))]) as watch:

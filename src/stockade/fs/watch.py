@@ -111,6 +111,11 @@ class MountWatch:
         self._names: dict[int, dict[str, Destination]] = {}
         self._dirs: dict[int, str] = {}
         self.tripped: list[Trip] = []
+        # a pool's watch is read by the threads of the runs taking from it:
+        # one reads and records at a time, so none checks before another's
+        # trip is recorded
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
         fd = _take_instance()
         self._fd = fd
         try:
@@ -141,6 +146,10 @@ class MountWatch:
     def read(self) -> list[Trip]:
         """Read the events waiting; returns the new trips (also kept in
         ``tripped``). A lost event (queue overflow) trips every path."""
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> list[Trip]:
         new: list[Trip] = []
         while self._fd >= 0:
             try:
@@ -197,8 +206,15 @@ class MountWatch:
         return out
 
     def close(self) -> None:
-        if self._fd >= 0:
-            _give_back(self._fd, list(self._dirs))
+        with self._lock:
+            if self._fd < 0:
+                return
+            if os.getpid() != self._pid:
+                # a forked child's copy: removing watches would remove the
+                # parent's (the instance is shared); only drop the copy
+                os.close(self._fd)
+            else:
+                _give_back(self._fd, list(self._dirs))
             self._fd = -1
 
     def __enter__(self) -> MountWatch:
