@@ -110,3 +110,50 @@ def test_cli_path_options_extend_the_policy():
     assert _path_changes(args, config) == {"protected": ()}
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--preset", "ruby", "--", "true"])
+
+
+def test_unprivileged_caller_run_ends_when_the_host_renames_a_hidden_file(workspace):
+    """The watch needs no privilege: an unprivileged caller's first-tier run
+    ends too when a hidden file is renamed over on the host."""
+    import time
+
+    from _unpriv import unprivileged_env, unprivileged_python
+
+    env = write(workspace / ".env", "OLD\n")
+    (workspace / "run").mkdir()
+    give_to_unprivileged(workspace)
+    script = "touch run/ready; sleep 10; cat .env"
+    proc = subprocess.Popen(
+        [
+            *unprivileged_python(),
+            "-m",
+            "stockade.cli",
+            "run",
+            "--no-log",
+            "--json",
+            *_tier_options({"tier": "namespaces"}),
+            "--hide",
+            ".env",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        cwd=workspace,
+        env=unprivileged_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not (workspace / "run" / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    write(workspace / ".env.new", "NEW\n")
+    os.rename(workspace / ".env.new", env)
+    out, err = proc.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["termination"] == "sandbox_error", err.decode()
+    assert "NEW" not in result["stdout"]
+    assert any(
+        v["what"] == f"{env}: hidden; renamed over on the host"
+        for v in result["violations"]
+    )
