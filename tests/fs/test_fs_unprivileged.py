@@ -157,3 +157,38 @@ def test_unprivileged_caller_run_ends_when_the_host_renames_a_hidden_file(worksp
         v["what"] == f"{env}: hidden; renamed over on the host"
         for v in result["violations"]
     )
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_unprivileged_caller_read_only_file_keeps_its_mode(fields, workspace, outside):
+    """An unprivileged caller's files are the run's own: on the second tier
+    chmod succeeds and is put back after the run; on the first it fails."""
+    ro = write(outside / "ro.txt", "ro\n", 0o644)
+    give_to_unprivileged(workspace)
+    give_to_unprivileged(outside)
+    proc = run_unprivileged(
+        [
+            "-m",
+            "stockade.cli",
+            "run",
+            "--no-log",
+            "--json",
+            *_tier_options(fields),
+            "--ro",
+            str(ro),
+            "--",
+            "sh",
+            "-c",
+            f"chmod 666 {ro} && echo changed || echo refused",
+        ],
+        cwd=workspace,
+    )
+    result = json.loads(proc.stdout)
+    assert os.stat(ro).st_mode & 0o777 == 0o644
+    whats = [v["what"] for v in result["violations"] if v["mechanism"] == "filesystem"]
+    if is_second(fields):
+        assert result["stdout"].strip() == "changed"
+        assert whats == [f"{ro}: mode 0644 -> 0666 changed during the run"]
+    else:
+        assert result["stdout"].strip() == "refused"
+        assert whats == []
