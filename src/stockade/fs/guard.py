@@ -20,6 +20,12 @@ kinds cannot be:
   content at launch and, if the run changed it, moves the changed version
   aside and restores the recorded one.
 
+And one kind that is read-only but may not stay so: on the first tier a
+host rename over an existing protected path undoes its read-only mount
+(``watch.py`` ends the run), so the run may have written the new file. Its
+identity is recorded at launch; if it is another file after the run, it is
+checked like one the run created (``watch_identity``).
+
 The check runs after the program's whole process tree is gone, as the
 caller. Everything it touches lies in directories the program could write,
 so it walks with descriptors and never follows a symbolic link: from ``/``
