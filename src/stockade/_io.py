@@ -18,7 +18,14 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fs.watch import MountWatch, Trip
+
+# The kill reason when a watched mount destination changed on the host
+# (fs/watch.py); the result says ``sandbox_error``.
+FS_REPLACED = "fs_replaced"
 
 # After the exit event, how long to keep reading pipes that are still open.
 EOF_GRACE_SEC = 0.25
@@ -66,8 +73,12 @@ class RunIO:
         cap: int,
         on_message: Callable[[dict[str, Any], list[int]], None] | None = None,
         kill_at_cap: bool = True,
+        watch: MountWatch | None = None,
     ) -> None:
         self.report = report
+        # The host paths the run's mounts sit on (fs/watch.py): a change ends
+        # the run. RunIO owns it and closes it with the rest.
+        self.watch = watch
         # Messages before the exit event (the network bridge's listener);
         # the callback owns the descriptors.
         self.on_message = on_message
@@ -86,6 +97,9 @@ class RunIO:
         self.event: dict[str, Any] | None = None
         self.event_time: float | None = None
         self.kill_reason: str | None = None
+        if watch is not None and watch.tripped:
+            # changed before the watch was in place: end the run at once
+            self.request_kill(FS_REPLACED)
 
     # -- callbacks -----------------------------------------------------------
 
@@ -129,6 +143,20 @@ class RunIO:
         if buf.feed(data) and self.kill_at_cap:
             self.request_kill("output_limit")
         return True
+
+    def on_watch(self) -> bool:
+        """Read the watch's events; a watched path changed: end the run
+        (fail closed). False once the watch is closed."""
+        if self.watch is None:
+            return False
+        if self.watch.read():
+            self.request_kill(FS_REPLACED)
+        return True
+
+    @property
+    def trips(self) -> list[Trip]:
+        """Watched paths that changed on the host during the run."""
+        return list(self.watch.tripped) if self.watch is not None else []
 
     def on_writable(self) -> bool:
         """Write more stdin; False when finished (the fd is then closed)."""
@@ -185,6 +213,10 @@ class RunIO:
             self.close_reader(fd)
         self.close_stdin()
         self.report.close()
+        if self.watch is not None:
+            # what happened before the run's end but was not read yet
+            self.watch.read()
+            self.watch.close()
 
 
 # After the caller is interrupted, how long to wait for the killed run's exit
@@ -207,6 +239,8 @@ def drive_sync(io: RunIO) -> None:
             sel.register(fd, selectors.EVENT_READ, "out")
         if io.stdin_fd is not None:
             sel.register(io.stdin_fd, selectors.EVENT_WRITE, "in")
+        if io.watch is not None:
+            sel.register(io.watch.fileno(), selectors.EVENT_READ, "watch")
         try:
             _serve(io, sel, deadline=None)
         except BaseException:
@@ -239,6 +273,8 @@ def _serve(io: RunIO, sel: selectors.BaseSelector, *, deadline: float | None) ->
                 fd = key.fd
                 if not io.on_readable(fd):
                     sel.unregister(fd)
+            elif key.data == "watch":
+                io.on_watch()
             else:
                 fd = key.fd
                 if not io.on_writable():
@@ -280,6 +316,9 @@ async def drive_async(io: RunIO) -> None:
             loop.remove_writer(fd)
             registered_w.remove(fd)
 
+    def on_watch() -> None:
+        io.on_watch()
+
     io.report.setblocking(False)
     loop.add_reader(io.report.fileno(), on_report)
     registered_r.append(io.report.fileno())
@@ -289,6 +328,9 @@ async def drive_async(io: RunIO) -> None:
     if io.stdin_fd is not None:
         loop.add_writer(io.stdin_fd, on_in, io.stdin_fd)
         registered_w.append(io.stdin_fd)
+    if io.watch is not None:
+        loop.add_reader(io.watch.fileno(), on_watch)
+        registered_r.append(io.watch.fileno())
     try:
         # shielded: a cancellation must not cancel ``done``, which the kill
         # below still needs to learn that the run is over

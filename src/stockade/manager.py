@@ -823,6 +823,9 @@ class SandboxManager:
         opened: list[int] = []
         ours: dict[str, int | None] = {"stdout": None, "stderr": None, "stdin": None}
         stdin_data: bytes | None = None
+        # before anything starts: a host rename over a path a mount sits on,
+        # from here on, ends the run (fs/watch.py)
+        watch = _fsrun.start_watch(prepared.fs) if "args_data" in prepared.spec else None
         try:
             stdin_child = self._stdin_fd(stdin, opened, ours)
             if isinstance(stdin, str):
@@ -856,6 +859,8 @@ class SandboxManager:
             for fd in ours.values():
                 if fd is not None:
                     os.close(fd)
+            if watch is not None:
+                watch.close()
             raise
         finally:
             for fd in opened:
@@ -869,6 +874,7 @@ class SandboxManager:
             cap=self.config.max_output_bytes,
             on_message=on_message,
             kill_at_cap=self.config.output_limit_action == "kill",
+            watch=watch,
         )
 
     # -- prewarmed sandboxes ---------------------------------------------------
@@ -912,6 +918,21 @@ class SandboxManager:
                 f"(workspace {pool.workspace}; this run needs other paths visible)"
             )
             return None
+        stale = self._pool_stale(pool, prepared)
+        if stale is not None:
+            # their mounts may be undone: none of them may serve a run. A
+            # new pool is prepared after this (cold) run.
+            with self._pool_lock:
+                if self._pool is pool:
+                    self._pool = None
+                    self._pool_holder.clear()
+            pool.close()
+            prepared.pool_note = (
+                f"not pooled: {stale}; the prepared sandboxes were discarded and "
+                f"are prepared again"
+            )
+            log.info("stockade: prewarm pool discarded: %s", stale)
+            return None
         spec = prepared.spec
         request = {
             "op": "go",
@@ -939,6 +960,27 @@ class SandboxManager:
             return None
         prepared.pooled = True
         return sock
+
+    @staticmethod
+    def _pool_stale(pool: _pool.PreparedPool, prepared: _Prepared) -> str | None:
+        """Why the pool's sandboxes may no longer keep the run's path rules,
+        or None. Called after the run's own watch exists, so that a change
+        from here on trips that one: a host rename over a path their mounts
+        sit on, since the pool's watch was set up (before their mounts were
+        made), or a destination that is no longer the file the pool's
+        template was resolved against."""
+        if pool.watch is not None:
+            pool.watch.read()
+            if pool.watch.tripped:
+                return f"{pool.watch.tripped[0].describe()} after the sandboxes were prepared"
+        if prepared.fs is not None:
+            dest = _fsrun.stale_destinations(pool.destinations, prepared.fs.destinations)
+            if dest is not None:
+                return (
+                    f"{dest.path} ({dest.what}) is not the file it was when the sandboxes "
+                    f"were prepared"
+                )
+        return None
 
     def _after_cold_run(self, prepared: _Prepared) -> None:
         """The first run of a manager without a workspace tells the pool's."""
@@ -979,9 +1021,24 @@ class SandboxManager:
             if self._pool is not None or self._pool_closed:
                 self._cleanup(template)
                 return
-            self._pool = _pool.PreparedPool(
-                self._launcher.open_pool, spec, key, self._prewarm, template.cleanup, _remove_tree
-            )
+            # watched from before the launcher makes the sandboxes' mounts,
+            # read when a run takes one (_pool_stale)
+            watch = _fsrun.start_watch(template.fs)
+            try:
+                self._pool = _pool.PreparedPool(
+                    self._launcher.open_pool,
+                    spec,
+                    key,
+                    self._prewarm,
+                    template.cleanup,
+                    _remove_tree,
+                    watch=watch,
+                    destinations=list(template.fs.destinations) if template.fs else [],
+                )
+            except BaseException:
+                if watch is not None:
+                    watch.close()
+                raise
             self._pool_holder.append(self._pool)
 
     def _bridge_handler(self, run_id: str) -> Any:
@@ -1056,7 +1113,18 @@ class SandboxManager:
                     f"network: {traffic.dropped_records} more connections than the "
                     f"{len(traffic.connections)} listed (denials still counted in violations)"
                 )
-        if prepared.fs is not None and prepared.fs.guard:
+        trips = io.trips
+        if trips:
+            found, notes = _fsrun.trip_report(trips, killed=event.get("killed") == _io.FS_REPLACED)
+            violations += found
+            prepared.notes += notes
+            if event.get("killed") == _io.FS_REPLACED:
+                termination = Termination.SANDBOX_ERROR
+                error = (
+                    f"the run was ended: {trips[0].describe()} during the run, which undoes "
+                    f"the sandbox's mount over it (docs/filesystem.md)"
+                )
+        if prepared.fs is not None and prepared.fs.checked_after():
             found, notes, guard_ms = _fsrun.after_run(prepared.fs, prepared.run_id)
             violations += found
             prepared.notes += notes
@@ -1254,6 +1322,7 @@ _KILL_REASONS = {
     "output_limit": Termination.OUTPUT_LIMIT,
     "syscall_denied": Termination.SYSCALL_DENIED,
     "cancelled": Termination.CANCELLED,
+    _io.FS_REPLACED: Termination.SANDBOX_ERROR,
     **_limits.KILL_REASONS,
 }
 

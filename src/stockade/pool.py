@@ -20,6 +20,14 @@ directory lies in another workspace. A run of another shape, a run in
 network allowlist mode (its proxy bridge is made per run), on the second
 tier (no bubblewrap) or with a very large argv or environment runs cold,
 as without a pool; its result says why in ``notes``.
+
+A host rename over a path a prepared sandbox's mounts sit on (a hidden
+file, ``.git/config``; ``fs/watch.py``) undoes that mount while the sandbox
+waits. So the pool watches those paths from before its first sandbox is
+made, and a run that takes one first checks that watch and that each path
+still has the identity the pool's template was resolved against: if not,
+the whole pool is discarded, the run goes cold (saying why), and a new pool
+is prepared.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fs.watch import Destination, MountWatch
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +93,11 @@ class PreparedPool:
         size: how many the launcher keeps prepared.
         cleanup: files the template's sandboxes use, removed by ``close``.
         remove: how to remove them.
+        watch: the host paths the sandboxes' mounts sit on, watched since
+            before the first was prepared (``fs/watch.py``); the manager
+            reads it when a run takes one. Closed by ``close``.
+        destinations: those paths with the identities the template was
+            resolved against.
     """
 
     def __init__(
@@ -92,8 +108,13 @@ class PreparedPool:
         size: int,
         cleanup: list[str],
         remove: Callable[[str], None],
+        *,
+        watch: MountWatch | None = None,
+        destinations: list[Destination] | None = None,
     ) -> None:
         self.key = key
+        self.watch = watch
+        self.destinations = destinations or []
         self.size = size
         self.pid = os.getpid()
         self.broken: str | None = None
@@ -199,6 +220,8 @@ class PreparedPool:
             if self._closed:
                 return
             self._closed = True
+            if self.watch is not None:
+                self.watch.close()
             if os.getpid() != self.pid:
                 # a forked child: these descriptors are copies; the parent's
                 # pool lives on. Drop ours without touching its files.

@@ -38,7 +38,7 @@ class Termination(str, enum.Enum):
     SYSCALL_DENIED = "syscall_denied"    # killed by the syscall filter's supervisor
     OUTPUT_LIMIT = "output_limit"        # captured output past max_output_bytes
     CANCELLED = "cancelled"              # the caller cancelled the run
-    SANDBOX_ERROR = "sandbox_error"      # the sandbox could not be set up
+    SANDBOX_ERROR = "sandbox_error"      # the sandbox could not be set up, or kept
 
 
 @dataclass(frozen=True)

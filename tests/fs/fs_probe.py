@@ -53,6 +53,8 @@ OPS = {
     "link": _simple(os.link),
     "symlink": _simple(os.symlink),
     "chmod": _simple(lambda path, mode: os.chmod(path, int(mode, 8))),
+    "utime": _simple(lambda path, seconds: os.utime(path, (int(seconds),) * 2)),
+    "setxattr": _simple(lambda path, name, value: os.setxattr(path, name, value.encode())),
 }
 
 

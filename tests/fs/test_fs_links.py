@@ -158,3 +158,69 @@ def test_timings_report_policy_set_up(fields, workspace):
     _, result = probe(manager(fields, hidden=["a.env"]), workspace, [])
     assert "fs_policy_ms" in result.timings_ms
     assert (workspace / PROBE_NAME).exists()
+
+
+@pytest.mark.parametrize("fields", TIERS)
+@pytest.mark.parametrize("kind", ["read_only", "hidden"])
+def test_a_file_rule_with_a_second_name_is_refused_whatever_covers_it(
+    fields, kind, workspace, outside
+):
+    """A link made before the run in the workspace to a file outside every
+    writable place: the rule's own path is covered by nothing, but the other
+    name is writable (first tier: the workspace's mount shows the inode)."""
+    target = write(outside / "f.txt", "outside\n")
+    os.link(target, workspace / "alias.txt")
+    with pytest.raises(PolicyError, match=r"has 2 hard links \(st_nlink 2\)") as err:
+        manager(fields, **{kind: [str(target)]}).execute(["true"], cwd=workspace)
+    assert err.value.key == kind
+    assert f"cp -p {target}" in str(err.value)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_a_file_in_a_hidden_directory_with_a_second_name_is_refused(
+    fields, workspace
+):
+    """On the second tier the other name's grant (on the inode) would reach
+    the file by its hidden path too; on both, the other name shows it."""
+    key = write(workspace / "private" / "key", "secret\n")
+    (workspace / "src").mkdir()
+    os.link(key, workspace / "src" / "key.bak")
+    with pytest.raises(PolicyError, match="in the hidden directory") as err:
+        manager(fields, hidden=["private"]).execute(["true"], cwd=workspace)
+    assert str(key) in str(err.value) and "st_nlink 2" in str(err.value)
+    os.unlink(workspace / "src" / "key.bak")
+    result = manager(fields, hidden=["private"]).execute(["true"], cwd=workspace)
+    assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_a_rule_in_the_workspace_may_not_follow_a_link_out_of_it(
+    fields, workspace, outside
+):
+    """An earlier run plants ws/cache -> /data/sub; `--ro /data --rw cache`
+    would then make /data/sub writable."""
+    data = outside / "data"
+    write(data / "sub" / "f.txt", "data\n")
+    os.symlink(str(data / "sub"), workspace / "cache")
+    with pytest.raises(PolicyError, match="symbolic link") as err:
+        manager(fields, read_only=[str(data)], writable=["cache"]).execute(
+            ["true"], cwd=workspace
+        )
+    message = str(err.value)
+    assert "'cache'" in message and str(data / "sub") in message
+    assert f"--rw {data / 'sub'}" in message
+    assert err.value.key == "writable"
+    # nothing is created through the link either
+    with pytest.raises(PolicyError, match="symbolic link"):
+        manager(fields, writable=["cache/new"]).execute(["true"], cwd=workspace)
+    assert not (data / "sub" / "new").exists()
+    os.symlink(str(outside / "elsewhere"), workspace / "secret")
+    with pytest.raises(PolicyError, match="symbolic link"):
+        manager(fields, hidden=["secret"]).execute(["true"], cwd=workspace)
+    # named explicitly, the target is what the caller means
+    answers, _ = probe(
+        manager(fields, read_only=[str(data)], writable=[str(data / "sub")]),
+        workspace,
+        [["write", "append", str(data / "sub" / "f.txt")]],
+    )
+    assert answers["write"] == "ok"

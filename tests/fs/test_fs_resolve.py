@@ -4,6 +4,7 @@ without running a sandbox (the rules' effects are tested in the other
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from fsutil import write
 
 from stockade import PolicyError, SandboxConfig
 from stockade.fs import guard as _guard
+from stockade.fs import policy as _policy
 from stockade.fs.mounts import plan_mounts
 from stockade.fs.policy import Access, resolve
 from stockade.fs.ruleset import translate
@@ -95,6 +97,62 @@ def test_glob_bounds(workspace):
         plan_for(workspace, hidden=["**/*.env"])
     plan = plan_for(workspace, read_only=["d/*.nothing"], protected=[])
     assert any("matches nothing" in n for n in plan.notes)
+
+
+def _counting_scandir(monkeypatch):
+    """Count the directory entries os.scandir yields while resolving."""
+    seen = [0]
+    real = os.scandir
+
+    class Counted:
+        def __init__(self, path):
+            self._it = real(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._it.close()
+
+        def __iter__(self):
+            for entry in self._it:
+                seen[0] += 1
+                yield entry
+
+    monkeypatch.setattr(_policy.os, "scandir", Counted)
+    return seen
+
+
+def test_a_costly_glob_is_refused_after_a_bounded_number_of_entries(
+    workspace, monkeypatch
+):
+    """Each wildcard level lists every directory the level before matched:
+    16 x 16 x 16 directories make '*/*/*/*.nomatch' list 4368 entries, and
+    the listing stops at the bound instead of finishing first."""
+    tree = workspace / "tree"
+    for a in range(16):
+        for b in range(16):
+            for c in range(16):
+                os.makedirs(tree / f"a{a}" / f"b{b}" / f"c{c}")
+    seen = _counting_scandir(monkeypatch)
+    with pytest.raises(PolicyError, match="more than 4096 directory entries") as err:
+        plan_for(workspace, hidden=["tree/*/*/*/*.nomatch"], protected=[])
+    assert err.value.key == "hidden" and err.value.value == "tree/*/*/*/*.nomatch"
+    assert seen[0] == _policy.MAX_GLOB_ENTRIES + 1
+    seen[0] = 0
+    with pytest.raises(PolicyError, match="matches more than 256 paths"):
+        plan_for(workspace, hidden=["tree/*/*/*"], protected=[])
+    # 16 + 256 entries for the first two levels, then the 257th match
+    assert seen[0] <= 16 + 256 + _policy.MAX_GLOB_MATCHES + 1
+
+
+def test_globs_match_like_the_shell(workspace):
+    for name in ("a1/x.key", "a1/.y.key", "a2/z.key", "b1/x.key", ".h/x.key", "f"):
+        write(workspace / "g" / name, "k\n")
+    base = str(workspace / "g")
+    for pattern in ("*/*.key", "a?/.*", "[ab]1/*", ".*/*", "*", "a1/x.key", "*/nope"):
+        expected = sorted(os.path.normpath(p) for p in glob.glob(f"{base}/{pattern}"))
+        assert sorted(_policy._glob(base, pattern, pattern, "hidden")) == expected, pattern
 
 
 # -- protected paths ---------------------------------------------------------------

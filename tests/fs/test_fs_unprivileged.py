@@ -110,3 +110,85 @@ def test_cli_path_options_extend_the_policy():
     assert _path_changes(args, config) == {"protected": ()}
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--preset", "ruby", "--", "true"])
+
+
+def test_unprivileged_caller_run_ends_when_the_host_renames_a_hidden_file(workspace):
+    """The watch needs no privilege: an unprivileged caller's first-tier run
+    ends too when a hidden file is renamed over on the host."""
+    import time
+
+    from _unpriv import unprivileged_env, unprivileged_python
+
+    env = write(workspace / ".env", "OLD\n")
+    (workspace / "run").mkdir()
+    give_to_unprivileged(workspace)
+    script = "touch run/ready; sleep 10; cat .env"
+    proc = subprocess.Popen(
+        [
+            *unprivileged_python(),
+            "-m",
+            "stockade.cli",
+            "run",
+            "--no-log",
+            "--json",
+            *_tier_options({"tier": "namespaces"}),
+            "--hide",
+            ".env",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        cwd=workspace,
+        env=unprivileged_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not (workspace / "run" / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    write(workspace / ".env.new", "NEW\n")
+    os.rename(workspace / ".env.new", env)
+    out, err = proc.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["termination"] == "sandbox_error", err.decode()
+    assert "NEW" not in result["stdout"]
+    assert any(
+        v["what"] == f"{env}: hidden; renamed over on the host"
+        for v in result["violations"]
+    )
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_unprivileged_caller_read_only_file_keeps_its_mode(fields, workspace, outside):
+    """An unprivileged caller's files are the run's own: on the second tier
+    chmod succeeds and is put back after the run; on the first it fails."""
+    ro = write(outside / "ro.txt", "ro\n", 0o644)
+    give_to_unprivileged(workspace)
+    give_to_unprivileged(outside)
+    proc = run_unprivileged(
+        [
+            "-m",
+            "stockade.cli",
+            "run",
+            "--no-log",
+            "--json",
+            *_tier_options(fields),
+            "--ro",
+            str(ro),
+            "--",
+            "sh",
+            "-c",
+            f"chmod 666 {ro} && echo changed || echo refused",
+        ],
+        cwd=workspace,
+    )
+    result = json.loads(proc.stdout)
+    assert os.stat(ro).st_mode & 0o777 == 0o644
+    whats = [v["what"] for v in result["violations"] if v["mechanism"] == "filesystem"]
+    if is_second(fields):
+        assert result["stdout"].strip() == "changed"
+        assert whats == [f"{ro}: mode 0644 -> 0666 changed during the run"]
+    else:
+        assert result["stdout"].strip() == "refused"
+        assert whats == []

@@ -20,6 +20,12 @@ kinds cannot be:
   content at launch and, if the run changed it, moves the changed version
   aside and restores the recorded one.
 
+And one kind that is read-only but may not stay so: on the first tier a
+host rename over an existing protected path undoes its read-only mount
+(``watch.py`` ends the run), so the run may have written the new file. Its
+identity is recorded at launch; if it is another file after the run, it is
+checked like one the run created (``watch_identity``).
+
 The check runs after the program's whole process tree is gone, as the
 caller. Everything it touches lies in directories the program could write,
 so it walks with descriptors and never follows a symbolic link: from ``/``
@@ -98,7 +104,10 @@ class _Watch:
     root_ident: tuple[int, int]
     parts: tuple[str, ...]
     prefix: list[tuple[int, int]]  # identities of the parts that existed
-    snapshot: Snapshot | None = None  # None: absent at launch
+    snapshot: Snapshot | None = None  # None: absent at launch (or ``ident``)
+    # existed at launch with this identity, read-only during the run: if it
+    # is another file afterwards, it is checked like one the run created
+    ident: tuple[int, int] | None = None
 
 
 class Guard:
@@ -121,6 +130,20 @@ class Guard:
         """Watch ``root/parts``, whose part ``missing_from`` does not exist."""
         prefix = _identities(root, parts[:missing_from])
         self.watches.append(_Watch(root, root_ident, parts, prefix))
+
+    def watch_identity(
+        self,
+        root: str,
+        root_ident: tuple[int, int],
+        parts: tuple[str, ...],
+        ident: tuple[int, int],
+    ) -> None:
+        """Check ``root/parts``, read-only during the run, afterwards only if
+        it is no longer the file ``ident`` names: first tier, where a host
+        rename over it undoes the read-only mount (``watch.py``), so the run
+        may have written the new file. Cost: a walk to it, no read."""
+        prefix = _identities(root, parts[:-1])
+        self.watches.append(_Watch(root, root_ident, parts, prefix, ident=ident))
 
     def watch_snapshot(
         self, root: str, root_ident: tuple[int, int], parts: tuple[str, ...]
@@ -168,7 +191,7 @@ class Guard:
         findings: list[Finding] = []
         for watch in self.watches:
             try:
-                root_fd = _open_nofollow(watch.root)
+                root_fd = open_nofollow(watch.root)
             except OSError:
                 findings.append(
                     Finding(
@@ -207,6 +230,7 @@ def _check_watch(
             try:
                 st = os.lstat(name, dir_fd=fd)
             except FileNotFoundError:
+                # absent, or (``ident``) removed: nothing there to run
                 if watch.snapshot is not None:
                     if last:
                         _restore(fd, name, watch.snapshot)
@@ -227,7 +251,7 @@ def _check_watch(
                 if (st.st_dev, st.st_ino) != watch.prefix[index] or not stat.S_ISDIR(
                     st.st_mode
                 ):
-                    moved = _quarantine(fd, name, run_id)
+                    moved = quarantine(fd, name, run_id)
                     findings.append(
                         Finding(path, "replaced during the run", f"moved to {moved}")
                     )
@@ -235,7 +259,7 @@ def _check_watch(
             elif not last and not stat.S_ISDIR(st.st_mode):
                 # created by the run where a directory would be: a `.git` file or
                 # link leads git to a directory the run chose
-                moved = _quarantine(fd, name, run_id)
+                moved = quarantine(fd, name, run_id)
                 findings.append(
                     Finding(path, "created during the run", f"moved to {moved}")
                 )
@@ -265,14 +289,19 @@ def _check_last(
 ) -> None:
     snap = watch.snapshot
     if snap is None:
+        what = "created during the run"
+        if watch.ident is not None:
+            if (st.st_dev, st.st_ino) == watch.ident:
+                return
+            what = "replaced during the run"
         if _inert(fd, name, st, watch.parts):
             return
-        moved = _quarantine(fd, name, run_id)
-        findings.append(Finding(path, "created during the run", f"moved to {moved}"))
+        moved = quarantine(fd, name, run_id)
+        findings.append(Finding(path, what, f"moved to {moved}"))
         return
     if _same(fd, name, snap):
         return
-    moved = _quarantine(fd, name, run_id)
+    moved = quarantine(fd, name, run_id)
     _restore(fd, name, snap)
     findings.append(
         Finding(
@@ -342,7 +371,7 @@ def git_config_is_plain(data: bytes) -> bool:
     return True
 
 
-def _quarantine(fd: int, name: str, run_id: str) -> str:
+def quarantine(fd: int, name: str, run_id: str) -> str:
     """Rename ``name`` aside in the same directory; returns the new name."""
     base = f"{name}{QUARANTINE}{run_id}"
     candidate = base
@@ -472,7 +501,7 @@ def _restore(dir_fd: int, name: str, snap: Snapshot) -> None:
 # -- descriptors ---------------------------------------------------------------------
 
 
-def _open_nofollow(path: str) -> int:
+def open_nofollow(path: str) -> int:
     """An O_PATH descriptor of ``path``, reached without following any link."""
     fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -44,6 +44,10 @@ class Mount:
         source: host path to bind (binds only).
         ident: (st_dev, st_ino) the source must still have when opened.
         perms: mode of a tmpfs.
+        watch: what the mount keeps (``hidden``, ``read-only``,
+            ``protected``, ``pinned``) when it sits on a host path the run
+            sees, so that a host rename over that path would undo it
+            (``watch.py``); None otherwise.
     """
 
     kind: str
@@ -51,6 +55,7 @@ class Mount:
     source: str | None = None
     ident: tuple[int, int] | None = None
     perms: int | None = None
+    watch: str | None = None
 
     @property
     def depth(self) -> int:
@@ -82,17 +87,29 @@ def plan_mounts(
                     for r in rules
                 )
                 mounts.append(
-                    Mount("tmpfs", rule.path, perms=0o111 if shows else 0o000)
+                    Mount(
+                        "tmpfs",
+                        rule.path,
+                        perms=0o111 if shows else 0o000,
+                        watch="hidden",
+                    )
                 )
                 remounts.append(Mount("remount-ro", rule.path))
             else:
                 source, ident = empty_file()
-                mounts.append(Mount("ro-bind", rule.path, source, ident))
+                mounts.append(
+                    Mount("ro-bind", rule.path, source, ident, watch="hidden")
+                )
         elif cover is not None and cover.access is rule.access:
             continue  # the covering rule already shows it this way
         else:
             kind = "bind" if rule.access is Access.WRITABLE else "ro-bind"
-            mounts.append(Mount(kind, rule.path, rule.path, rule.ident))
+            watch = None
+            if cover is not None and cover.access is Access.WRITABLE:
+                # a read-only mount inside a writable place: undone, the
+                # path would be writable
+                watch = "protected" if rule.origin == "protected" else "read-only"
+            mounts.append(Mount(kind, rule.path, rule.path, rule.ident, watch=watch))
         if (
             cover is not None
             and cover.access is Access.WRITABLE
@@ -100,7 +117,9 @@ def plan_mounts(
         ):
             _pin_between(cover.path, rule.path, plan, pins)
 
-    mounts += [Mount("bind", path, path, ident) for path, ident in pins.items()]
+    mounts += [
+        Mount("bind", path, path, ident, watch="pinned") for path, ident in pins.items()
+    ]
     mounts.sort(key=lambda m: (m.depth, m.dest))
     return mounts + remounts
 

@@ -12,9 +12,13 @@ A path no rule covers is not there (first tier) or not accessible (second
 tier). ``resolve`` turns the policy into an ``FsPlan`` once per run:
 
 1. expand ``~`` (the caller's home), relative paths (against the workspace)
-   and globs (``*``, ``?``, ``[...]`` in any component, never ``**``: each
-   wildcard component lists one directory, nothing walks a tree);
-2. check existence as each field documents: ``read_only`` must exist,
+   and globs (``*``, ``?``, ``[...]`` in any component, never ``**``): each
+   wildcard component lists the directories the components before it
+   matched, at most ``MAX_GLOB_ENTRIES`` entries in all, for at most
+   ``MAX_GLOB_MATCHES`` matches, else the glob is refused;
+2. refuse a path that, as written, lies in a writable place but leads
+   through a symbolic link out of it (a run could have planted the link);
+   then check existence as each field documents: ``read_only`` must exist,
    ``writable`` is created as a directory, ``hidden`` is skipped when
    missing unless it would lie in a writable place (then it is an error,
    since the run could create it);
@@ -27,14 +31,16 @@ tier). ``resolve`` turns the policy into an ``FsPlan`` once per run:
    may accept checking instead of read-only (``allow_degraded``
    ``protected_paths``), so git can still commit there;
 5. refuse what the rules cannot keep: a read-only or hidden file with other
-   hard links (another name could change or show it), a writable system
-   directory, rules over ``/``, ``/proc``, ``/dev`` or the sandbox's private
-   areas.
+   hard links (another name could change or show it), and so a file directly
+   in a protected directory, or in a hidden one inside a writable place; a
+   writable system directory; rules over ``/``, ``/proc``, ``/dev`` or the
+   sandbox's private areas.
 """
 
 from __future__ import annotations
 
 import enum
+import fnmatch
 import glob
 import os
 import stat
@@ -47,6 +53,8 @@ from ..errors import PolicyError
 from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
 from . import presets as _presets
 from .guard import Guard
+from .metadata import Metadata
+from .watch import Destination, chain
 
 if TYPE_CHECKING:
     from ..config import SandboxConfig
@@ -54,7 +62,11 @@ if TYPE_CHECKING:
 # At most this many rules per run (each is a mount, or a few Landlock rules):
 # enough for real policies, and a bound on set-up time and descriptors.
 MAX_RULES = 512
+# A glob's cost is bounded: what it may match, and how many directory
+# entries its wildcard components may examine to find them (listing them
+# costs about 1 us each, on every run).
 MAX_GLOB_MATCHES = 256
+MAX_GLOB_ENTRIES = 4096
 
 class Access(enum.IntEnum):
     """What a rule grants; lower is more restrictive (ties go to the lower)."""
@@ -105,6 +117,10 @@ class FsPlan:
         guarded: protected paths checked after the run instead.
         notes: what the result should tell the caller.
         elapsed_ms: time spent resolving.
+        destinations: first tier: the host paths its mounts sit on that a
+            host rename would undo (``watch.py``); set with the mounts.
+        metadata: second tier: the named entries' mode, owner, times and
+            extended attributes, put back after the run (``metadata.py``).
     """
 
     workspace: str
@@ -116,6 +132,23 @@ class FsPlan:
     guarded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    destinations: list[Destination] = field(default_factory=list)
+    metadata: Metadata = field(default_factory=Metadata)
+
+    def checked_after(self) -> bool:
+        """Whether anything is checked after the run (guard, metadata)."""
+        return bool(self.guard) or bool(self.metadata)
+
+    def watched(self) -> list[tuple[str, str, Destination]]:
+        """The (directory, name) pairs a ``watch.MountWatch`` watches: each
+        destination and the directories between it and the top of the
+        mount it lies in (a rule no other rule covers)."""
+        tops = [
+            r.path
+            for r in (*self.system.values(), *self.rules.values())
+            if self.rule_for(r.path, strict=True) is None
+        ]
+        return [pair for dest in self.destinations for pair in chain(dest, tops)]
 
     def rule_for(self, path: str, *, strict: bool = False) -> PathRule | None:
         """The rule that decides ``path`` (the most specific one), or None.
@@ -200,6 +233,7 @@ def resolve(
     home: str,
     environ: Mapping[str, str],
     guard_protected: bool = False,
+    check_replaced: bool = False,
 ) -> FsPlan:
     """Resolve the policy's path rules for one run (steps in the module doc).
 
@@ -212,6 +246,9 @@ def resolve(
         guard_protected: keep protected paths writable during the run and
             check them after it (the second tier, when the policy accepts
             ``protected_paths`` degraded) instead of making them read-only.
+        check_replaced: check existing protected paths after the run if
+            they are other files then (the first tier: a host rename undoes
+            a read-only mount; ``guard.Guard.watch_identity``).
 
     Returns:
         The plan; writable paths that did not exist have been created.
@@ -239,32 +276,41 @@ def resolve(
     wanted += [(p, Access.WRITABLE, "writable") for p in config.writable]
     wanted += [(p, Access.HIDDEN, "hidden") for p in config.hidden]
 
-    missing_hidden: list[tuple[str, str]] = []
-    for given, access, origin in wanted:
+    expanded = [
+        (given, path, access, origin)
+        for given, access, origin in wanted
         for path in _expand(
             given, origin, workspace=workspace, home=home, notes=plan.notes
-        ):
-            if not os.path.lexists(path):
-                if access is Access.HIDDEN:
-                    missing_hidden.append((given, path))
-                    continue
-                if access is Access.READ_ONLY:
-                    raise PolicyError(
-                        f"read_only: {path} does not exist (given as {given!r}); "
-                        f"create it or drop the rule",
-                        key="read_only",
-                        value=given,
-                    )
-                why = _refused(os.path.realpath(path), access, home)
-                if why:
-                    raise PolicyError(
-                        f"{origin}: {path} (given as {given!r}): {why}",
-                        key=_key(origin),
-                        value=given,
-                    )
-                _create_dir(path, given, origin)
-                plan.notes.append(f"{origin}: created {path}")
-            plan.add(_rule(path, access, origin, given, home))
+        )
+    ]
+    places = [workspace] + [
+        os.path.realpath(path) for _g, path, access, _o in expanded
+        if access is Access.WRITABLE
+    ]
+    missing_hidden: list[tuple[str, str]] = []
+    for given, path, access, origin in expanded:
+        _check_redirect(given, path, origin, places)
+        if not os.path.lexists(path):
+            if access is Access.HIDDEN:
+                missing_hidden.append((given, path))
+                continue
+            if access is Access.READ_ONLY:
+                raise PolicyError(
+                    f"read_only: {path} does not exist (given as {given!r}); "
+                    f"create it or drop the rule",
+                    key="read_only",
+                    value=given,
+                )
+            why = _refused(os.path.realpath(path), access, home)
+            if why:
+                raise PolicyError(
+                    f"{origin}: {path} (given as {given!r}): {why}",
+                    key=_key(origin),
+                    value=given,
+                )
+            _create_dir(path, given, origin)
+            plan.notes.append(f"{origin}: created {path}")
+        plan.add(_rule(path, access, origin, given, home))
 
     workspace_rule = plan.rules[workspace]
     if workspace_rule.access is Access.HIDDEN:
@@ -277,7 +323,12 @@ def resolve(
     for given, path in missing_hidden:
         _missing_hidden(plan, given, path)
 
-    _protect(plan, config.protected, guard_protected=guard_protected)
+    _protect(
+        plan,
+        config.protected,
+        guard_protected=guard_protected,
+        check_replaced=check_replaced,
+    )
     _check_links(plan)
     if len(plan.rules) > MAX_RULES:
         raise PolicyError(
@@ -321,21 +372,96 @@ def _expand(
             key=_key(origin),
             value=given,
         )
-    literal = glob.escape(base) if base else ""
-    matches = sorted(
-        os.path.normpath(m)
-        for m in glob.glob(os.path.join(literal, pattern) if literal else pattern)
-    )
-    if len(matches) > MAX_GLOB_MATCHES:
-        raise PolicyError(
-            f"{origin}: {given!r} matches {len(matches)} paths, more than "
-            f"{MAX_GLOB_MATCHES}; name their directory instead",
-            key=_key(origin),
-            value=given,
-        )
+    matches = sorted(_glob(base or "/", pattern, given, origin))
     if not matches:
         notes.append(f"{origin}: {given!r} matches nothing at launch")
     return matches
+
+
+def _glob(base: str, pattern: str, given: str, origin: str) -> list[str]:
+    """The paths matching ``pattern`` below ``base`` (taken literally), with
+    a bounded cost: at most ``MAX_GLOB_MATCHES`` matches and
+    ``MAX_GLOB_ENTRIES`` directory entries examined, else a PolicyError.
+
+    Each wildcard component lists the directories the components before it
+    matched, so ``/usr/*/*/*`` would otherwise list every directory three
+    levels down on every run (shell rules: ``*`` and ``?`` skip names
+    starting with a dot unless the component starts with one).
+    """
+    parts = [p for p in pattern.split("/") if p and p != "."]
+    examined = 0
+    current = [base]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        found: list[str] = []
+        if not glob.has_magic(part):
+            for directory in current:
+                path = os.path.join(directory, part)
+                if os.path.lexists(path) if last else os.path.isdir(path):
+                    found.append(path)
+        else:
+            dots = part.startswith(".")
+            for directory in current:
+                try:
+                    with os.scandir(directory) as it:
+                        for entry in it:
+                            examined += 1
+                            if examined > MAX_GLOB_ENTRIES:
+                                _glob_too_costly(given, origin, "entries")
+                            if entry.name.startswith(".") and not dots:
+                                continue
+                            if not fnmatch.fnmatchcase(entry.name, part):
+                                continue
+                            if not last and not entry.is_dir():
+                                continue
+                            found.append(os.path.join(directory, entry.name))
+                            if last and len(found) > MAX_GLOB_MATCHES:
+                                _glob_too_costly(given, origin, "matches")
+                except (NotADirectoryError, FileNotFoundError, PermissionError):
+                    continue
+        current = found
+        if not current:
+            break
+    return [os.path.normpath(p) for p in current]
+
+
+def _glob_too_costly(given: str, origin: str, bound: str) -> None:
+    if bound == "matches":
+        message = (
+            f"{origin}: {given!r} matches more than {MAX_GLOB_MATCHES} paths; name "
+            f"their directory instead"
+        )
+    else:
+        message = (
+            f"{origin}: {given!r} examines more than {MAX_GLOB_ENTRIES} directory "
+            f"entries (each wildcard component lists every directory the ones before "
+            f"it matched, on every run); put literal names before the wildcards, or "
+            f"name the directories"
+        )
+    raise PolicyError(message, key=_key(origin), value=given)
+
+
+def _check_redirect(given: str, path: str, origin: str, places: list[str]) -> None:
+    """Refuse a rule whose path, as written, lies in a writable place but
+    leads through a symbolic link out of it (step 3): a run may have made
+    that link (``ws/cache -> /data/sub``), and the rule would follow it to
+    wherever the run chose (``--rw cache`` making ``/data/sub`` writable)."""
+    real = os.path.realpath(path)
+    if real == path:
+        return
+    for place in places:
+        if _under(path, place) and not _under(real, place):
+            flag = _FLAGS.get(origin, origin)
+            message = (
+                f"{origin}: {given!r} ({path}) lies in the writable place {place} "
+                f"but leads through a symbolic link to {real}, outside it; a run "
+                f"can make such a link, so it may not move the rule. If you mean "
+                f"{real}, name it ({flag} {real}); otherwise remove the link"
+            )
+            raise PolicyError(message, key=_key(origin), value=given)
+
+
+_FLAGS = {"read_only": "--ro", "writable": "--rw", "hidden": "--hide"}
 
 
 def _key(origin: str) -> str:
@@ -422,7 +548,13 @@ def _missing_hidden(plan: FsPlan, given: str, path: str) -> None:
 # -- protected paths -------------------------------------------------------------
 
 
-def _protect(plan: FsPlan, entries: tuple[str, ...], *, guard_protected: bool) -> None:
+def _protect(
+    plan: FsPlan,
+    entries: tuple[str, ...],
+    *,
+    guard_protected: bool,
+    check_replaced: bool,
+) -> None:
     """Protected paths inside each writable root (module doc, step 4)."""
     for root in plan.writable_roots():
         if not root.is_dir:
@@ -437,11 +569,22 @@ def _protect(plan: FsPlan, entries: tuple[str, ...], *, guard_protected: bool) -
                 rel = os.path.normpath(entry)
             parts = tuple(p for p in rel.split("/") if p not in ("", "."))
             if parts:
-                _protect_one(plan, root, parts, guard_protected=guard_protected)
+                _protect_one(
+                    plan,
+                    root,
+                    parts,
+                    guard_protected=guard_protected,
+                    check_replaced=check_replaced,
+                )
 
 
 def _protect_one(
-    plan: FsPlan, root: PathRule, parts: tuple[str, ...], *, guard_protected: bool
+    plan: FsPlan,
+    root: PathRule,
+    parts: tuple[str, ...],
+    *,
+    guard_protected: bool,
+    check_replaced: bool,
 ) -> None:
     current = root.path
     for index, name in enumerate(parts):
@@ -473,13 +616,25 @@ def _protect_one(
                 )
                 target = os.path.realpath(path)
                 if os.path.exists(target) and plan.access_of(target) is Access.WRITABLE:
-                    _make_read_only(plan, target, root, None, guard_protected=False)
+                    _make_read_only(
+                        plan,
+                        target,
+                        root,
+                        None,
+                        guard_protected=False,
+                        check_replaced=False,
+                    )
             return
         if last or not stat.S_ISDIR(st.st_mode):
             # the path itself, or a file where a directory was expected
             # (``.git`` of a worktree names the real git directory)
             _make_read_only(
-                plan, path, root, parts[: index + 1], guard_protected=guard_protected
+                plan,
+                path,
+                root,
+                parts[: index + 1],
+                guard_protected=guard_protected,
+                check_replaced=check_replaced,
             )
             return
         current = path
@@ -492,6 +647,7 @@ def _make_read_only(
     parts: tuple[str, ...] | None,
     *,
     guard_protected: bool,
+    check_replaced: bool,
 ) -> None:
     if plan.access_of(path) is not Access.WRITABLE:
         return  # already read-only or hidden by a rule
@@ -501,6 +657,9 @@ def _make_read_only(
         plan.guarded.append(path)
         return
     st = os.stat(path)
+    if check_replaced and parts is not None:
+        assert root.ident is not None
+        plan.guard.watch_identity(root.path, root.ident, parts, (st.st_dev, st.st_ino))
     plan.add(
         PathRule(
             path,
@@ -517,34 +676,47 @@ def _make_read_only(
 
 
 def _check_links(plan: FsPlan) -> None:
-    """A read-only or hidden file that has another name is refused where
-    that other name could change it or show it (step 5).
+    """A read-only or hidden file that has another name is refused (step 5):
+    another name could change it or show it. Files are refused whatever
+    covers them, since the other name may lie anywhere (a writable place
+    where an earlier run made it, or one a later rule makes visible).
 
-    Protected directories are checked one level deep (``.git/hooks`` is
-    flat); other read-only directories are not walked (docs: known
-    limitations).
+    Directories are not walked. TODO(#6): meanwhile a second name, in a
+    writable place, for a file deeper in a hidden directory or anywhere in
+    a read-only one is not seen and defeats the rule (docs: known
+    limitations). One level is checked where it is cheap and needed: the
+    files directly in a protected directory (``.git/hooks`` is flat), and
+    directly in a hidden directory inside a writable place (on the second
+    tier a grant on the other name reaches the file by its hidden path too:
+    Landlock rules attach to inodes).
     """
     for rule in list(plan.rules.values()):
-        if rule.access is Access.WRITABLE:
-            continue
-        cover = plan.rule_for(rule.path, strict=True)
-        if cover is None or cover.access is Access.HIDDEN:
-            continue
-        if rule.access is Access.READ_ONLY and cover.access is not Access.WRITABLE:
+        if rule.access is Access.WRITABLE or rule.origin not in _LINKED_ORIGINS:
             continue
         if not rule.is_dir:
             _one_link(rule.path, rule.access, rule.origin)
-        elif rule.origin == "protected":
+            continue
+        cover = plan.rule_for(rule.path, strict=True)
+        in_writable = cover is not None and cover.access is Access.WRITABLE
+        if rule.origin == "protected" or (rule.access is Access.HIDDEN and in_writable):
             try:
-                entries = list(os.scandir(rule.path))
+                with os.scandir(rule.path) as it:
+                    entries = list(it)
             except OSError:
                 continue
             for entry in entries:
                 if entry.is_file(follow_symlinks=False):
-                    _one_link(entry.path, rule.access, rule.origin)
+                    _one_link(entry.path, rule.access, rule.origin, within=rule.path)
 
 
-def _one_link(path: str, access: Access, origin: str) -> None:
+# Rules whose files must have one name: the policy's own (system
+# directories and the command's installations are the host's).
+_LINKED_ORIGINS = ("read_only", "hidden", "protected")
+
+
+def _one_link(
+    path: str, access: Access, origin: str, *, within: str | None = None
+) -> None:
     try:
         links = os.lstat(path).st_nlink
     except OSError:
@@ -554,9 +726,10 @@ def _one_link(path: str, access: Access, origin: str) -> None:
     read_only = access is Access.READ_ONLY
     harm = "change it" if read_only else "show its content"
     state = "read-only" if read_only else "hidden"
+    where = f" (in the {state} directory {within})" if within else ""
     raise PolicyError(
-        f"{origin}: {path} has {links} hard links: another name for the same file "
-        f"could {harm} while this one is {state}. "
+        f"{origin}: {path}{where} has {links} hard links (st_nlink {links}): another "
+        f"name for the same file could {harm} while this one is {state}. "
         f"Give it a name of its own (cp -p {path} {path}.new && mv {path}.new {path}) "
         f"or drop the rule",
         key="protected" if origin == "protected" else origin,

@@ -21,6 +21,7 @@ from . import presets as _presets
 from .mounts import Mount, plan_mounts
 from .policy import FsPlan, resolve
 from .ruleset import translate
+from .watch import Destination, MountWatch, Trip
 
 if TYPE_CHECKING:
     from ..config import SandboxConfig
@@ -50,14 +51,44 @@ def plan_run(
         home=os.path.expanduser("~"),
         environ=os.environ,
         guard_protected=second_tier and "protected_paths" in config.allow_degraded,
+        check_replaced=not second_tier,
     )
     if not plan.visible(cwd):
         raise PolicyError(
             f"cwd {cwd!r} is hidden by the path rules", key="hidden", value=cwd
         )
+    if second_tier:
+        t0 = time.monotonic()
+        _record_metadata(plan)
+        plan.elapsed_ms += (time.monotonic() - t0) * 1000
     for key, value in plan.env.items():
         env.setdefault(key, value)
     return plan
+
+
+# Rules whose entries the second tier records (metadata.py): those the
+# policy names, not the system's or an installation's (root's own files,
+# which the sandbox uid cannot change).
+_RECORDED_ORIGINS = ("read_only", "hidden", "protected")
+
+
+def _record_metadata(plan: FsPlan) -> None:
+    """Second tier: record the mode, owner, times and xattrs of each
+    read-only, hidden and protected path, and of the direct entries of each
+    protected directory (one listing; a file there made executable is
+    moved aside after the run, like a planted hook)."""
+    for rule in plan.rules.values():
+        if rule.origin not in _RECORDED_ORIGINS:
+            continue
+        plan.metadata.record(rule.path)
+        if rule.origin == "protected" and rule.is_dir:
+            try:
+                with os.scandir(rule.path) as entries:
+                    names = [e.path for e in entries]
+            except OSError:
+                continue
+            for path in names:
+                plan.metadata.record(path, hook=True)
 
 
 def mounts_for(
@@ -74,8 +105,43 @@ def mounts_for(
     for path in installations:
         plan.add_installation(path)
     mounts = plan_mounts(plan, empty_file=empty_file or EmptyFile(cleanup))
+    plan.destinations = [
+        Destination(m.dest, _dest_ident(plan, m), m.watch)
+        for m in mounts
+        if m.watch is not None
+    ]
     plan.elapsed_ms += (time.monotonic() - t0) * 1000
     return mounts
+
+
+def _dest_ident(plan: FsPlan, mount: Mount) -> tuple[int, int] | None:
+    # a hidden file's mount carries the stand-in's identity, not its own
+    rule = plan.rules.get(mount.dest)
+    return rule.ident if rule is not None else mount.ident
+
+
+def start_watch(plan: FsPlan | None) -> MountWatch | None:
+    """First tier: watch the host paths the run's mounts sit on, before the
+    run starts (``watch.py``); None when the policy places no such mount.
+
+    Raises:
+        SandboxUnavailableError: inotify cannot be set up.
+    """
+    if plan is None or not plan.destinations:
+        return None
+    return MountWatch(plan.watched())
+
+
+def stale_destinations(
+    prepared: list[Destination], now: list[Destination]
+) -> Destination | None:
+    """A destination whose identity differs between a prepared sandbox's
+    plan and a run's (the path was replaced in between), or None."""
+    before = {d.path: d.ident for d in prepared}
+    for dest in now:
+        if dest.path not in before or before[dest.path] != dest.ident:
+            return dest
+    return None
 
 
 def grants_for(plan: FsPlan, installations: Iterable[str]) -> list[dict[str, object]]:
@@ -151,6 +217,14 @@ class EmptyFile:
 def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
     """Result rows: ``path_rules`` and ``protected_paths``."""
     how = "Landlock rules" if second_tier else "mounts"
+    if second_tier and plan.metadata:
+        # Landlock does not cover chmod, chown, utime or xattrs (metadata.py)
+        how += (
+            "; their mode, owner, times and xattrs are not kept during the run, "
+            "and put back after it"
+        )
+    elif not second_tier and plan.destinations:
+        how += "; a host rename over one ends the run"
     rows = [Protection("path_rules", "enforced", f"{plan.summary()} ({how})")]
 
     def short(path: str) -> str:
@@ -173,6 +247,11 @@ def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
     detail = "; ".join(parts)
     if degraded:
         detail += " (existing ones writable during the run, restored after it)"
+    elif second_tier and names:
+        detail += (
+            " (their mode, owner and times put back after the run; a file in a "
+            "protected directory made executable is moved aside)"
+        )
     rows.append(
         Protection("protected_paths", "degraded" if degraded else "enforced", detail)
     )
@@ -187,7 +266,7 @@ def check_interrupted(plan: FsPlan | None, run_id: str, *, over: bool) -> None:
     returned. Otherwise checking would prove nothing while its processes may
     still write, so the unchecked paths are named instead.
     """
-    if plan is None or not plan.guard:
+    if plan is None or not plan.checked_after():
         return
     if not over:
         warn_unchecked(plan)
@@ -203,14 +282,44 @@ def warn_unchecked(plan: FsPlan | None) -> None:
     TODO(#6): a run the launcher did not report as over within
     ``_io.STOP_WAIT_SEC`` of the kill stays unchecked; this warning says so.
     """
-    if plan is None or not plan.guard:
+    if plan is None or not plan.checked_after():
         return
-    paths = ", ".join(os.path.join(w.root, *w.parts) for w in plan.guard.watches)
+    paths = ", ".join(
+        [os.path.join(w.root, *w.parts) for w in plan.guard.watches]
+        + [r.path for r in plan.metadata.records]
+    )
     log.warning(
         "the run was interrupted before it ended; protected paths it "
         "could have created or changed were not checked: %s",
         paths,
     )
+
+
+def trip_report(
+    trips: list[Trip], *, killed: bool
+) -> tuple[list[Violation], list[str]]:
+    """Violations and notes for watched paths that changed on the host
+    during a run (``watch.py``); ``killed``: the run was ended for it."""
+    violations, notes = [], []
+    seen: set[str] = set()
+    action = "run ended" if killed else "reported (the run had ended)"
+    for trip in trips:
+        if trip.path in seen:
+            continue
+        seen.add(trip.path)
+        what = f"{trip.path}: {trip.what}; {trip.how} on the host"
+        violations.append(Violation("filesystem", what, action))
+    notes.append(
+        "filesystem: a path the policy covers with a mount changed on the host during "
+        "the run; that undoes the sandbox's mount over it (the run could then see or "
+        "write the new file), so the run was ended. Protected paths were checked after "
+        "it as if the run had made them."
+        if killed
+        else "filesystem: a path the policy covers with a mount changed on the host "
+        "as the run ended; protected paths were checked after it as if the run had "
+        "made them."
+    )
+    return violations, notes
 
 
 def after_run(
@@ -221,7 +330,7 @@ def after_run(
     Returns:
         (violations, notes, milliseconds spent).
     """
-    if plan is None or not plan.guard:
+    if plan is None or not plan.checked_after():
         return [], [], 0.0
     t0 = time.monotonic()
     violations, notes = [], []
@@ -230,4 +339,12 @@ def after_run(
             Violation("filesystem", f"{found.path}: {found.what}", found.action)
         )
         notes.append(f"protected: {found.path} {found.what}; {found.action}")
+    for found in plan.metadata.check(run_id):
+        violations.append(
+            Violation("filesystem", f"{found.path}: {found.what}", found.action)
+        )
+        notes.append(
+            f"tier landlock: {found.path} {found.what} (Landlock does not cover "
+            f"chmod, chown, utime or xattrs); {found.action}"
+        )
     return violations, notes, (time.monotonic() - t0) * 1000
