@@ -699,12 +699,17 @@ def exclusion_patterns(values: Iterable[int], bits: int = 32) -> list[tuple[int,
             mask = sum(1 << b for b in fixed)
             val = sum(1 << b for b, w in fixed.items() if w)
             patterns.add((mask, val))
-    minimal = [
-        (m, v)
-        for m, v in patterns
-        if not any(m2 != m and m2 & m == m2 and v & m2 == v2 for m2, v2 in patterns)
-    ]
-    return sorted(minimal)
+    # A pattern fixes at most one bit per excluded value, so it has few bits:
+    # look up each proper subset of them instead of comparing all pairs.
+    def contains_smaller(mask: int, val: int) -> bool:
+        sub = (mask - 1) & mask
+        while sub:
+            if (sub, val & sub) in patterns:
+                return True
+            sub = (sub - 1) & mask
+        return False
+
+    return sorted((m, v) for m, v in patterns if not contains_smaller(m, v))
 
 
 def _export(flt: Any) -> bytes:
