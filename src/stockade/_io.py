@@ -10,7 +10,6 @@ in the modes without a pid namespace) cannot keep the caller waiting.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
@@ -283,6 +282,8 @@ def _serve(io: RunIO, sel: selectors.BaseSelector, *, deadline: float | None) ->
 
 async def drive_async(io: RunIO) -> None:
     """Serve the run's descriptors on the running event loop until finished."""
+    import asyncio  # here, not at the top: a CLI start need not pay for it
+
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     registered_r: list[int] = []

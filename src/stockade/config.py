@@ -17,7 +17,6 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -637,12 +636,15 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise PolicyError(f"cannot read policy file {path}: {err.strerror}", key="config", value=str(path)) from err
+    if path.suffix == ".toml":
+        parse, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
+    else:
+        import yaml  # only for YAML files: its import costs a CLI start 40 ms
+
+        parse, errors = yaml.safe_load, (yaml.YAMLError,)
     try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        data: Any = parse(text)
+    except errors as err:
         raise PolicyError(f"cannot parse policy file {path}: {err}", key="config", value=str(path)) from err
     if data is None:
         data = {}

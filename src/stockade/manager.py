@@ -23,7 +23,7 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import _io
 from . import pool as _pool
@@ -42,8 +42,10 @@ from .linux import waiter as _waiter
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS, remove_tree
 from .linux.resolve import Resolution, resolve_command
 from .network import policy as _netpolicy
-from .network.proxy import NetworkProxy, RunTraffic
 from .result import Protection, SandboxResult, Termination, Violation
+
+if TYPE_CHECKING:  # imported when a run first needs the proxy: it pulls in asyncio
+    from .network.proxy import NetworkProxy, RunTraffic
 
 log = logging.getLogger(__name__)
 
@@ -672,6 +674,8 @@ class SandboxManager:
         """
         with self._proxy_lock:
             if self._proxy is None or not self._proxy.running:
+                from .network.proxy import NetworkProxy
+
                 proxy = NetworkProxy()
                 try:
                     proxy.start()

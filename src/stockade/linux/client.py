@@ -44,7 +44,6 @@ from typing import Any
 
 from ..errors import SandboxUnavailableError
 from . import cgroups
-from .launcher import spec_message
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +116,9 @@ class LauncherClient:
         self._control: socket.socket | None = None
         self._owner = -1
         self._scope_failed = False
+        # a launcher started by start_soon, not yet handshaken:
+        # (the pid that started it, its scope prefix, process, our socket end)
+        self._pending: tuple[int, list[str] | None, subprocess.Popen[bytes], socket.socket] | None = None
         self.hello: dict[str, Any] = {}
 
     def _alive(self) -> bool:
@@ -126,6 +128,23 @@ class LauncherClient:
             and self._proc.poll() is None
             and self._control is not None
         )
+
+    def start_soon(self) -> None:
+        """Start the launcher without waiting until it is ready.
+
+        The CLI calls this before its own heavy imports, so that the
+        launcher's interpreter starts on another core meanwhile; the next
+        ``ensure_started`` waits for its first message. Errors are left to
+        that call, which starts the launcher again the usual way.
+        """
+        with self._lock:
+            if self._alive() or self._pending is not None:
+                return
+            prefix = None if self._scope_failed else systemd_scope_prefix()
+            try:
+                self._pending = (os.getpid(), prefix, *self._launch(prefix))
+            except SandboxUnavailableError:
+                self._pending = None
 
     def ensure_started(self) -> None:
         if self._alive():
@@ -138,17 +157,27 @@ class LauncherClient:
     def _start(self) -> None:
         if self._owner == os.getpid() and self._control is not None:
             self._control.close()
-        prefix = None if self._scope_failed else systemd_scope_prefix()
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] != os.getpid():
+            pending[3].close()  # started by the process we were forked from
+            pending = None
+        if pending is not None:
+            _pid, prefix, proc, ours = pending
+        else:
+            prefix = None if self._scope_failed else systemd_scope_prefix()
         try:
-            self._spawn(prefix)
+            if pending is None:
+                proc, ours = self._launch(prefix)
+            self._handshake(proc, ours, prefix)
         except SandboxUnavailableError:
             if prefix is None:
                 raise
             log.warning("systemd-run --scope did not start the launcher; starting it directly")
             self._scope_failed = True
-            self._spawn(None)
+            self._handshake(*self._launch(None), None)
 
-    def _spawn(self, prefix: list[str] | None) -> None:
+    def _launch(self, prefix: list[str] | None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """Start the launcher's process; returns it and our end of its socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
             "import sys; sys.path[:0] = sys.argv[1].split(':'); "
@@ -181,8 +210,13 @@ class LauncherClient:
             ) from err
         finally:
             theirs.close()
+        return proc, ours
 
-        # The first message says what the launcher may do with cgroups.
+    def _handshake(
+        self, proc: subprocess.Popen[bytes], ours: socket.socket, prefix: list[str] | None
+    ) -> None:
+        """Wait for the launcher's first message, which says what it may do
+        with cgroups; then it is ours to use."""
         ours.settimeout(HELLO_TIMEOUT_SEC)
         try:
             hello = json.loads(ours.recv(1 << 16) or b"{}")
@@ -208,6 +242,8 @@ class LauncherClient:
 
     def submit(self, spec: dict[str, Any], stdin_fd: int, stdout_fd: int, stderr_fd: int) -> socket.socket:
         """Hand a run to the launcher; returns the caller's end of its report socket."""
+        from .launcher import spec_message  # the launcher's module is big: not at a CLI's start
+
         payload, spec_fd = spec_message(spec, INLINE_SPEC_MAX)
         try:
             return self._send(payload, [stdin_fd, stdout_fd, stderr_fd], spec_fd)
@@ -217,6 +253,8 @@ class LauncherClient:
 
     def open_pool(self, request: dict[str, Any], pool_fd: int) -> None:
         """Ask the launcher for a pool of prepared sandboxes (``stockade.pool``)."""
+        from .launcher import spec_message
+
         payload, spec_fd = spec_message(request, INLINE_SPEC_MAX)
         try:
             self.ensure_started()
