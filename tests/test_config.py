@@ -285,3 +285,21 @@ def test_result_json_and_execution_log_never_hold_nan_or_infinity(tmp_path):
     log.record(result, cwd="/w")
     entry = _strict_json((tmp_path / "runs.jsonl").read_text())
     assert entry["limits"]["timeout_sec"] is None and entry["usage"]["cpu_user_sec"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("timeout_sec: 1e3\n", "write 1000 or 1.0e+3"),
+        ("timeout_sec: abc\n", "a number is written without quotes"),
+    ],
+)
+def test_yaml_number_written_as_text_gets_a_hint_that_fits(tmp_path, text, hint):
+    # YAML 1.1 reads 1e3 as a string: telling its writer to drop quotes
+    # they never wrote would not help.
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    assert hint in str(info.value)
+    assert "timeout_sec" in str(info.value)

@@ -11,12 +11,14 @@ from fake cgroup v2 trees in a temporary directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -208,8 +210,23 @@ def test_root_launcher_in_a_system_scope_makes_the_runs_cgroups_there(workspace,
         if scope.exists():
             for child in scope.iterdir():
                 if child.is_dir():
-                    child.rmdir()
-            scope.rmdir()
+                    _rmdir_when_empty(child)
+            _rmdir_when_empty(scope)
+
+
+def _rmdir_when_empty(path: Path) -> None:
+    """Remove a cgroup the test made once its last process is gone: the
+    launcher is reaped by stop(), but its spare child, killed when the
+    launcher dies, may still be exiting in it (EBUSY meanwhile)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not (UNIFIED / "cgroup.procs").exists(),
@@ -239,5 +256,5 @@ def test_launcher_leaves_its_delegated_cgroup_for_a_leaf(workspace):
     finally:
         for leaf in delegated.iterdir() if delegated.exists() else []:
             if leaf.is_dir():
-                leaf.rmdir()
-        delegated.rmdir()
+                _rmdir_when_empty(leaf)
+        _rmdir_when_empty(delegated)

@@ -537,6 +537,18 @@ def test_more_arguments_than_bubblewrap_takes_is_a_clear_error(workspace):
         SandboxManager(SandboxConfig(execution_log=False)).execute(["true", *map(str, range(10_000))], cwd=workspace)
 
 
+def test_nul_bytes_in_arguments_and_environment_are_refused_before_the_run(workspace):
+    from stockade import CommandError, PolicyError
+
+    manager = SandboxManager(SandboxConfig(execution_log=False))
+    with pytest.raises(CommandError, match="argument 1 contains a NUL byte"):
+        manager.execute(["echo", "a\0b"], cwd=workspace)
+    with pytest.raises(PolicyError, match="the value of 'K' contains a NUL byte"):
+        manager.execute(["true"], cwd=workspace, env={"K": "a\0b"})
+    with pytest.raises(PolicyError, match="invalid variable name 'A=B'"):
+        manager.execute(["true"], cwd=workspace, env={"A=B": "x"})
+
+
 @pytest.mark.parametrize("tier", ["namespaces", "landlock"])
 def test_workspace_with_a_name_that_is_not_utf8(tier):
     base = tempfile.mkdtemp(prefix="stockade-test-", dir="/var/tmp")

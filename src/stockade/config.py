@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -534,10 +535,16 @@ _BOUND_HINTS = {
 }
 
 
+_YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _number_hint(value: Any) -> str:
     if isinstance(value, bool):
         return "; true/false (YAML also yes/no/on/off) is not a number"
     if isinstance(value, str):
+        if _YAML_EXPONENT.fullmatch(value.strip()):
+            # YAML 1.1 reads 1e3 as a string: its floats need a dot and a sign
+            return "; YAML reads exponent forms such as 1e3 as text: write 1000 or 1.0e+3"
         return "; a number is written without quotes (a string is never converted)"
     if isinstance(value, float) and not math.isfinite(value):
         return "; use None for no limit"

@@ -318,6 +318,10 @@ class SandboxManager:
         ]
         if not argv or not argv[0]:
             raise CommandError("empty command: nothing to run", command=argv)
+        for i, arg in enumerate(argv):
+            if "\0" in arg:
+                # execve cannot pass it: say so before anything starts
+                raise CommandError(f"command argument {i} contains a NUL byte: {arg!r}", command=argv)
         if timeout is not None:
             timeout = check_timeout(timeout)
         _check_open_files(config.max_open_files)
@@ -469,8 +473,18 @@ class SandboxManager:
         env.update(config.env)
         if extra:
             for name, value in extra.items():
-                if not name or "=" in name or "\0" in name or "\0" in str(value):
-                    raise PolicyError(f"env: invalid variable {name!r}", key=f"env.{name}", value=value)
+                if not name or "=" in name or "\0" in name:
+                    raise PolicyError(
+                        f"env: invalid variable name {name!r} (empty, or with '=' or a NUL byte)",
+                        key=f"env.{name}",
+                        value=value,
+                    )
+                if "\0" in str(value):
+                    raise PolicyError(
+                        f"env: the value of {name!r} contains a NUL byte: {str(value)!r}",
+                        key=f"env.{name}",
+                        value=value,
+                    )
                 env[name] = str(value)
         env.setdefault("PATH", DEFAULT_PATH)
         env["HOME"] = _bwrap.HOME_IN_SANDBOX
