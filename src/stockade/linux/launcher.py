@@ -1084,6 +1084,8 @@ class Run:
                 "measured_bytes": self.disk.measured,
                 "limit_bytes": self.disk.limit,
                 "walks": self.disk.walks,
+                "inodes": self.disk.inodes,
+                "inode_charge_bytes": self.disk.unit,
                 "over": over,
             }
             if over:
@@ -1092,7 +1094,10 @@ class Run:
                     "what": "workspace",
                     "action": "disk_limit",
                     "count": 1,
-                    "detail": f"{self.disk.measured >> 20} MiB added, budget {self.disk.limit >> 20} MiB",
+                    "detail": (
+                        f"{self.disk.measured >> 20} MiB added ({self.disk.inodes} inodes,"
+                        f" each at least {self.disk.unit} bytes), budget {self.disk.limit >> 20} MiB"
+                    ),
                 })
         if self.areas is not None:
             full = self.areas.full()
