@@ -180,6 +180,29 @@ def test_held_deleted_empty_files_count_a_unit(tmp_path):
 # -- the private tmpfs areas ----------------------------------------------------------------
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
+def test_a_tmpfs_area_out_of_inodes_is_full():
+    where = tempfile.mkdtemp(prefix="stockade-test-inodes-")
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=16", "tmpfs", where], check=True
+    )
+    try:
+        areas = TmpfsAreas([where], 1 * MIB)
+        assert areas.open(os.getpid())
+        assert list(areas.fds) == [where], areas.problems
+        assert areas.full() == []
+        with pytest.raises(OSError):
+            for i in range(32):
+                open(os.path.join(where, f"e{i}"), "w").close()
+        full = areas.full()
+        assert [a["area"] for a in full] == [where]
+        assert full[0]["free_inodes"] == 0 and int(full[0]["free_bytes"]) > 0
+        areas.close()
+    finally:
+        subprocess.run(["umount", where], check=True)
+        os.rmdir(where)
+
+
 def test_tmpfs_inodes_are_bounded_by_the_memory_limit(workspace):
     # bubblewrap has no nr_inodes option: a tmpfs area's inodes take no
     # block of its size, but kernel memory charged to the run's cgroup

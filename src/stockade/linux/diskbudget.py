@@ -394,18 +394,21 @@ class TmpfsAreas:
         return True
 
     def full(self) -> list[dict[str, int | str]]:
-        """The areas that are full (or within ``FULL_SLACK_BLOCKS``)."""
+        """The areas that are full (or within ``FULL_SLACK_BLOCKS``), or
+        out of inodes (ENOSPC as well; the kernel's default count is large,
+        so ``memory_mb`` usually stops the run first)."""
         out: list[dict[str, int | str]] = []
         for path, fd in self.fds.items():
             try:
                 st = _sys.fstatfs(fd)
             except OSError:
                 continue
-            if st.f_bavail <= FULL_SLACK_BLOCKS:
+            if st.f_bavail <= FULL_SLACK_BLOCKS or (st.f_files and not st.f_ffree):
                 out.append({
                     "area": path,
                     "size_bytes": st.f_blocks * st.f_bsize,
                     "free_bytes": st.f_bavail * st.f_bsize,
+                    "free_inodes": st.f_ffree,
                 })
         return out
 

@@ -1110,7 +1110,11 @@ class Run:
                     "what": str(area["area"]),
                     "action": "errno:ENOSPC",
                     "count": 1,
-                    "detail": f"tmpfs area full ({int(area['size_bytes']) >> 20} MiB)",
+                    "detail": (
+                        f"tmpfs area out of inodes ({int(area['size_bytes']) >> 20} MiB)"
+                        if area["free_inodes"] == 0 and int(area["free_bytes"]) > 0
+                        else f"tmpfs area full ({int(area['size_bytes']) >> 20} MiB)"
+                    ),
                 })
             self.areas.close()
         event = {
