@@ -33,7 +33,7 @@ def _py(code: str) -> list[str]:
     return ["python3", "-c", textwrap.dedent(code)]
 
 
-# -- on the real sandbox ----------------------------------------------------------------
+# -- on the real sandbox ---------------------------------------------------------------
 
 
 def test_many_empty_files_past_the_budget_end_with_disk_limit(workspace):
@@ -99,7 +99,7 @@ def test_files_already_in_the_workspace_do_not_count_as_inodes(workspace):
     assert result.stdout == b"2000\n"
 
 
-# -- the charge rule and the trigger, on a real file system --------------------------------
+# -- the charge rule and the trigger, on a real file system ----------------------------
 
 
 def test_an_inode_costs_at_least_one_block():
@@ -154,13 +154,16 @@ def test_a_drop_of_free_inodes_alone_makes_the_budget_walk(tmp_path):
     for i in range(10):
         (tmp_path / f"e{i}").touch()
     _settled(tmp_path)
+    # (other writers on this file system may make it walk; the walk finds
+    # the budget kept)
     assert not budget.check(time.monotonic(), final=True)
+    walks = budget.walks
     for i in range(10, 200):
         (tmp_path / f"e{i}").touch()
     _settled(tmp_path)
     # 200 empty files: no free byte less, 200 inodes of 4 KiB or more
     assert budget.check(time.monotonic(), final=True)
-    assert budget.walks == 1 and budget.inodes >= 200
+    assert budget.walks == walks + 1 and budget.inodes >= 200
     assert budget.measured >= 200 * budget.unit
 
 
@@ -177,14 +180,15 @@ def test_held_deleted_empty_files_count_a_unit(tmp_path):
     assert budget.held == 0
 
 
-# -- the private tmpfs areas ----------------------------------------------------------------
+# -- the private tmpfs areas -----------------------------------------------------------
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 def test_a_tmpfs_area_out_of_inodes_is_full():
     where = tempfile.mkdtemp(prefix="stockade-test-inodes-")
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=16", "tmpfs", where], check=True
+        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=16", "tmpfs", where],
+        check=True,
     )
     try:
         areas = TmpfsAreas([where], 1 * MIB)

@@ -25,21 +25,19 @@ measured, by the launcher, while the run lasts:
   ``fallocate`` counts at once, but at least one unit) of every inode whose
   ctime is at or after the run's start, the workspace directory's own
   included (it grows with the entries made in it), is summed, each inode
-  once. ctime
-  cannot be set back by the program: any write, truncate, chmod, rename or
-  link of a file (and any entry made in or removed from a directory) moves
-  it to the present. Directories the walk cannot read are charged at the
+  once. ctime cannot be set back by the program: any write, truncate,
+  chmod, rename or link of a file (and any entry made in or removed from a
+  directory) moves it to the present. Directories the walk cannot read are charged at the
   full drop (bytes and inodes, as for the trigger).
 * Files the run deleted but still holds (open, or mapped), which no walk
   finds yet which still take space: with the walk, the descriptors of the
   run's processes (``/proc/<pid>/fd``) and their mappings of deleted files
   (``/proc/<pid>/maps``, sized through ``/proc/<pid>/map_files``) are
   looked at; each regular file on the workspace's file system with no link
-  left and a ctime at or after the start is added (its charge), once. What
-  cannot be
-  looked at (a process whose descriptors the launcher may not read, a
-  mapping it cannot size) makes the walk incomplete: charged at the full
-  drop.
+  left and a ctime at or after the start is added (its charge), once.
+  What cannot be looked at (a process whose descriptors the launcher may
+  not read, a mapping it cannot size) makes the walk incomplete: charged
+  at the full drop.
 * Over the budget the launcher ends the run with ``disk_limit``.
 
 Other writers on the same file system only cause extra walks (at most one
@@ -54,10 +52,10 @@ it is received. TODO(#4): a file system that keeps no inode count
 shows no inode drop, so the trigger sees only the bytes; meanwhile empty
 files there are charged only once a byte drop makes a walk happen (btrfs
 takes their metadata from chunks of 256 MiB or more, which show as a drop
-only when one is allocated). Overshoot is what the program can
-write between two polls (``LIMIT_POLL_SEC``); single files are held to the
-size cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by
-their size (ENOSPC).
+only when one is allocated). Overshoot is what the program can write
+between two polls (``LIMIT_POLL_SEC``); single files are held to the size
+cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by their
+size (ENOSPC).
 
 The private tmpfs areas (``TmpfsAreas``) are capped by their size, which the
 kernel enforces with ENOSPC; the launcher only needs to see afterwards that
@@ -67,7 +65,8 @@ each has the kernel's default inode count (half the RAM's pages), and an
 empty file or directory there takes no block of the size. What a tmpfs
 inode takes is kernel memory (inode and dentry, about 0.5 KiB), charged to
 the run's memory cgroup: ``memory_mb`` bounds them (the run ends with
-``memory_limit``), not ``disk_mb``.
+``memory_limit``), not ``disk_mb``. An area out of inodes (ENOSPC too)
+counts as full.
 
 Stdlib only; used by the launcher.
 """

@@ -1095,8 +1095,10 @@ class Run:
                     "action": "disk_limit",
                     "count": 1,
                     "detail": (
-                        f"{self.disk.measured >> 20} MiB added ({self.disk.inodes} inodes,"
-                        f" each at least {self.disk.unit} bytes), budget {self.disk.limit >> 20} MiB"
+                        f"{self.disk.measured >> 20} MiB added"
+                        f" ({self.disk.inodes} inodes, each at least"
+                        f" {self.disk.unit} bytes),"
+                        f" budget {self.disk.limit >> 20} MiB"
                     ),
                 })
         if self.areas is not None:
@@ -1111,9 +1113,13 @@ class Run:
                     "action": "errno:ENOSPC",
                     "count": 1,
                     "detail": (
-                        f"tmpfs area out of inodes ({int(area['size_bytes']) >> 20} MiB)"
-                        if area["free_inodes"] == 0 and int(area["free_bytes"]) > 0
-                        else f"tmpfs area full ({int(area['size_bytes']) >> 20} MiB)"
+                        "tmpfs area "
+                        + (
+                            "out of inodes"
+                            if area["free_inodes"] == 0 and int(area["free_bytes"]) > 0
+                            else "full"
+                        )
+                        + f" ({int(area['size_bytes']) >> 20} MiB)"
                     ),
                 })
             self.areas.close()
