@@ -150,20 +150,25 @@ def test_the_walk_charges_every_new_inode_at_least_a_unit(tmp_path):
 def test_a_drop_of_free_inodes_alone_makes_the_budget_walk(tmp_path):
     if os.statvfs(tmp_path).f_files == 0:
         pytest.skip("this file system keeps no inode count")
-    budget = DiskBudget(str(tmp_path), 256 * KIB)
-    for i in range(10):
-        (tmp_path / f"e{i}").touch()
-    _settled(tmp_path)
-    # (other writers on this file system may make it walk; the walk finds
-    # the budget kept)
-    assert not budget.check(time.monotonic(), final=True)
-    walks = budget.walks
-    for i in range(10, 200):
-        (tmp_path / f"e{i}").touch()
-    _settled(tmp_path)
-    # 200 empty files: no free byte less, 200 inodes of 4 KiB or more
-    assert budget.check(time.monotonic(), final=True)
-    assert budget.walks == walks + 1 and budget.inodes >= 200
+    # other writers on this file system may make it walk early (the walk
+    # finds the budget kept), or free space meanwhile and hide the drop:
+    # then try again
+    for attempt in range(4):
+        where = tmp_path / str(attempt)
+        where.mkdir()
+        budget = DiskBudget(str(where), 256 * KIB)
+        for i in range(10):
+            (where / f"e{i}").touch()
+        _settled(where)
+        assert not budget.check(time.monotonic(), final=True)
+        walks = budget.walks
+        for i in range(10, 200):
+            (where / f"e{i}").touch()
+        _settled(where)
+        # 200 empty files: no free byte less, 200 inodes of 4 KiB or more
+        if budget.check(time.monotonic(), final=True):
+            break
+    assert budget.walks == walks + 1 and budget.inodes >= 200, attempt
     assert budget.measured >= 200 * budget.unit
 
 
