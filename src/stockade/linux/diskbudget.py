@@ -5,25 +5,39 @@ the sandbox, and Linux has no per-directory byte quota short of project
 quotas (which need a file system set up for them). So the budget is
 measured, by the launcher, while the run lasts:
 
-* Trigger: every poll reads the free space of the workspace's file system
-  (one ``statvfs``). Only when it has dropped by more than the budget since
-  the run started can the run have exceeded it.
+* Inodes are disk too: an empty file, a directory, a symlink or a fifo
+  allocates nothing to itself (``st_blocks`` 0 for most) yet takes one of
+  the file system's inodes, of which there is a fixed number on ext4. So
+  every inode counted is charged at least one block of the file system
+  (``statvfs`` ``f_frsize``, 4 KiB on ext4), the *unit*:
+  ``max(st_blocks * 512, unit)`` (``inode_charge``). A budget of N MiB
+  thus holds at most N * 256 new inodes on ext4; files of a block or more
+  cost what they did.
+* Trigger: every poll reads the free space and the free inodes of the
+  workspace's file system (one ``statvfs``: ``f_bavail``, ``f_favail``).
+  The drop since the run started is the drop in free bytes plus the drop
+  in free inodes times the unit; only when it is more than the budget can
+  the run have exceeded it (a new inode adds its blocks to the first and
+  one to the second, never less than its charge).
 * Count: then the workspace is walked (without following symlinks, without
-  crossing into other file systems) and the allocated size (``st_blocks``,
-  so sparse files count what they really use, and ``fallocate`` counts at
-  once) of every inode whose ctime is at or after the run's start is summed,
-  each inode once. ctime cannot be set back by the program: any write,
-  truncate, chmod, rename or link of a file moves it to the present.
-  Directories the walk cannot read are charged at the full free-space drop.
+  crossing into other file systems) and the charge (above: the allocated
+  size, ``st_blocks``, so sparse files count what they really use, and
+  ``fallocate`` counts at once, but at least one unit) of every inode whose
+  ctime is at or after the run's start, the workspace directory's own
+  included (it grows with the entries made in it), is summed, each inode
+  once. ctime cannot be set back by the program: any write, truncate,
+  chmod, rename or link of a file (and any entry made in or removed from a
+  directory) moves it to the present. Directories the walk cannot read are charged at the
+  full drop (bytes and inodes, as for the trigger).
 * Files the run deleted but still holds (open, or mapped), which no walk
   finds yet which still take space: with the walk, the descriptors of the
   run's processes (``/proc/<pid>/fd``) and their mappings of deleted files
   (``/proc/<pid>/maps``, sized through ``/proc/<pid>/map_files``) are
   looked at; each regular file on the workspace's file system with no link
-  left and a ctime at or after the start is added, once. What cannot be
-  looked at (a process whose descriptors the launcher may not read, a
-  mapping it cannot size) makes the walk incomplete: charged at the full
-  free-space drop.
+  left and a ctime at or after the start is added (its charge), once.
+  What cannot be looked at (a process whose descriptors the launcher may
+  not read, a mapping it cannot size) makes the walk incomplete: charged
+  at the full drop.
 * Over the budget the launcher ends the run with ``disk_limit``.
 
 Other writers on the same file system only cause extra walks (at most one
@@ -33,14 +47,26 @@ counts whole. Deleted files count nothing once no process of the run holds
 them (their space is free again). TODO(#4): a deleted file whose only
 reference is a descriptor in flight in a unix socket (sent with SCM_RIGHTS
 and not yet received) is not seen; meanwhile it escapes the budget until
-it is received. Overshoot is what the program can
-write between two polls (``LIMIT_POLL_SEC``); single files are held to the
-size cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by
-their size (ENOSPC).
+it is received. TODO(#4): a file system that keeps no inode count
+(``statvfs`` ``f_files`` 0: btrfs, some network and FUSE file systems)
+shows no inode drop, so the trigger sees only the bytes; meanwhile empty
+files there are charged only once a byte drop makes a walk happen (btrfs
+takes their metadata from chunks of 256 MiB or more, which show as a drop
+only when one is allocated). Overshoot is what the program can write
+between two polls (``LIMIT_POLL_SEC``); single files are held to the size
+cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by their
+size (ENOSPC).
 
 The private tmpfs areas (``TmpfsAreas``) are capped by their size, which the
 kernel enforces with ENOSPC; the launcher only needs to see afterwards that
-one was full, to report ``disk_limit``.
+one was full, to report ``disk_limit``. Their inodes are not disk: bubblewrap
+mounts them with ``size=`` only (it has no option for ``nr_inodes``), so
+each has the kernel's default inode count (half the RAM's pages), and an
+empty file or directory there takes no block of the size. What a tmpfs
+inode takes is kernel memory (inode and dentry, about 0.5 KiB), charged to
+the run's memory cgroup: ``memory_mb`` bounds them (the run ends with
+``memory_limit``), not ``disk_mb``. An area out of inodes (ENOSPC too)
+counts as full.
 
 Stdlib only; used by the launcher.
 """
@@ -55,6 +81,16 @@ from collections.abc import Callable
 from . import _sys
 
 _CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+
+# The unit when the file system reports no block size.
+DEFAULT_UNIT = 4096
+
+
+def inode_charge(st_blocks: int, unit: int) -> int:
+    """What one counted inode costs the budget: its allocated size, but at
+    least one block of the file system (``unit``), since it takes one of the
+    file system's inodes even when empty."""
+    return max(st_blocks * 512, unit)
 
 # A tmpfs area with at most this many blocks (pages) free counts as full: a
 # writer stopped by ENOSPC leaves less than the block it asked for, and most
@@ -82,22 +118,33 @@ class DiskBudget:
         self.limit = int(limit_bytes)
         self.pids = pids
         self.held = 0  # bytes of deleted files the run held at the last walk
+        self.unit = DEFAULT_UNIT  # the charge of an inode; set by _free()
         # the clock file systems stamp ctime with (current_time(): the coarse
         # realtime clock, up to a tick behind time.time_ns()), so that a file
         # changed right after the start is never stamped before it
         self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
-        self.free0 = self._free()
-        self.trigger = self.limit
-        self.next_walk = 0.0
-        self.measured = 0
-        self.walks = 0
-
-    def _free(self) -> int:
         try:
             st = os.statvfs(self.path)
         except OSError:
-            return 0
-        return st.f_bavail * st.f_frsize
+            st = None
+        if st is not None and st.f_frsize > 0:
+            self.unit = st.f_frsize
+        self.free0 = self._free(st)
+        self.trigger = self.limit
+        self.next_walk = 0.0
+        self.measured = 0
+        self.inodes = 0  # inodes counted by the last walk
+        self.walks = 0
+
+    def _free(self, st: os.statvfs_result | None = None) -> int:
+        """Free bytes plus free inodes times the unit (an inode is charged
+        at least one unit). Only differences of this are used."""
+        if st is None:
+            try:
+                st = os.statvfs(self.path)
+            except OSError:
+                return 0
+        return st.f_bavail * st.f_frsize + st.f_favail * self.unit
 
     def check(self, now: float, final: bool = False) -> bool:
         """True when the run has used more than its budget.
@@ -128,17 +175,25 @@ class DiskBudget:
         return False
 
     def measure(self) -> tuple[int, bool]:
-        """Bytes allocated to inodes changed since the start (in the tree,
-        and deleted ones the run's processes hold), and whether the walk saw
-        everything."""
+        """The charge (``inode_charge``) of the inodes changed since the
+        start (in the tree, and deleted ones the run's processes hold), and
+        whether the walk saw everything. Sets ``inodes`` to how many."""
         try:
             top = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return 0, False
         seen: set[tuple[int, int]] = set()
         total = 0
+        inodes = 0
+        unit = self.unit
         complete = True
-        dev = os.fstat(top).st_dev
+        top_st = os.fstat(top)
+        dev = top_st.st_dev
+        # the workspace directory itself grows with the entries made in it
+        seen.add((top_st.st_dev, top_st.st_ino))
+        if top_st.st_ctime_ns >= self.start_ns:
+            total += inode_charge(top_st.st_blocks, unit)
+            inodes += 1
         # depth first, holding descriptors only along the current path
         first = _entries(top)
         if first is None:
@@ -158,7 +213,8 @@ class DiskBudget:
                 continue
             seen.add(key)
             if st.st_ctime_ns >= self.start_ns:
-                total += st.st_blocks * 512
+                total += inode_charge(st.st_blocks, unit)
+                inodes += 1
             if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
                 continue
             try:
@@ -175,24 +231,29 @@ class DiskBudget:
                 complete = False
                 listing = []
             stack.append((child, iter(listing)))
-        held, held_complete = self._held_deleted(dev, seen)
+        held, held_inodes, held_complete = self._held_deleted(dev, seen)
         self.held = held
+        self.inodes = inodes + held_inodes
         return total + held, complete and held_complete
 
-    def _held_deleted(self, dev: int, seen: set[tuple[int, int]]) -> tuple[int, bool]:
-        """Bytes of deleted regular files on ``dev`` that the run's processes
-        hold open or mapped, and whether every process could be looked at."""
+    def _held_deleted(
+        self, dev: int, seen: set[tuple[int, int]]
+    ) -> tuple[int, int, bool]:
+        """The charge of deleted regular files on ``dev`` that the run's
+        processes hold open or mapped, how many they are, and whether every
+        process could be looked at."""
         if self.pids is None:
-            return 0, True
+            return 0, 0, True
         pids = self.pids()
         if pids is None:
-            return 0, False
+            return 0, 0, False
         total = 0
+        inodes = 0
         complete = True
         wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}"
 
         def charge(st: os.stat_result) -> None:
-            nonlocal total
+            nonlocal total, inodes
             key = (st.st_dev, st.st_ino)
             if (
                 stat.S_ISREG(st.st_mode)
@@ -202,7 +263,8 @@ class DiskBudget:
                 and key not in seen
             ):
                 seen.add(key)
-                total += st.st_blocks * 512
+                total += inode_charge(st.st_blocks, self.unit)
+                inodes += 1
 
         for pid in pids:
             fd_dir = f"/proc/{pid}/fd"
@@ -240,7 +302,7 @@ class DiskBudget:
                 except OSError:
                     if fields[3] == wanted:
                         complete = False  # on the workspace's file system, size unknown
-        return total, complete
+        return total, inodes, complete
 
 
 def _entries(fd: int) -> list[tuple[str, os.stat_result]] | None:
@@ -331,18 +393,21 @@ class TmpfsAreas:
         return True
 
     def full(self) -> list[dict[str, int | str]]:
-        """The areas that are full (or within ``FULL_SLACK_BLOCKS``)."""
+        """The areas that are full (or within ``FULL_SLACK_BLOCKS``), or
+        out of inodes (ENOSPC as well; the kernel's default count is large,
+        so ``memory_mb`` usually stops the run first)."""
         out: list[dict[str, int | str]] = []
         for path, fd in self.fds.items():
             try:
                 st = _sys.fstatfs(fd)
             except OSError:
                 continue
-            if st.f_bavail <= FULL_SLACK_BLOCKS:
+            if st.f_bavail <= FULL_SLACK_BLOCKS or (st.f_files and not st.f_ffree):
                 out.append({
                     "area": path,
                     "size_bytes": st.f_blocks * st.f_bsize,
                     "free_bytes": st.f_bavail * st.f_bsize,
+                    "free_inodes": st.f_ffree,
                 })
         return out
 

@@ -1084,6 +1084,8 @@ class Run:
                 "measured_bytes": self.disk.measured,
                 "limit_bytes": self.disk.limit,
                 "walks": self.disk.walks,
+                "inodes": self.disk.inodes,
+                "inode_charge_bytes": self.disk.unit,
                 "over": over,
             }
             if over:
@@ -1092,7 +1094,12 @@ class Run:
                     "what": "workspace",
                     "action": "disk_limit",
                     "count": 1,
-                    "detail": f"{self.disk.measured >> 20} MiB added, budget {self.disk.limit >> 20} MiB",
+                    "detail": (
+                        f"{self.disk.measured >> 20} MiB added"
+                        f" ({self.disk.inodes} inodes, each at least"
+                        f" {self.disk.unit} bytes),"
+                        f" budget {self.disk.limit >> 20} MiB"
+                    ),
                 })
         if self.areas is not None:
             full = self.areas.full()
@@ -1105,7 +1112,15 @@ class Run:
                     "what": str(area["area"]),
                     "action": "errno:ENOSPC",
                     "count": 1,
-                    "detail": f"tmpfs area full ({int(area['size_bytes']) >> 20} MiB)",
+                    "detail": (
+                        "tmpfs area "
+                        + (
+                            "out of inodes"
+                            if area["free_inodes"] == 0 and int(area["free_bytes"]) > 0
+                            else "full"
+                        )
+                        + f" ({int(area['size_bytes']) >> 20} MiB)"
+                    ),
                 })
             self.areas.close()
         event = {
