@@ -10,6 +10,7 @@ side checks that nothing happened.
 from __future__ import annotations
 
 import json
+import errno
 import os
 import shutil
 import signal
@@ -552,7 +553,10 @@ def test_launch_forks_the_launcher_not_the_caller_and_starts_no_interpreter(work
         assert monitor is not None and monitor != launcher
         assert _ppid(str(monitor)) == launcher
         sleep = os.path.realpath(shutil.which("sleep") or "sleep")
-        assert os.path.realpath(f"/proc/{program}/exe") == sleep
+        # the pid file is there before the shell's exec of sleep: wait for it
+        while os.path.realpath(f"/proc/{program}/exe") != sleep:
+            assert time.monotonic() < deadline, os.path.realpath(f"/proc/{program}/exe")
+            time.sleep(0.01)
         assert os.readlink(f"/proc/{monitor}/exe") == os.readlink(f"/proc/{launcher}/exe")
         with open(f"/proc/{monitor}/cmdline", "rb") as a, open(
             f"/proc/{launcher}/cmdline", "rb"
@@ -637,14 +641,46 @@ def test_host_unix_socket_by_path_is_blocked(workspace, outside):
             server.accept()
 
 
-def test_known_limitation_host_processes_are_listed_in_proc(workspace, victim):
-    """Without a pid namespace /proc is the host's: command lines are visible
-    (environments are not, see the contract above)."""
+def test_host_processes_cannot_be_listed_or_read_in_proc(workspace, victim):
+    """Without a pid namespace /proc is the host's: Landlock grants only the
+    program's own entries and system-wide figures, so the host's processes
+    can be neither listed nor opened, command lines included."""
     proc, _marker = victim
-    result = manager(**SECOND_TIER).execute(
-        ["cat", f"/proc/{proc.pid}/cmdline"], cwd=workspace
+    code = (
+        "import os, sys\n"
+        "def tryit(f):\n"
+        "    try:\n"
+        "        return repr(f())[:60]\n"
+        "    except OSError as e:\n"
+        "        return 'refused ' + str(e.errno)\n"
+        "print(tryit(lambda: os.listdir('/proc')))\n"
+        f"print(tryit(lambda: open('/proc/{proc.pid}/cmdline', 'rb').read()))\n"
+        "print(tryit(lambda: open('/proc/1/cmdline', 'rb').read()))\n"
+        "print(tryit(lambda: open('/proc/self/status').read().startswith('Name:')))\n"
+        "print(tryit(lambda: len(os.listdir('/proc/self/fd')) > 0))\n"
+        "print(tryit(lambda: 'MemTotal' in open('/proc/meminfo').read()))\n"
+        "print(tryit(lambda: 'processor' in open('/proc/cpuinfo').read()))\n"
     )
-    assert result.success and b"SIGUSR1" in result.stdout
+    result = manager(**SECOND_TIER).execute([PY, "-c", code], cwd=workspace)
+    assert result.success, result.stderr_text
+    lines = result.stdout_text.splitlines()
+    assert lines[:3] == [f"refused {errno.EACCES}"] * 3, lines
+    assert lines[3:] == ["True"] * 4, lines
+
+
+def test_known_limitation_a_child_has_no_proc_entries_of_its_own(workspace):
+    """/proc/self is granted to the program's own process only: a process it
+    starts gets a pid, and entries, that the ruleset does not name."""
+    script = (
+        "read first < /proc/self/status && echo \"own: $first\"; "
+        "cat /proc/self/status >/dev/null 2>&1 || echo child-refused; "
+        "cat /proc/meminfo | head -1 | cut -d: -f1"
+    )
+    result = manager(**SECOND_TIER).execute(["sh", "-c", script], cwd=workspace)
+    assert result.success, result.stderr_text
+    assert result.stdout_text.splitlines() == ["own: Name:\tsh", "child-refused", "MemTotal"], (
+        result.stdout_text
+    )
 
 
 # -- unprivileged caller --------------------------------------------------------------

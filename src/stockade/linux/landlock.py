@@ -116,6 +116,28 @@ def abi_version() -> tuple[int, str | None]:
     return min(abi, _LATEST_ABI), None
 
 
+# What the second tier grants of /proc, which is the host's there (no pid
+# namespace): the program's own entries, and the system-wide figures that
+# runtimes read (CPU count and features, memory, load, uptime, kernel
+# tunables). Not /proc itself: a run cannot list the host's processes, nor
+# open another's entries (command lines included). "/proc/self" is resolved
+# when the ruleset is applied, in the program's process (its pid survives the
+# exec); a process the program starts has a pid of its own, and so no
+# entries of its own to read (docs/hosts.md).
+PROC_GRANTS = (
+    "/proc/self",
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/loadavg",
+    "/proc/uptime",
+    "/proc/version",
+    "/proc/filesystems",
+    "/proc/swaps",
+    "/proc/vmstat",
+    "/proc/sys",
+)
+
 # Devices the second tier grants, like the first tier's minimal /dev.
 _DEVICES_RW = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty")
 _DEVICES_RO = ("/dev/random", "/dev/urandom")
@@ -145,17 +167,16 @@ def second_tier_rules(
     Returns:
         (path, access names) pairs and spec items for ``ruleset_spec``.
 
-    ``/proc`` is readable: without a pid namespace it is the host's, but a
-    process's own entries are needed (``/proc/self``); other processes'
-    environment, memory and descriptors stay out of reach (Landlock treats
-    them as ptrace, which stops at the run's domain). ``/dev/shm`` is the
+    ``/proc`` is the host's (no pid namespace): only ``PROC_GRANTS`` are
+    readable, the program's own entries and system-wide figures; the host's
+    processes cannot be listed and their entries not opened. ``/dev/shm`` is the
     host's and writable in moderate and permissive, where POSIX semaphores
     (Python's multiprocessing) need it.
     """
     rules: list[Any] = [(path, READ_EXEC) for path in system]
     rules += [(path, READ_EXEC) for path in read_only]
     rules += list(paths or [])
-    rules.append(("/proc", READ_ONLY))
+    rules += [(path, READ_ONLY) for path in PROC_GRANTS]
     rules += [(path, READ_WRITE) for path in _DEVICES_RW]
     rules += [(path, READ_ONLY) for path in _DEVICES_RO]
     if mode != "strict":

@@ -24,7 +24,7 @@ than the first tier's), ``unavailable`` (the host cannot give it) or ``off``
 reason and the fix. A row *blocks* the run when the policy needs it, it is
 not enforced, and the policy did not accept that: through
 ``allow_degraded``, or, for what the second tier lacks by design (the
-namespaces themselves, the mount view, /proc showing host processes), by
+namespaces themselves, the mount view, the host's pid space), by
 choosing the second tier.
 """
 
@@ -451,8 +451,10 @@ def _landlock_rows(
         process = _row(
             "process_isolation",
             DEGRADED,
-            "signals and ptrace stop at the run's own processes (Landlock); "
-            "host processes and their command lines are visible in /proc",
+            "signals and ptrace stop at the run's own processes, and /proc "
+            "shows the program's own entries only (Landlock); but pids are the "
+            "host's (a pid's existence can be probed) and the program's "
+            "children cannot read their own /proc entries",
             userns_fix,
             True,
             allowed,
@@ -464,7 +466,7 @@ def _landlock_rows(
             DEGRADED,
             f"ptrace stops at the run's own processes, but on Landlock ABI {abi} "
             "(< 6) signals reach every host process of the same uid, the run's "
-            "monitor included; host processes are visible in /proc",
+            "monitor included; /proc shows the program's own entries only",
             f"Linux 6.12+ (Landlock ABI 6) for signal scoping; or {userns_fix}",
             True,
             allowed,
