@@ -43,6 +43,7 @@ import stat
 from dataclasses import dataclass, field
 
 from ..errors import PolicyError
+from . import gitdirs
 
 # A snapshot is kept in memory: bounded, so that a huge protected tree is
 # refused up front instead of being copied on every run.
@@ -64,6 +65,7 @@ _PLAIN_GIT_KEYS = (
     "core.ignorecase",
     "core.precomposeunicode",
     "core.symlinks",
+    "core.worktree",
     "extensions.objectformat",
     "init.defaultbranch",
     "user.name",
@@ -72,6 +74,8 @@ _PLAIN_GIT_KEYS = (
     "remote.*.fetch",
     "branch.*.remote",
     "branch.*.merge",
+    "submodule.*.url",
+    "submodule.*.active",
 )
 _SECTION = re.compile(r'^\[([A-Za-z0-9-]+)(?:\s+"([^"\\\n]*)")?\]\s*(?:[#;].*)?$')
 _KEY = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*(?:=.*)?$")
@@ -110,14 +114,38 @@ class _Watch:
     ident: tuple[int, int] | None = None
 
 
+@dataclass
+class _GitScan:
+    root: str
+    root_ident: tuple[int, int]
+    tails: tuple[str, ...]  # a git directory's protected names
+    known: frozenset[str]  # protected at launch: left to the rules and watches
+
+
 class Guard:
     """The protected paths of one run that are checked after it."""
 
     def __init__(self) -> None:
         self.watches: list[_Watch] = []
+        self.scans: list[_GitScan] = []
 
     def __bool__(self) -> bool:
-        return bool(self.watches)
+        return bool(self.watches) or bool(self.scans)
+
+    def scan_git(
+        self,
+        root: str,
+        root_ident: tuple[int, int],
+        tails: tuple[str, ...],
+        *,
+        known: frozenset[str],
+    ) -> None:
+        """After the run, find the git directories of ``root`` again
+        (``gitdirs.scan``) and check each of their protected names
+        (``tails``) that was not protected at launch (``known``) like one
+        the run created; quarantine ``.git`` files of nested repositories
+        that lead outside ``root``."""
+        self.scans.append(_GitScan(root, root_ident, tails, known))
 
     def watch_absent(
         self,
@@ -213,7 +241,93 @@ class Guard:
                 _check_watch(root_fd, watch, run_id, findings)
             finally:
                 os.close(root_fd)
+        for scan in self.scans:
+            try:
+                root_fd = open_nofollow(scan.root)
+            except OSError:
+                continue  # reported by its watches, if any
+            try:
+                st = os.fstat(root_fd)
+                if (st.st_dev, st.st_ino) == scan.root_ident:
+                    _check_scan(root_fd, scan, run_id, findings)
+            finally:
+                os.close(root_fd)
         return findings
+
+
+def _check_scan(
+    root_fd: int, scan: _GitScan, run_id: str, findings: list[Finding]
+) -> None:
+    """The git directories of a writable place after the run (``gitdirs``):
+    what was not protected at launch is checked like a path the run
+    created."""
+    found = gitdirs.scan(root_fd, scan.root)
+    for parts, target in found.gitfiles.items():
+        path = os.path.join(scan.root, *parts)
+        if target is None and path not in scan.known:
+            _aside(root_fd, parts, path, "a .git file leading out of the writable "
+                   "place, made or changed during the run", run_id, findings)
+    for parts in found.others:
+        path = os.path.join(scan.root, *parts)
+        if path not in scan.known:
+            _aside(root_fd, parts, path, "a .git that is neither a directory nor a "
+                   "file, made during the run", run_id, findings)
+    for gitdir, kind in found.gitdirs.items():
+        fd = gitdirs.open_dir(root_fd, gitdir)
+        if fd is None:
+            continue
+        try:
+            for tail in scan.tails:
+                path = os.path.join(scan.root, *gitdir, tail)
+                if path in scan.known:
+                    continue
+                try:
+                    st = os.lstat(tail, dir_fd=fd)
+                except OSError:
+                    continue
+                if _inert(fd, tail, st, (*gitdir, tail), git_dir=True, kind=kind):
+                    continue
+                moved = quarantine(fd, tail, run_id)
+                where = {
+                    "bare": "the writable place laid out as a bare repository",
+                    "module": "a submodule's git directory",
+                    "worktree": "a linked worktree's git directory",
+                }.get(kind, "a nested repository the index references")
+                findings.append(
+                    Finding(
+                        path,
+                        f"created or changed during the run ({where})",
+                        f"moved to {moved}",
+                    )
+                )
+        finally:
+            os.close(fd)
+    for why in found.incomplete:
+        findings.append(
+            Finding(
+                scan.root,
+                f"git directories not all found after the run: {why}",
+                "not checked (TODO(#6))",
+            )
+        )
+
+
+def _aside(
+    root_fd: int,
+    parts: tuple[str, ...],
+    path: str,
+    what: str,
+    run_id: str,
+    findings: list[Finding],
+) -> None:
+    fd = gitdirs.open_dir(root_fd, parts[:-1])
+    if fd is None:
+        return
+    try:
+        moved = quarantine(fd, parts[-1], run_id)
+    finally:
+        os.close(fd)
+    findings.append(Finding(path, what, f"moved to {moved}"))
 
 
 # -- after the run -------------------------------------------------------------------
@@ -312,19 +426,31 @@ def _check_last(
     )
 
 
-def _inert(fd: int, name: str, st: os.stat_result, parts: tuple[str, ...]) -> bool:
+def _inert(
+    fd: int,
+    name: str,
+    st: os.stat_result,
+    parts: tuple[str, ...],
+    *,
+    git_dir: bool = False,
+    kind: str = "",
+) -> bool:
     """Whether something the run created at a protected path can run nothing:
     a directory of git's ``*.sample`` hook templates, or a git config of plain
-    settings. Everything else counts as planted."""
+    settings; in a linked worktree's git directory (``kind``), the
+    ``commondir`` that ``git worktree add`` writes (``../..``). Everything
+    else counts as planted. ``git_dir``: ``fd`` is a git directory other
+    than a ``.git`` (``gitdirs.py``)."""
     if stat.S_ISDIR(st.st_mode):
         with _listing(fd, name) as entries:
             return all(
                 e.name.endswith(".sample") and e.is_file(follow_symlinks=False)
                 for e in entries
             )
+    if kind == "worktree" and name == "commondir" and stat.S_ISREG(st.st_mode):
+        return _read(fd, name, 64) in (b"../..\n", b"../..")
     is_git_config = (
-        len(parts) >= 2
-        and parts[-2] == ".git"
+        (git_dir or (len(parts) >= 2 and parts[-2] == ".git"))
         and name in ("config", "config.worktree")
     )
     if (

@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
 from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
+from . import gitdirs
 from . import presets as _presets
-from .guard import Guard
+from .guard import Guard, open_nofollow
 from .metadata import Metadata
 from .watch import Destination, chain
 
@@ -576,6 +577,90 @@ def _protect(
                     guard_protected=guard_protected,
                     check_replaced=check_replaced,
                 )
+        tails = git_tails(entries)
+        if tails:
+            _protect_git_dirs(
+                plan,
+                root,
+                tails,
+                guard_protected=guard_protected,
+                check_replaced=check_replaced,
+            )
+
+
+def git_tails(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """The protected names of a git directory (``.git/X`` entries): they
+    apply to every git directory the guard finds too (``gitdirs.py``)."""
+    out = []
+    for entry in entries:
+        parts = os.path.normpath(entry).split("/")
+        if len(parts) == 2 and parts[0] == ".git" and not os.path.isabs(entry):
+            out.append(parts[1])
+    return tuple(dict.fromkeys(out))
+
+
+def _protect_git_dirs(
+    plan: FsPlan,
+    root: PathRule,
+    tails: tuple[str, ...],
+    *,
+    guard_protected: bool,
+    check_replaced: bool,
+) -> None:
+    """The other git directories of a writable place (``gitdirs.scan``:
+    nested repositories its index references, submodules' and worktrees'
+    directories, the place itself laid out as a bare repository): their
+    protected names that exist become read-only like ``.git``'s, and so do
+    nested repositories' ``.git`` files. The guard scans again after the
+    run and checks what was not protected now."""
+    assert root.ident is not None
+    try:
+        fd = open_nofollow(root.path)
+    except OSError:
+        return
+    try:
+        found = gitdirs.scan(fd, root.path)
+    finally:
+        os.close(fd)
+    known: set[str] = set()
+    for gitdir in found.gitdirs:
+        for tail in tails:
+            path = os.path.join(root.path, *gitdir, tail)
+            if os.path.lexists(path):
+                _protect_one(
+                    plan,
+                    root,
+                    gitdir + (tail,),
+                    guard_protected=guard_protected,
+                    check_replaced=check_replaced,
+                )
+                known.add(path)
+    for gitfile in found.gitfiles:
+        path = os.path.join(root.path, *gitfile)
+        _make_read_only(
+            plan,
+            path,
+            root,
+            gitfile,
+            guard_protected=guard_protected,
+            check_replaced=check_replaced,
+        )
+        known.add(path)
+    # protected now (read-only, or recorded and restored): the guard's
+    # scan after the run leaves them to the rules and watches
+    known = {
+        p for p in known if p in plan.guarded or plan.access_of(p) is not Access.WRITABLE
+    }
+    plan.notes.extend(
+        f"protected: git directories of {root.path} not all found: {why} (TODO(#6))"
+        for why in found.incomplete
+    )
+    plan.guard.scan_git(
+        root.path,
+        root.ident,
+        tails,
+        known=frozenset(known),
+    )
 
 
 def _protect_one(

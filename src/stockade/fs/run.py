@@ -241,6 +241,9 @@ def protection_rows(plan: FsPlan, *, second_tier: bool) -> list[Protection]:
         parts.append(f"read-only: {', '.join(names)}")
     if guarded:
         parts.append(f"checked after the run: {', '.join(guarded)}")
+    if plan.guard.scans:
+        # gitdirs.py: gitlinks' repositories, .git/modules, a bare layout
+        parts.append("other git directories found after the run checked")
     # paths that exist but are only checked after the run (a symbolic link;
     # the second tier when the policy accepts it) are writable during it
     degraded = any(w.snapshot is not None for w in plan.guard.watches)
