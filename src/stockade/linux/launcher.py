@@ -48,7 +48,7 @@ from typing import Any
 
 from . import _sys, netbridge, reaper
 from . import landlock as _landlock  # before any fork: children do no import work
-from .cgroups import CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
+from .cgroups import CPUACCT, CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
 from .diskbudget import DiskBudget, TmpfsAreas
 from .supervise import Supervisor
 
@@ -543,6 +543,9 @@ class Run:
         self.t_json_exit: float | None = None
         self.t_limits: float | None = None
         self.t_forked: float | None = None
+        # the run was reported while the sandbox's pid 1, alone, was still
+        # exiting (``_init_alone``): it is reaped, and the cgroup removed, later
+        self.init_lingers = False
         if spec.get("pool"):
             self.deadline = None  # the clock starts when a program is given
 
@@ -1031,8 +1034,37 @@ class Run:
                         signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
                     except OSError:
                         pass
-                return
+                if not self._init_alone():
+                    return
+                self.init_lingers = True
         self.finish()
+
+    def _init_alone(self) -> bool:
+        """True when the sandbox's pid 1 (bubblewrap's init, reparented to
+        us, not reaped, killed above) is all that is left of the run.
+
+        Every process of the sandbox's pid namespace descends from its pid 1
+        and an orphan is reparented to it, so with no child (zombies count)
+        no process of the program exists any more; killed, pid 1 can start
+        none (a fork checks for the pending SIGKILL under the lock the
+        signal takes). What remains is its own exit, whose teardown of the
+        mount namespace (about 1 ms) need not delay the report: bubblewrap
+        run by hand does not wait for it either. The run is then reported
+        at once; its cgroup is removed once pid 1 is reaped.
+
+        Only with a cgroup that counts CPU time: without one the run's CPU
+        time is pid 1's rusage, known when it is reaped. The pid number
+        cannot be reused meanwhile: pid 1 is our unreaped child.
+        """
+        if self.init_pid is None or self.init_pidfd is None or self.spec.get("monitor"):
+            return False
+        if self.cgroup is None or CPUACCT not in self.cgroup.dirs or self.launcher.cgroups is None:
+            return False
+        try:
+            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children", "rb") as fh:
+                return not fh.read().strip()
+        except OSError:
+            return False
 
     def finish(self) -> None:
         self.finished = True
@@ -1143,8 +1175,12 @@ class Run:
             self.refills.refill_at = None
             self.refills.fill()
         if self.cgroup is not None and self.launcher.cgroups is not None:
-            # after the event: removal is off the caller's path
-            self.launcher.cgroups.release(self.cgroup)
+            if self.init_lingers and self.init_pid is not None and self.init_rusage is None:
+                # pid 1 still holds it: removed when it is reaped
+                self.launcher.lingering[self.init_pid] = self.cgroup
+            else:
+                # after the event: removal is off the caller's path
+                self.launcher.cgroups.release(self.cgroup)
             self.cgroup = None
 
     def _times(self) -> dict[str, float]:
@@ -1383,6 +1419,9 @@ class Launcher:
         # STOCKADE_SPARE=0 turns spares off (for comparisons in bench/)
         self.spare_at: float | None = None if os.environ.get("STOCKADE_SPARE") == "0" else 0.0
         self.spare_pids: set[int] = set()
+        # finished runs' cgroups, by the pid of their sandbox's pid 1, which
+        # was still exiting when the run was reported (Run._init_alone)
+        self.lingering: dict[int, RunCgroup] = {}
 
     def _setup_cgroups(self, found: Probe | None = None) -> None:
         """Probe the cgroups, remove what dead launchers left, make the first
@@ -1449,6 +1488,8 @@ class Launcher:
                 self._last_tick = now
                 self._tick()
         if self.cgroups is not None:
+            self.cgroups.pending += self.lingering.values()
+            self.lingering.clear()
             self.cgroups.close()
         os._exit(0)
 
@@ -1589,6 +1630,9 @@ class Launcher:
             run = self.by_pid.get(pid)
             if run is not None:
                 run.on_reaped(pid, status, ru)
+            lingering = self.lingering.pop(pid, None)
+            if lingering is not None and self.cgroups is not None:
+                self.cgroups.release(lingering)
 
     def _shutdown(self) -> None:
         self.stopping = True
