@@ -95,6 +95,8 @@ REFILL_DELAY_SEC = 0.02
 SPARE_DELAY_SEC = 0.003
 # Specs above this size reach a spare child in a memfd.
 SPARE_INLINE_MAX = 64 * 1024
+# the keys of spec["seccomp"] a spare child needs
+_SPARE_SECCOMP_KEYS = ("bpf", "listener", "inner_slot")
 
 # How often a workspace's disk budget is checked (one statvfs).
 LIMIT_POLL_SEC = 0.05
@@ -590,7 +592,10 @@ class Run:
                 fds += extra_fds
                 sent = dict(self.spec)
                 if "seccomp" in sent:
-                    sent["seccomp"] = {k: v for k, v in sent["seccomp"].items() if k != "program"}
+                    # what the child reads (_spare_main, _child_setup): the
+                    # supervisor's tables and the inner filter (a memfd by
+                    # now) would only be encoded and decoded once more
+                    sent["seccomp"] = {k: v for k, v in sent["seccomp"].items() if k in _SPARE_SECCOMP_KEYS}
                 sent["_spare_fds"] = {"stdio": len(self.stdio), "json_w": json_w is not None}
                 try:
                     spare.hand_over(sent, fds)
