@@ -127,3 +127,77 @@ def _state(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return ""
+
+
+def test_a_pid_1_already_reaped_is_alone():
+    """Reaped by its parent (bubblewrap's monitor) means it exited, which pid
+    1 of a namespace does only once the namespace is empty."""
+    proc = subprocess.Popen(["sleep", "30"])
+    run = _run_for(proc)
+    try:
+        proc.kill()
+        proc.wait()
+        assert run._init_alone()
+    finally:
+        os.close(run.init_pidfd)
+
+
+def _exit_line_run(proc: subprocess.Popen, **state) -> tuple[Run, list[bool]]:
+    run = _run_for(proc)
+    run.finished = False
+    run.status = None
+    run.killed = None
+    run.errsock = None
+    run.exec_done = True
+    run.dispatched = False
+    run.init_lingers = run.monitor_lingers = False
+    for key, value in state.items():
+        setattr(run, key, value)
+    calls: list[bool] = []
+    run.finish = lambda: calls.append(True)  # type: ignore[method-assign]
+    return run, calls
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"killed": "timeout"},
+        {"exec_done": False},
+        {"errsock": object()},
+        {"status": 0},
+        {"finished": True},
+        {"spec": {"pool": {"slot": 9}}},
+        {"cgroup": None},
+    ],
+    ids=lambda s: next(iter(s)),
+)
+def test_the_exit_line_ends_only_a_natural_end_with_a_cgroup(state):
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        run, calls = _exit_line_run(proc, **state)
+        try:
+            run._finish_at_exit_line()
+            assert calls == []
+            time.sleep(0.05)
+            assert proc.poll() is None  # not even killed
+        finally:
+            os.close(run.init_pidfd)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_exit_line_ends_a_run_whose_pid_1_is_alone():
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        run, calls = _exit_line_run(proc, spec={"pool": {"slot": 9}}, dispatched=True)
+        try:
+            run._finish_at_exit_line()
+            assert calls == [True]
+            assert run.init_lingers and run.monitor_lingers
+            assert proc.wait(timeout=5) == -signal.SIGKILL  # pid 1 killed first
+        finally:
+            os.close(run.init_pidfd)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -199,7 +199,11 @@ def test_memory_limit_applies_without_swap_and_is_reported(workspace):
             for path in _our_cgroups(launcher.pid()):
                 if os.path.dirname(path) != backend.parents[cgroups.MEMORY]:
                     continue  # another v1 hierarchy
-                if not Path(path, "cgroup.procs").read_text().split():
+                try:
+                    procs = Path(path, "cgroup.procs").read_text().split()
+                except FileNotFoundError:
+                    continue  # an earlier run's, removed since it was listed
+                if not procs:
                     continue  # the one made ahead for the next run
                 names = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.swappiness")
                 if backend.version == 2:
