@@ -199,7 +199,11 @@ def test_memory_limit_applies_without_swap_and_is_reported(workspace):
             for path in _our_cgroups(launcher.pid()):
                 if os.path.dirname(path) != backend.parents[cgroups.MEMORY]:
                     continue  # another v1 hierarchy
-                if not Path(path, "cgroup.procs").read_text().split():
+                try:
+                    procs = Path(path, "cgroup.procs").read_text().split()
+                except FileNotFoundError:
+                    continue  # an earlier run's, removed since it was listed
+                if not procs:
                     continue  # the one made ahead for the next run
                 names = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.swappiness")
                 if backend.version == 2:
@@ -619,6 +623,55 @@ def test_cgroups_of_a_killed_launcher_are_removed_by_the_next(workspace):
     assert manager.execute(["true"], cwd=workspace).success  # starts a new one
     assert launcher.pid() != old
     assert _our_cgroups(old) == []
+
+
+def test_a_run_is_reported_only_once_none_of_its_processes_exists(workspace):
+    """The launcher may report a run before the sandbox's pid 1 is reaped
+    (its namespace teardown), but only once pid 1 has no child left: a
+    process the program left behind is gone when execute() returns, not a
+    moment later."""
+    manager = _manager()
+    for attempt in range(5):
+        tag = f"stockade-left-{os.getpid()}-{attempt}-{time.monotonic_ns()}"
+        marker = workspace / f"late-{attempt}"
+        result = manager.execute(
+            ["bash", "-c",
+             f"(exec -a {tag} sleep 0.3) >/dev/null 2>&1 </dev/null & "
+             f"(sleep 0.2; touch {marker}) >/dev/null 2>&1 </dev/null & exit 3"],
+            cwd=workspace,
+        )
+        leftovers = [p for p in os.listdir("/proc") if p.isdigit() and tag.encode() in _cmdline(p)]
+        assert result.exit_code == 3, result.summary()
+        assert leftovers == [], result.summary()
+        assert result.usage.source.startswith("cgroup"), result.usage
+    time.sleep(0.4)
+    assert not list(workspace.glob("late-*"))
+
+
+def test_runs_reported_before_pid_1_is_reaped_leave_no_cgroup(workspace):
+    launcher = shared_launcher()
+    launcher.stop()  # a fresh launcher: its cgroups are all this test's
+    manager = _manager()
+    for _ in range(10):
+        result = manager.execute(["true"], cwd=workspace)
+        assert result.success, result.summary()
+        assert result.usage.cpu_user_sec is not None and result.usage.peak_processes is not None
+    pid = launcher.pid()
+    assert pid is not None
+    deadline = time.monotonic() + 5
+    while len({os.path.basename(p) for p in _our_cgroups(pid)}) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # at most the one made ahead for the next run
+    assert len({os.path.basename(p) for p in _our_cgroups(pid)}) <= 1
+    launcher.stop()
+    assert _our_cgroups(pid) == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_disabled_mode_kills_what_escaped_the_process_group(workspace):

@@ -138,6 +138,10 @@ class SandboxManager:
         self._allowlist = (
             config.network.allowlist() if config.network.mode is _netpolicy.NetworkMode.ALLOW else None
         )
+        # the last tier decision and protection rows, with what they were
+        # computed from (see ``decide`` and ``_protections``)
+        self._decided: tuple[Any, SandboxConfig, _tiers.Decision] | None = None
+        self._protected: tuple[Any, ...] | None = None
         if config.mode is SandboxMode.DISABLED:
             log.warning(
                 "stockade mode 'disabled': commands run WITHOUT namespaces, a mount view or "
@@ -382,18 +386,21 @@ class SandboxManager:
             filter_row = decision.row("syscall_filter")
             prepared.use_filter = filter_row.status == _tiers.ENFORCED
             second = decision.tier == _tiers.TIER_LANDLOCK
+            # looked at once per run: the same view feeds the path rules and
+            # bubblewrap's options (which add to a copy's lists)
+            base = _bwrap.base_plan(config.mode, workspace)
             prepared.fs = _fsrun.plan_run(
                 config,
                 workspace=workspace,
                 cwd=run_cwd,
-                system=_bwrap.base_plan(config.mode, workspace).visible_ro,
+                system=list(base.visible_ro),
                 env=run_env,
                 second_tier=second,
             )
             if second:
                 self._prepare_landlock(prepared, argv, run_env, workspace, caller_is_root, decision)
             else:
-                self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root)
+                self._prepare_bwrap(prepared, argv, run_env, workspace, caller_is_root, plan=base)
             prepared.notes.extend(prepared.fs.notes)
             prepared.timings["fs_policy_ms"] = prepared.fs.elapsed_ms
             prepared.protections = self._protections(
@@ -427,9 +434,19 @@ class SandboxManager:
     def decide(self) -> _tiers.Decision:
         """The tier and protections this manager's policy gets on this host.
 
-        Probes the host once per process (see ``linux/probe.py``).
+        Probes the host once per process (see ``linux/probe.py``). The
+        decision is a function of that probe and the policy alone (both
+        immutable): it is computed again only when either is another object
+        (a new probe, ``self.config`` replaced).
         """
-        return _tiers.decide(_tiers.probe_for(self.config), self.config)
+        config = self.config
+        probe = _tiers.probe_for(config)
+        cached = self._decided
+        if cached is not None and cached[0] is probe and cached[1] is config:
+            return cached[2]
+        decision = _tiers.decide(probe, config)
+        self._decided = (probe, config, decision)
+        return decision
 
     def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
         config = self.config
@@ -497,11 +514,14 @@ class SandboxManager:
         env: dict[str, str],
         workspace: str,
         caller_is_root: bool,
+        *,
+        plan: _bwrap.MountPlan | None = None,
     ) -> None:
         config = self.config
         info = _bwrap.find_bwrap(str(config.bwrap_path) if config.bwrap_path else None)
 
-        plan = _bwrap.base_plan(config.mode, workspace)
+        if plan is None:
+            plan = _bwrap.base_plan(config.mode, workspace)
         fs = prepared.fs
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
@@ -614,7 +634,6 @@ class SandboxManager:
         is not writable.
         """
         config = self.config
-        plan = _bwrap.base_plan(config.mode, workspace)
         fs = prepared.fs
         assert fs is not None
         resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
@@ -798,7 +817,29 @@ class SandboxManager:
         caller_is_root: bool,
         syscall_filter: _seccomp.SyscallFilter | None = None,
     ) -> list[Protection]:
+        # a function of its arguments, the policy and the caller's uid: the
+        # last rows serve again while all of them are the same (a new list:
+        # the caller extends it)
         uid = self.config.run_as_uid if caller_is_root else os.getuid()
+        objects, values = (decision, syscall_filter, self.config), (caller_is_root, uid)
+        cached = self._protected
+        if (
+            cached is not None
+            and all(x is y for x, y in zip(cached[0], objects))
+            and cached[1] == values
+        ):
+            return list(cached[2])
+        rows = self._protection_rows(decision, caller_is_root, syscall_filter, uid)
+        self._protected = (objects, values, tuple(rows))
+        return rows
+
+    def _protection_rows(
+        self,
+        decision: _tiers.Decision,
+        caller_is_root: bool,
+        syscall_filter: _seccomp.SyscallFilter | None,
+        uid: int,
+    ) -> list[Protection]:
         rows = [
             Protection(
                 row.name,

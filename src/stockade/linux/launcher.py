@@ -48,7 +48,7 @@ from typing import Any
 
 from . import _sys, netbridge, reaper
 from . import landlock as _landlock  # before any fork: children do no import work
-from .cgroups import CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
+from .cgroups import CPUACCT, CgroupUnavailable, Probe, RunCgroup, RunCgroups, probe
 from .diskbudget import DiskBudget, TmpfsAreas
 from .supervise import Supervisor
 
@@ -95,6 +95,8 @@ REFILL_DELAY_SEC = 0.02
 SPARE_DELAY_SEC = 0.003
 # Specs above this size reach a spare child in a memfd.
 SPARE_INLINE_MAX = 64 * 1024
+# the keys of spec["seccomp"] a spare child needs
+_SPARE_SECCOMP_KEYS = ("bpf", "listener", "inner_slot")
 
 # How often a workspace's disk budget is checked (one statvfs).
 LIMIT_POLL_SEC = 0.05
@@ -543,6 +545,12 @@ class Run:
         self.t_json_exit: float | None = None
         self.t_limits: float | None = None
         self.t_forked: float | None = None
+        # the run was reported while the sandbox's pid 1, alone, was still
+        # exiting (``_init_alone``): it is reaped, and the cgroup removed, later
+        self.init_lingers = False
+        # reported at bubblewrap's exit-code line, before its monitor was
+        # reaped (``_finish_at_exit_line``)
+        self.monitor_lingers = False
         if spec.get("pool"):
             self.deadline = None  # the clock starts when a program is given
 
@@ -587,7 +595,10 @@ class Run:
                 fds += extra_fds
                 sent = dict(self.spec)
                 if "seccomp" in sent:
-                    sent["seccomp"] = {k: v for k, v in sent["seccomp"].items() if k != "program"}
+                    # what the child reads (_spare_main, _child_setup): the
+                    # supervisor's tables and the inner filter (a memfd by
+                    # now) would only be encoded and decoded once more
+                    sent["seccomp"] = {k: v for k, v in sent["seccomp"].items() if k in _SPARE_SECCOMP_KEYS}
                 sent["_spare_fds"] = {"stdio": len(self.stdio), "json_w": json_w is not None}
                 try:
                     spare.hand_over(sent, fds)
@@ -827,6 +838,37 @@ class Run:
             if "exit-code" in data:
                 self.json_exit_code = int(data["exit-code"])
                 self.t_json_exit = time.monotonic()
+                self._finish_at_exit_line()
+
+    def _finish_at_exit_line(self) -> None:
+        """Report the run at bubblewrap's exit-code line, without waiting for
+        its monitor's exit and reaping, when nothing of the program is left.
+
+        The monitor writes the line and exits: it is bubblewrap's code,
+        outside the sandbox, and its status means nothing here (the line
+        has the program's). Pid 1 is killed first (as the monitor's exit
+        would, --die-with-parent), then must be alone (``_init_alone``). A
+        run killed by us, one not yet exec'd, and a prepared sandbox's
+        waiter not yet given a program end as before.
+        """
+        if (
+            self.finished
+            or self.status is not None
+            or self.killed is not None
+            or self.errsock is not None
+            or not self.exec_done
+            or (self.spec.get("pool") and not self.dispatched)
+            or not self._may_end_before_init()
+        ):
+            return
+        try:
+            signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+        except OSError:
+            pass  # already reaped: _init_alone tells
+        if self._init_alone():
+            self.init_lingers = True
+            self.monitor_lingers = True
+            self.finish()
 
     def open_bridge(self) -> None:
         """Create the proxy's listener in the sandbox, hand it over, start the program.
@@ -1031,8 +1073,59 @@ class Run:
                         signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
                     except OSError:
                         pass
-                return
+                if not self._init_alone():
+                    return
+                self.init_lingers = True
         self.finish()
+
+    def _may_end_before_init(self) -> bool:
+        """The run has a bubblewrap pid 1 we can check, and a cgroup that
+        counts its CPU time (see ``_init_alone``)."""
+        return not (
+            self.init_pid is None
+            or self.init_pidfd is None
+            or self.spec.get("monitor")
+            or self.cgroup is None
+            or CPUACCT not in self.cgroup.dirs
+            or self.launcher.cgroups is None
+        )
+
+    def _init_alone(self) -> bool:
+        """True when the sandbox's pid 1 (bubblewrap's init, killed by the
+        caller of this) is all that is left of the run.
+
+        Every process of the sandbox's pid namespace descends from its pid 1
+        and an orphan is reparented to it, so with no child (zombies count)
+        no process of the program exists any more; killed, pid 1 can start
+        none (a fork checks for the pending SIGKILL under the lock the
+        signal takes). What remains is its own exit, whose teardown of the
+        mount namespace (about 1 ms) need not delay the report: bubblewrap
+        run by hand does not wait for it either. The run is then reported
+        at once; its cgroup is removed once pid 1 is reaped.
+
+        Only with a cgroup that counts CPU time: without one the run's CPU
+        time is the rusage of pid 1 and the monitor, known when reaped.
+        """
+        if not self._may_end_before_init():
+            return False
+        assert self.init_pidfd is not None
+        try:
+            signal.pidfd_send_signal(self.init_pidfd, 0)
+        except ProcessLookupError:
+            # reaped (by the monitor, its parent until it exits): pid 1
+            # became a zombie only once its namespace was empty
+            return True
+        except OSError:
+            return False
+        try:
+            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children", "rb") as fh:
+                # Read while pid 1 exists, alive or a zombie: its pid is not
+                # free. Had its parent reaped it since, the pid could name
+                # another process: a child listed means "wait" (safe); none
+                # listed is right anyway, since pid 1 was then gone.
+                return not fh.read().strip()
+        except OSError:
+            return False
 
     def finish(self) -> None:
         self.finished = True
@@ -1158,8 +1251,17 @@ class Run:
             self.refills.refill_at = None
             self.refills.fill()
         if self.cgroup is not None and self.launcher.cgroups is not None:
-            # after the event: removal is off the caller's path
-            self.launcher.cgroups.release(self.cgroup)
+            lingering = [self.pid] if self.monitor_lingers else []
+            if self.init_lingers and self.init_pid is not None and self.init_rusage is None:
+                lingering.append(self.init_pid)
+            if lingering:
+                # pid 1 or the monitor may still be in it: removed when one
+                # of them is reaped (or retried, if the other is still there)
+                for pid in lingering:
+                    self.launcher.lingering[pid] = self.cgroup
+            else:
+                # after the event: removal is off the caller's path
+                self.launcher.cgroups.release(self.cgroup)
             self.cgroup = None
 
     def _times(self) -> dict[str, float]:
@@ -1398,6 +1500,9 @@ class Launcher:
         # STOCKADE_SPARE=0 turns spares off (for comparisons in bench/)
         self.spare_at: float | None = None if os.environ.get("STOCKADE_SPARE") == "0" else 0.0
         self.spare_pids: set[int] = set()
+        # finished runs' cgroups, by the pid of their sandbox's pid 1, which
+        # was still exiting when the run was reported (Run._init_alone)
+        self.lingering: dict[int, RunCgroup] = {}
 
     def _setup_cgroups(self, found: Probe | None = None) -> None:
         """Probe the cgroups, remove what dead launchers left, make the first
@@ -1464,6 +1569,8 @@ class Launcher:
                 self._last_tick = now
                 self._tick()
         if self.cgroups is not None:
+            self.cgroups.pending += {id(cg): cg for cg in self.lingering.values()}.values()
+            self.lingering.clear()
             self.cgroups.close()
         os._exit(0)
 
@@ -1604,6 +1711,12 @@ class Launcher:
             run = self.by_pid.get(pid)
             if run is not None:
                 run.on_reaped(pid, status, ru)
+            lingering = self.lingering.pop(pid, None)
+            if lingering is not None:
+                for other in [p for p, cg in self.lingering.items() if cg is lingering]:
+                    del self.lingering[other]
+                if self.cgroups is not None:
+                    self.cgroups.release(lingering)
 
     def _shutdown(self) -> None:
         self.stopping = True
