@@ -474,7 +474,9 @@ def test_many_files_past_the_workspace_budget_end_with_disk_limit(workspace):
     assert result.termination is Termination.DISK_LIMIT, result.summary()
     assert b"wrote everything" not in result.stdout
     written = sum(p.stat().st_size for p in workspace.glob("part*"))
-    assert 30 * MIB < written <= 60 * MIB
+    # the budget also counts the directory and a block per new inode, so
+    # the run may end with exactly 30 MiB of file contents
+    assert 30 * MIB - (1 << 20) < written <= 60 * MIB
 
 
 def test_past_the_budget_at_the_end_keeps_the_programs_exit_status(workspace):
