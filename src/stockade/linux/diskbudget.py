@@ -53,7 +53,9 @@ shows no inode drop, so the trigger sees only the bytes; meanwhile empty
 files there are charged only once a byte drop makes a walk happen (btrfs
 takes their metadata from chunks of 256 MiB or more, which show as a drop
 only when one is allocated). Overshoot is what the program can write
-between two polls (``LIMIT_POLL_SEC``); single files are held to the size
+until a walk has counted it: a poll (``LIMIT_POLL_SEC``) starts a walk, and
+walks are rate-limited in proportion to their own duration, so it grows with
+the tree (docs/limits.md gives measured cases); single files are held to the size
 cap exactly by RLIMIT_FSIZE (EFBIG), and the private tmpfs areas by their
 size (ENOSPC).
 

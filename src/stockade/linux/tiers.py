@@ -453,8 +453,9 @@ def _landlock_rows(
             DEGRADED,
             "signals and ptrace stop at the run's own processes, and /proc "
             "shows the program's own entries only (Landlock); but pids are the "
-            "host's (a pid's existence can be probed) and the program's "
-            "children cannot read their own /proc entries",
+            "host's (a pid's existence, owner and start time can be probed), "
+            "/proc/self/net and mountinfo show the host's sockets and mounts, "
+            "and the program's children cannot read their own /proc entries",
             userns_fix,
             True,
             allowed,
