@@ -351,7 +351,9 @@ def _visit(fd: int, parts: Parts, meta: bool, w: _Walk) -> None:
         "commondir" in names or ("objects" in names and "refs" in names)
     ) and _is_gitdir_fd(fd)
     found = w.found
-    if is_git and parts not in found.gitdirs and _touched(fd, w):
+    # the root's own .git: the policy's rules and watches (and the scan's
+    # ``known``) cover it
+    if is_git and parts not in found.gitdirs and parts != (".git",) and _touched(fd, w):
         if _add(found, parts, "tree"):
             found.walked.add(parts)
     for name, is_dir, is_link in entries:
