@@ -25,10 +25,19 @@ link in the writable place, except the index file itself (git follows it).
 The policy protects what exists at launch (``policy.py``); the guard scans
 again after the run and checks what was not protected then (``guard.py``).
 
-TODO(#6): repositories the index does not reference (``sub/.git`` left
-untracked, ``git init --bare sub.git``) are not scanned: git at the root
-does not use them, but git run *inside* them does. Meanwhile the docs tell
-the user to review such repositories before running git in them.
+Git run *inside* a repository the index does not reference uses it too (an
+untracked ``sub/.git``, ``git init --bare sub.git``, a gitlink only in a
+commit on another branch, any directory laid out as a git directory). The
+scan cannot find those without walking, so after the run the guard also
+calls ``walk``: one walk of the place's directories by descriptor (no link
+followed, one file system, never into a git directory's ``objects``), which
+adds the git directories, ``.git`` files and links, and links under
+``modules`` and ``worktrees``, that changed at or after the run's start.
+
+TODO(#6): past the walk's bounds (``MAX_WALKED`` directories,
+``MAX_WALK_DEPTH`` levels) and on another file system mounted in the place,
+repositories are not found; the guard reports that, and the docs tell the
+user to review such repositories before running git in them.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ MAX_WALK_DEPTH = 128
 # Names whose change (ctime) makes a git directory the walk finds count as
 # touched by the run, besides the directory itself and the protected names.
 TOUCH_NAMES = ("HEAD", "commondir", "config", "config.worktree", "hooks")
+_LISTABLE = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MODE = struct.pack(">I", GITLINK)
 _TOO_BIG = b"\0too big"  # a sentinel, compared by identity
 _HEX = re.compile(rb"^(?:[0-9a-f]{40}|[0-9a-f]{64})\s*$")
@@ -292,7 +302,9 @@ def _gitfile(root_fd: int, root: str, parts: Parts) -> tuple[Parts | None, str] 
 # -- the walk after the run ----------------------------------------------------------
 
 
-def walk(root_fd: int, root: str, found: Found, since: int, tails: tuple[str, ...]) -> int:
+def walk(
+    root_fd: int, root: str, found: Found, since: int, tails: tuple[str, ...]
+) -> int:
     """One bounded walk of the writable place after the run, adding to
     ``found`` (a ``scan``'s) what git may use and the scan does not reach:
 
@@ -316,8 +328,8 @@ def walk(root_fd: int, root: str, found: Found, since: int, tails: tuple[str, ..
     except OSError:
         found.incomplete.append("the writable place could not be listed")
         return 0
-    state = _Walk(root_fd, root, found, since, tuple(dict.fromkeys(TOUCH_NAMES + tails)),
-                  os.fstat(top).st_dev)
+    touch = tuple(dict.fromkeys(TOUCH_NAMES + tails))
+    state = _Walk(root_fd, root, found, since, touch, os.fstat(top).st_dev)
     try:
         _visit(top, (), False, state)
     finally:
@@ -343,7 +355,9 @@ def _visit(fd: int, parts: Parts, meta: bool, w: _Walk) -> None:
     under a git directory's ``modules`` or ``worktrees``."""
     try:
         with os.scandir(fd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it]
+            entries = [
+                (e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it
+            ]
     except OSError:
         return
     names = {e[0] for e in entries}
@@ -387,16 +401,18 @@ def _visit(fd: int, parts: Parts, meta: bool, w: _Walk) -> None:
         if len(child) > MAX_WALK_DEPTH:
             if not w.deep:
                 w.deep = True
-                found.incomplete.append(f"directories deeper than {MAX_WALK_DEPTH} not walked")
+                found.incomplete.append(
+                    f"directories deeper than {MAX_WALK_DEPTH} not walked"
+                )
             continue
         if w.opened >= MAX_WALKED:
             w.stopped = True
-            found.incomplete.append(f"more than {MAX_WALKED} directories: the rest not walked")
+            found.incomplete.append(
+                f"more than {MAX_WALKED} directories: the rest not walked"
+            )
             continue
         try:
-            sub = os.open(
-                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-            )
+            sub = os.open(name, _LISTABLE, dir_fd=fd)
         except OSError:
             continue
         w.opened += 1
@@ -429,16 +445,14 @@ def _touched(fd: int, w: _Walk) -> bool:
             return True
         if stat.S_ISDIR(st.st_mode):
             try:
-                sub = os.open(
-                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=fd,
-                )
+                sub = os.open(name, _LISTABLE, dir_fd=fd)
             except OSError:
                 return True
             try:
                 with os.scandir(sub) as it:
                     for n, e in enumerate(it):
-                        if n >= MAX_LISTED or e.stat(follow_symlinks=False).st_ctime_ns >= w.since:
+                        ctime = e.stat(follow_symlinks=False).st_ctime_ns
+                        if n >= MAX_LISTED or ctime >= w.since:
                             return True
             except OSError:
                 return True
