@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -111,13 +112,134 @@ def test_bare_repository_workspace_loses_planted_config(fields, workspace, outsi
 
 
 @pytest.mark.parametrize("fields", TIERS)
-def test_bare_repository_in_a_subdirectory_is_left_alone(fields, workspace):
-    """Documented: repositories the index does not reference are not
-    checked (git at the workspace root does not use them)."""
+def test_bare_repository_in_a_subdirectory_is_checked(fields, workspace):
+    """A repository the index does not reference, made during the run: the
+    walk after the run finds it and checks it like the others."""
     result = sh(fields, workspace, "git init -q --bare sub.git && git -C sub.git config core.pager less")
     assert result.exit_code == 0, result.stderr
+    assert moved(result) == {f"{workspace}/sub.git/config"}
+    assert not (workspace / "sub.git" / "config").exists()
+
+
+def _repo(workspace: Path) -> None:
+    git(workspace, "init", "-q", "-b", "master")
+    (workspace / "src").mkdir()
+    (workspace / "src" / "a.txt").write_text("hi\n")
+    git(workspace, "add", ".")
+    git(workspace, "commit", "-q", "-m", "init")
+
+
+def _fsmonitor(marker: Path) -> str:
+    return f'printf "[core]\\n\\tfsmonitor = \\"echo X >> {marker}; false\\"\\n"'
+
+
+def _degraded(fields) -> dict:
+    return {"allow_degraded": ["protected_paths"]} if is_second(fields) else {}
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_a_gitlink_only_on_another_branch_is_checked(fields, workspace, outside):
+    """The nested repository's gitlink is in a commit on another branch; the
+    index is clean at the end. The host's checkout of that branch and
+    ``git status`` would run its planted config."""
+    _repo(workspace)
+    marker = outside / "MARKER"
+    script = (
+        f"set -e; mkdir sub; cd sub; git init -q; echo x>f; git add f; git commit -qm s; "
+        f"{_fsmonitor(marker)} > .git/config; cd ..; git checkout -qb agent-work; "
+        f"git add sub; git commit -qm 'add sub'; git checkout -q master"
+    )
+    result = sh(fields, workspace, script, **_degraded(fields))
+    assert result.exit_code == 0, result.stderr
+    assert moved(result) == {f"{workspace}/sub/.git/config"}
+    assert host_git(workspace, "checkout", "-q", "agent-work").returncode == 0
+    host_git(workspace, "status")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_a_module_directory_linked_elsewhere_is_checked(fields, workspace, outside):
+    """``.git/modules/sub`` a symbolic link to a git directory elsewhere in
+    the workspace: git follows it, the walk moves it aside and checks the
+    git directory it led to."""
+    _repo(workspace)
+    marker = outside / "MARKER"
+    script = (
+        "set -e; mkdir sub; cd sub; git init -q; echo x>f; git add f; git commit -qm s; cd ..; "
+        "mv sub/.git lib_gd; mkdir -p .git/modules; ln -s ../../lib_gd .git/modules/sub; "
+        "echo 'gitdir: ../.git/modules/sub' > sub/.git; git add sub; "
+        f"{_fsmonitor(marker)} > lib_gd/config"
+    )
+    result = sh(fields, workspace, script, **_degraded(fields))
+    assert result.exit_code == 0, result.stderr
+    assert moved(result) >= {
+        f"{workspace}/.git/modules/sub",
+        f"{workspace}/lib_gd/config",
+    }
+    host_git(workspace, "status")
+    host_git(workspace / "sub", "status")
+    host_git(workspace / "lib_gd", "status")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_a_subdirectory_laid_out_as_a_git_directory_is_checked(
+    fields, workspace, outside
+):
+    _repo(workspace)
+    marker = outside / "MARKER"
+    script = (
+        "set -e; cd src; mkdir -p objects refs/heads; "
+        "echo 'ref: refs/heads/master' > HEAD; "
+        'printf "[core]\\n\\tbare = false\\n\\tworktree = ..\\n'
+        f'\\tfsmonitor = \\"echo X >> {marker}; false\\"\\n" > config'
+    )
+    result = sh(fields, workspace, script)
+    assert result.exit_code == 0, result.stderr
+    assert moved(result) == {f"{workspace}/src/config"}
+    host_git(workspace, "status")
+    host_git(workspace / "src", "status")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_an_untouched_nested_repository_is_left_alone(fields, workspace):
+    """A repository of the user's the index does not reference, with a
+    config that is not plain: the run does not touch it, nor does the
+    guard."""
+    _repo(workspace)
+    other = workspace / "tools" / "other"
+    other.mkdir(parents=True)
+    git(other, "init", "-q")
+    git(other, "config", "core.fsmonitor", "true")
+    git(workspace, "init", "-q", "--bare", "vendor.git")
+    git(workspace / "vendor.git", "config", "alias.st", "status")
+    before = {
+        p: p.read_text()
+        for p in (other / ".git" / "config", workspace / "vendor.git" / "config")
+    }
+    # the guard's start time is the kernel's coarse clock, which may lag a
+    # file time by a tick: what changed just before counts as the run's
+    time.sleep(0.05)
+    result = sh(fields, workspace, "echo x > src/b.txt; mkdir -p tools/new; echo y > tools/other/f")
+    assert result.exit_code == 0, result.stderr
     assert not result.violations
-    assert "pager = less" in (workspace / "sub.git" / "config").read_text()
+    assert {p: p.read_text() for p in before} == before
+
+
+def test_the_walk_is_bounded(tmp_path, monkeypatch):
+    """Past its bound the walk says what it did not check."""
+    for n in range(30):
+        (tmp_path / f"d{n}" / "e").mkdir(parents=True)
+    monkeypatch.setattr(gitdirs, "MAX_WALKED", 10)
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        found = gitdirs.Found()
+        opened = gitdirs.walk(fd, str(tmp_path), found, 0, ("config", "hooks"))
+    finally:
+        os.close(fd)
+    assert opened == 10
+    assert found.incomplete == ["more than 10 directories: the rest not walked"]
 
 
 def _superproject(workspace: Path, outside: Path) -> Path:

@@ -25,10 +25,19 @@ link in the writable place, except the index file itself (git follows it).
 The policy protects what exists at launch (``policy.py``); the guard scans
 again after the run and checks what was not protected then (``guard.py``).
 
-TODO(#6): repositories the index does not reference (``sub/.git`` left
-untracked, ``git init --bare sub.git``) are not scanned: git at the root
-does not use them, but git run *inside* them does. Meanwhile the docs tell
-the user to review such repositories before running git in them.
+Git run *inside* a repository the index does not reference uses it too (an
+untracked ``sub/.git``, ``git init --bare sub.git``, a gitlink only in a
+commit on another branch, any directory laid out as a git directory). The
+scan cannot find those without walking, so after the run the guard also
+calls ``walk``: one walk of the place's directories by descriptor (no link
+followed, one file system, never into a git directory's ``objects``), which
+adds the git directories, ``.git`` files and links, and links under
+``modules`` and ``worktrees``, that changed at or after the run's start.
+
+TODO(#6): past the walk's bounds (``MAX_WALKED`` directories,
+``MAX_WALK_DEPTH`` levels) and on another file system mounted in the place,
+repositories are not found; the guard reports that, and the docs tell the
+user to review such repositories before running git in them.
 """
 
 from __future__ import annotations
@@ -49,6 +58,14 @@ MAX_NESTED = 256
 MAX_GITDIRS = 128
 MAX_LISTED = 256
 MAX_DEPTH = 4
+# Bounds of the walk after the run (``walk``): directories opened, and how
+# deep it goes below the writable place.
+MAX_WALKED = 50_000
+MAX_WALK_DEPTH = 128
+# Names whose change (ctime) makes a git directory the walk finds count as
+# touched by the run, besides the directory itself and the protected names.
+TOUCH_NAMES = ("HEAD", "commondir", "config", "config.worktree", "hooks")
+_LISTABLE = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MODE = struct.pack(">I", GITLINK)
 _TOO_BIG = b"\0too big"  # a sentinel, compared by identity
 _HEX = re.compile(rb"^(?:[0-9a-f]{40}|[0-9a-f]{64})\s*$")
@@ -70,12 +87,19 @@ class Found:
             outside it, or unreadable).
         others: a nested repository's ``.git`` that is neither a directory
             nor a regular file (a symbolic link: git would follow it).
+        links: symbolic links the walk found under a git directory's
+            ``modules`` or ``worktrees`` (git follows them), made or changed
+            since the walk's ``since``.
+        walked: what the walk added (``gitdirs`` it found touched since
+            ``since``, ``gitfiles`` and ``others`` made or changed since).
         incomplete: what a bound or an unreadable index left unscanned.
     """
 
     gitdirs: dict[Parts, str] = field(default_factory=dict)
     gitfiles: dict[Parts, Parts | None] = field(default_factory=dict)
     others: list[Parts] = field(default_factory=list)
+    links: list[Parts] = field(default_factory=list)
+    walked: set[Parts] = field(default_factory=set)
     incomplete: list[str] = field(default_factory=list)
 
 
@@ -207,26 +231,30 @@ def is_gitdir(root_fd: int, parts: Parts) -> bool:
     if fd is None:
         return False
     try:
-        try:
-            st = os.lstat("HEAD", dir_fd=fd)
-        except OSError:
-            return False
-        if stat.S_ISLNK(st.st_mode):
-            if not os.readlink("HEAD", dir_fd=fd).startswith("refs/"):
-                return False
-        else:
-            head = read_file(fd, "HEAD", 256)
-            if head is None:
-                return False
-            if not (
-                re.match(rb"^ref:\s*refs/", head) or _HEX.match(head)
-            ):
-                return False
-        if _exists(fd, "commondir"):
-            return True
-        return all(_isdir(fd, name) for name in ("objects", "refs"))
+        return _is_gitdir_fd(fd)
     finally:
         os.close(fd)
+
+
+def _is_gitdir_fd(fd: int) -> bool:
+    try:
+        st = os.lstat("HEAD", dir_fd=fd)
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        if not os.readlink("HEAD", dir_fd=fd).startswith("refs/"):
+            return False
+    else:
+        head = read_file(fd, "HEAD", 256)
+        if head is None:
+            return False
+        if not (
+            re.match(rb"^ref:\s*refs/", head) or _HEX.match(head)
+        ):
+            return False
+    if _exists(fd, "commondir"):
+        return True
+    return all(_isdir(fd, name) for name in ("objects", "refs"))
 
 
 def _exists(fd: int, name: str) -> bool:
@@ -269,6 +297,168 @@ def _gitfile(root_fd: int, root: str, parts: Parts) -> tuple[Parts | None, str] 
     if rel == "." or rel.startswith(".."):
         return None, absolute
     return tuple(rel.split("/")), absolute
+
+
+# -- the walk after the run ----------------------------------------------------------
+
+
+def walk(
+    root_fd: int, root: str, found: Found, since: int, tails: tuple[str, ...]
+) -> int:
+    """One bounded walk of the writable place after the run, adding to
+    ``found`` (a ``scan``'s) what git may use and the scan does not reach:
+
+    * every directory laid out as a git directory (git's test: ``HEAD``,
+      ``objects``, ``refs``), a ``.git`` directory or any other, that the run
+      touched: the directory itself, or one of ``TOUCH_NAMES`` / ``tails``
+      (or an entry of one that is a directory), changed at or after
+      ``since`` (ctime, ns);
+    * every ``.git`` file (``gitfiles``) and ``.git`` that is neither a
+      file nor a directory (``others``) changed at or after ``since``;
+    * symbolic links under a git directory's ``modules`` or ``worktrees``
+      changed at or after ``since`` (``links``).
+
+    It opens each directory by descriptor without following a link, stays
+    on the place's file system, never enters a git directory's ``objects``,
+    and stops after ``MAX_WALKED`` directories or below ``MAX_WALK_DEPTH``
+    (reported in ``incomplete``). Returns the number of directories opened.
+    """
+    try:
+        top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+    except OSError:
+        found.incomplete.append("the writable place could not be listed")
+        return 0
+    touch = tuple(dict.fromkeys(TOUCH_NAMES + tails))
+    state = _Walk(root_fd, root, found, since, touch, os.fstat(top).st_dev)
+    try:
+        _visit(top, (), False, state)
+    finally:
+        os.close(top)
+    return state.opened
+
+
+@dataclass
+class _Walk:
+    root_fd: int
+    root: str
+    found: Found
+    since: int
+    touch: tuple[str, ...]
+    dev: int
+    opened: int = 1
+    stopped: bool = False
+    deep: bool = False
+
+
+def _visit(fd: int, parts: Parts, meta: bool, w: _Walk) -> None:
+    """``fd``: the directory ``parts``, open for listing. ``meta``: it lies
+    under a git directory's ``modules`` or ``worktrees``."""
+    try:
+        with os.scandir(fd) as it:
+            entries = [
+                (e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it
+            ]
+    except OSError:
+        return
+    names = {e[0] for e in entries}
+    is_git = "HEAD" in names and (
+        "commondir" in names or ("objects" in names and "refs" in names)
+    ) and _is_gitdir_fd(fd)
+    found = w.found
+    # the root's own .git: the policy's rules and watches (and the scan's
+    # ``known``) cover it
+    if is_git and parts not in found.gitdirs and parts != (".git",) and _touched(fd, w):
+        if _add(found, parts, "tree"):
+            found.walked.add(parts)
+    for name, is_dir, is_link in entries:
+        child = parts + (name,)
+        if name == ".git" and not is_dir:
+            if child in found.gitfiles or child in found.others:
+                continue  # the scan's
+            if not _changed(fd, name, w.since):
+                continue
+            found.walked.add(child)
+            if is_link:
+                found.others.append(child)
+                continue
+            target = _gitfile(w.root_fd, w.root, child)
+            if target is not None:
+                inside = target[0]
+                if inside is not None:
+                    probe = open_dir(w.root_fd, inside)
+                    if probe is None:
+                        inside = None  # behind a link, or not there: moved aside
+                    else:
+                        os.close(probe)
+                found.gitfiles[child] = inside
+            continue
+        if is_link and meta and _changed(fd, name, w.since):
+            found.links.append(child)
+            found.walked.add(child)
+            continue
+        if not is_dir or (is_git and name == "objects") or w.stopped:
+            continue
+        if len(child) > MAX_WALK_DEPTH:
+            if not w.deep:
+                w.deep = True
+                found.incomplete.append(
+                    f"directories deeper than {MAX_WALK_DEPTH} not walked"
+                )
+            continue
+        if w.opened >= MAX_WALKED:
+            w.stopped = True
+            found.incomplete.append(
+                f"more than {MAX_WALKED} directories: the rest not walked"
+            )
+            continue
+        try:
+            sub = os.open(name, _LISTABLE, dir_fd=fd)
+        except OSError:
+            continue
+        w.opened += 1
+        try:
+            if os.fstat(sub).st_dev != w.dev:
+                continue  # another file system mounted here
+            _visit(sub, child, meta or (is_git and name in ("modules", "worktrees")), w)
+        finally:
+            os.close(sub)
+
+
+def _changed(fd: int, name: str, since: int) -> bool:
+    try:
+        return os.lstat(name, dir_fd=fd).st_ctime_ns >= since
+    except OSError:
+        return False
+
+
+def _touched(fd: int, w: _Walk) -> bool:
+    """Whether a git directory, or one of its names that make git run
+    something, changed at or after ``since``."""
+    if os.fstat(fd).st_ctime_ns >= w.since:
+        return True
+    for name in w.touch:
+        try:
+            st = os.lstat(name, dir_fd=fd)
+        except OSError:
+            continue
+        if st.st_ctime_ns >= w.since:
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, _LISTABLE, dir_fd=fd)
+            except OSError:
+                return True
+            try:
+                with os.scandir(sub) as it:
+                    for n, e in enumerate(it):
+                        ctime = e.stat(follow_symlinks=False).st_ctime_ns
+                        if n >= MAX_LISTED or ctime >= w.since:
+                            return True
+            except OSError:
+                return True
+            finally:
+                os.close(sub)
+    return False
 
 
 # -- the index -----------------------------------------------------------------------

@@ -40,6 +40,7 @@ import errno
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 
 from ..errors import PolicyError
@@ -52,6 +53,7 @@ SNAPSHOT_MAX_ENTRIES = 512
 _CONFIG_MAX_BYTES = 64 * 1024
 
 QUARANTINE = ".stockade-quarantine-"
+_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's value
 
 # Keys a git config written by the run may hold and stay: what `git init`,
 # `git clone` and `git checkout -b` write. Anything else (core.hooksPath,
@@ -120,6 +122,9 @@ class _GitScan:
     root_ident: tuple[int, int]
     tails: tuple[str, ...]  # a git directory's protected names
     known: frozenset[str]  # protected at launch: left to the rules and watches
+    # when the scan was planned (CLOCK_REALTIME_COARSE, ns: the clock file
+    # times are taken from): what the walk finds changed since is the run's
+    since: int = 0
 
 
 class Guard:
@@ -144,8 +149,12 @@ class Guard:
         (``gitdirs.scan``) and check each of their protected names
         (``tails``) that was not protected at launch (``known``) like one
         the run created; quarantine ``.git`` files of nested repositories
-        that lead outside ``root``."""
-        self.scans.append(_GitScan(root, root_ident, tails, known))
+        that lead outside ``root``. Then walk ``root`` once
+        (``gitdirs.walk``) for git directories and ``.git`` entries the
+        scan does not reach, and check those the run made or changed the
+        same way."""
+        since = time.clock_gettime_ns(_REALTIME_COARSE)
+        self.scans.append(_GitScan(root, root_ident, tails, known, since))
 
     def watch_absent(
         self,
@@ -262,16 +271,24 @@ def _check_scan(
     what was not protected at launch is checked like a path the run
     created."""
     found = gitdirs.scan(root_fd, scan.root)
+    gitdirs.walk(root_fd, scan.root, found, scan.since, scan.tails)
     for parts, target in found.gitfiles.items():
         path = os.path.join(scan.root, *parts)
         if target is None and path not in scan.known:
             _aside(root_fd, parts, path, "a .git file leading out of the writable "
-                   "place, made or changed during the run", run_id, findings)
+                   "place (or through a link), made or changed during the run",
+                   run_id, findings)
     for parts in found.others:
         path = os.path.join(scan.root, *parts)
         if path not in scan.known:
             _aside(root_fd, parts, path, "a .git that is neither a directory nor a "
                    "file, made during the run", run_id, findings)
+    for parts in found.links:
+        path = os.path.join(scan.root, *parts)
+        if path not in scan.known:
+            _aside(root_fd, parts, path, "a symbolic link under a git directory's "
+                   "modules or worktrees (git follows it), made during the run",
+                   run_id, findings)
     for gitdir, kind in found.gitdirs.items():
         fd = gitdirs.open_dir(root_fd, gitdir)
         if fd is None:
@@ -292,6 +309,8 @@ def _check_scan(
                     "bare": "the writable place laid out as a bare repository",
                     "module": "a submodule's git directory",
                     "worktree": "a linked worktree's git directory",
+                    "tree": "a git directory in the tree that the index does not "
+                    "reference",
                 }.get(kind, "a nested repository the index references")
                 findings.append(
                     Finding(
