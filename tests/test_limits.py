@@ -556,7 +556,7 @@ def test_the_budget_counts_deleted_files_of_the_runs_processes_only(tmp_path):
         os.unlink(tmp_path / "held")
         os.write(fd, b"x" * (3 * MIB))
         os.fsync(fd)
-        # (the directory itself, where the file was made, counts a block)
+        # (the directory itself counts only what it grew by)
         tree, complete = budget.measure()
         assert complete and budget.held == 0  # not one of the run's processes
         mine.append(os.getpid())
@@ -567,6 +567,31 @@ def test_the_budget_counts_deleted_files_of_the_runs_processes_only(tmp_path):
         os.close(fd)
     assert budget.measure() == (tree, True)  # closed: its space is free again
     assert budget.held == 0
+
+
+def test_a_file_stopped_at_the_size_cap_is_within_the_workspace_budget(workspace):
+    # disk_mb is also each file's size cap (EFBIG): a program that writes one
+    # file up to it and carries on is within its budget, polls or not (the
+    # workspace directory counts only what it grew by, here nothing)
+    result = _manager(disk_mb=8).execute(
+        _py("""
+            import signal, time
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            try:
+                with open("big.bin", "wb") as f:
+                    while True:
+                        f.write(b"x" * (1 << 20))
+                        f.flush()
+            except OSError as err:
+                print("stopped:", err.strerror)
+            time.sleep(0.5)  # several polls, each may walk
+            print("done")
+        """),
+        cwd=workspace,
+    )
+    assert result.termination is Termination.EXITED, result.summary()
+    assert result.stdout_text.split("\n")[:2] == ["stopped: File too large", "done"], result.stdout_text
+    assert (workspace / "big.bin").stat().st_size == 8 * MIB
 
 
 def test_files_already_in_the_workspace_do_not_count(workspace):

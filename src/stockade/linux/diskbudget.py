@@ -23,8 +23,9 @@ measured, by the launcher, while the run lasts:
   crossing into other file systems) and the charge (above: the allocated
   size, ``st_blocks``, so sparse files count what they really use, and
   ``fallocate`` counts at once, but at least one unit) of every inode whose
-  ctime is at or after the run's start, the workspace directory's own
-  included (it grows with the entries made in it), is summed, each inode
+  ctime is at or after the run's start, plus what the workspace directory
+  itself grew by (it grows with the entries made in it; its size at the
+  start is the caller's), is summed, each inode
   once. ctime cannot be set back by the program: any write, truncate,
   chmod, rename or link of a file (and any entry made in or removed from a
   directory) moves it to the present. Directories the walk cannot read are charged at the
@@ -132,6 +133,10 @@ class DiskBudget:
         if st is not None and st.f_frsize > 0:
             self.unit = st.f_frsize
         self.free0 = self._free(st)
+        try:
+            self.top_blocks0 = os.stat(self.path).st_blocks
+        except OSError:
+            self.top_blocks0 = 0
         self.trigger = self.limit
         self.next_walk = 0.0
         self.measured = 0
@@ -191,11 +196,12 @@ class DiskBudget:
         complete = True
         top_st = os.fstat(top)
         dev = top_st.st_dev
-        # the workspace directory itself grows with the entries made in it
+        # the workspace directory itself grows with the entries made in it:
+        # what it grew by is the run's (its inode and first block are not)
         seen.add((top_st.st_dev, top_st.st_ino))
-        if top_st.st_ctime_ns >= self.start_ns:
-            total += inode_charge(top_st.st_blocks, unit)
-            inodes += 1
+        grown = top_st.st_blocks - self.top_blocks0
+        if top_st.st_ctime_ns >= self.start_ns and grown > 0:
+            total += grown * 512
         # depth first, holding descriptors only along the current path
         first = _entries(top)
         if first is None:
