@@ -1414,7 +1414,13 @@ def _outcome(
             if killed in _KILL_REASONS:
                 return None, _signal.SIGKILL, _KILL_REASONS[killed], None
             if prepared.spec.get("monitor"):
-                message = f"the run's monitor ended without the program's status ({_status_text(status)})"
+                # the second tier: no bubblewrap, the launcher's own monitor
+                monitor = "the second tier's run monitor (stockade's subreaper)"
+                message = (
+                    f"the run's monitor ended without the program's status "
+                    f"({_status_text(status, monitor)}); the launcher killed what "
+                    f"was left of the run"
+                )
                 return None, None, Termination.SANDBOX_ERROR, message
             message = _bwrap_error(stderr) or _status_text(status)
             return None, None, Termination.SANDBOX_ERROR, f"bubblewrap could not start the program: {message}"
@@ -1490,11 +1496,13 @@ def _decode_status(status: int | None) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _status_text(status: int | None) -> str:
+def _status_text(status: int | None, who: str = "bwrap") -> str:
     exit_code, sig = _decode_status(status)
     if sig is not None:
-        return f"bwrap killed by signal {sig}"
-    return f"bwrap exited with status {exit_code}"
+        return f"{who} killed by signal {sig}"
+    if exit_code is None:
+        return f"{who}: no exit status"
+    return f"{who} exited with status {exit_code}"
 
 
 def _bwrap_error(stderr: bytes) -> str | None:

@@ -551,6 +551,8 @@ class Run:
         # reported at bubblewrap's exit-code line, before its monitor was
         # reaped (``_finish_at_exit_line``)
         self.monitor_lingers = False
+        # the second tier's monitor died without killing the run's tree
+        self.monitor_died = False
         if spec.get("pool"):
             self.deadline = None  # the clock starts when a program is given
 
@@ -1021,6 +1023,17 @@ class Run:
 
     def on_reaped(self, pid: int, status: int, ru: Any) -> None:
         if pid == self.pid:
+            if self.spec.get("monitor") and not (
+                os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            ):
+                # The second tier's monitor died (killed, or failed) without
+                # killing the run's tree: its orphans, setsid'ed ones included,
+                # were reparented here (we are a subreaper) before its exit
+                # was reported. Without a cgroup nothing else would end them.
+                # The program's process dies of its parent-death signal just
+                # after: its children are swept when it is reaped.
+                self.monitor_died = True
+                self.launcher.sweep_orphans()
             self.status = status
             self.rusage = _rusage_dict(ru)
             self.t_exit = time.monotonic()
@@ -1041,6 +1054,8 @@ class Run:
         elif pid == self.init_pid:
             self.init_status = status
             self.init_rusage = _rusage_dict(ru)
+            if self.monitor_died:
+                self.launcher.sweep_orphans()
         self.maybe_finish()
 
     def _init_is_our_child(self) -> bool:
@@ -1503,6 +1518,9 @@ class Launcher:
         # finished runs' cgroups, by the pid of their sandbox's pid 1, which
         # was still exiting when the run was reported (Run._init_alone)
         self.lingering: dict[int, RunCgroup] = {}
+        # what a dead second-tier monitor left, killed here and not yet
+        # reaped (``sweep_orphans``)
+        self.orphans: set[int] = set()
 
     def _setup_cgroups(self, found: Probe | None = None) -> None:
         """Probe the cgroups, remove what dead launchers left, make the first
@@ -1711,12 +1729,44 @@ class Launcher:
             run = self.by_pid.get(pid)
             if run is not None:
                 run.on_reaped(pid, status, ru)
+            elif pid in self.orphans:
+                # an orphan of a dead monitor, killed: its own children were
+                # reparented here before it could be reaped
+                self.orphans.discard(pid)
+                self.sweep_orphans()
             lingering = self.lingering.pop(pid, None)
             if lingering is not None:
                 for other in [p for p, cg in self.lingering.items() if cg is lingering]:
                     del self.lingering[other]
                 if self.cgroups is not None:
                     self.cgroups.release(lingering)
+
+    def sweep_orphans(self) -> None:
+        """SIGKILL what a dead second-tier monitor left behind.
+
+        Every process of a second-tier run descends from its monitor, a
+        subreaper; when the monitor dies before it has killed its tree (it
+        was killed, or failed), the survivors are reparented to the launcher,
+        which is a subreaper too. They are the launcher's children that are
+        not its own: not a run's process (``by_pid``), not a spare, not in
+        the launcher's session (its helpers are: a run's processes are in
+        the session their monitor made, or in one of their own) and not in
+        another pid namespace (a bubblewrap sandbox's pid 1, reparented here
+        when its monitor exits, ends with it: ``--die-with-parent``). Called
+        again at each such orphan's reaping, when its own children have been
+        reparented here, until none is left.
+        """
+        me, own_sid = os.getpid(), os.getsid(0)
+        for pid in reaper.children_of(me):
+            if pid in self.by_pid or pid in self.spare_pids:
+                continue
+            try:
+                if os.getsid(pid) == own_sid or not _same_pid_namespace(pid):
+                    continue
+                os.kill(pid, signal.SIGKILL)  # our child: the pid is not reused
+            except (ProcessLookupError, PermissionError):
+                continue
+            self.orphans.add(pid)
 
     def _shutdown(self) -> None:
         self.stopping = True
@@ -1732,6 +1782,19 @@ class Launcher:
         self.spare_at = None
         for run in list(self.runs):
             run.kill("cancelled")
+
+
+def _same_pid_namespace(pid: int) -> bool:
+    """True when ``pid`` has one pid only (``NSpid``): it lives in the pid
+    namespace of this /proc, ours, not in a sandbox's below it."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -170,7 +170,7 @@ def _kill_tree(on_reap: _Reaped) -> None:
     """
     me = os.getpid()
     while _reap_ready(on_reap):
-        children = _children_of(me)
+        children = children_of(me)
         for pid in children:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -187,7 +187,7 @@ def _kill_tree(on_reap: _Reaped) -> None:
             time.sleep(0.001)
 
 
-def _children_of(parent: int) -> list[int]:
+def children_of(parent: int) -> list[int]:
     """Pids whose parent is ``parent``, from /proc/<pid>/stat.
 
     /proc/<pid>/task/<tid>/children would be cheaper, but it needs

@@ -35,8 +35,12 @@ newer than this module) is ENOSYS, so that programs fall back as they would
 on an older kernel.
 
 Compilation costs a few milliseconds; ``filter_for`` caches one compiled
-filter per (mode, network, custom allow, custom deny) for the life of the
-process.
+filter per (mode, network, custom allow, custom deny, tier variant) for the
+life of the process.
+
+In the second tier (no pid namespace) the calls that change another process
+by pid (prlimit64, setpriority, sched_setaffinity, ...) are allowed with the
+caller's own 0 only (``syscall_groups.SELF_ONLY_BY_PID``).
 """
 
 from __future__ import annotations
@@ -155,6 +159,11 @@ class SyscallFilter:
             namespace (the Landlock tier): inet and netlink sockets are then
             refused whatever ``network`` says (they would reach the host's
             network), and ``socket(AF_UNIX)`` unless ``unix_sockets``.
+        host_pids: True when the program shares the host's pid space (the
+            Landlock tier): the calls that change another process by pid
+            (``syscall_groups.SELF_ONLY_BY_PID``: prlimit64, setpriority,
+            sched_setaffinity, ...) are then allowed on the caller itself
+            (pid 0) only, where the mode or the policy allows them at all.
         unix_sockets: with ``host_network``, whether ``socket(AF_UNIX)`` is
             allowed: only when something else confines unix socket paths
             (Landlock ABI 9). ``socketpair(AF_UNIX)`` is always allowed.
@@ -185,6 +194,7 @@ class SyscallFilter:
     host_network: bool = False
     unix_sockets: bool = True
     disk_budget: bool = False
+    host_pids: bool = False
     machine: str | None = None
     bwrap_setup: bool = False
     warnings: list[str] = field(default_factory=list, init=False)
@@ -347,6 +357,18 @@ class SyscallFilter:
             if nr is not None:
                 decisions[name] = Decision(
                     name, nr, "custom", "EPERM", "EPERM", why="denied by the policy"
+                )
+
+        if self.host_pids:
+            errname, why = data.SELF_ONLY_WHY
+            for name, alternatives in data.SELF_ONLY_BY_PID.items():
+                old = decisions.get(name)
+                # what the mode or the policy allows, narrowed to the caller
+                if old is None or old.action != ALLOW:
+                    continue
+                decisions[name] = Decision(
+                    name=name, number=old.number, group=old.group, action=ALLOW,
+                    denied_action=errname, why=why, conditions=alternatives,
                 )
 
         for name in data.ENOSYS_IN_FILTER:
@@ -593,6 +615,8 @@ class SyscallFilter:
         if self.host_network:
             unix = "unix" if self.unix_sockets else "no unix"
             sockets = f"host network: no inet sockets, {unix} sockets"
+        if self.host_pids:
+            sockets += "; other processes' limits and scheduling refused"
         named = "denials named"
         if compiled.inner_bpf is not None:
             named = (
@@ -621,6 +645,8 @@ class SyscallFilter:
             "allowed": self.allowed,
             "allowed_with_arguments": conditional,
             "argument_rules": {k: v[self.mode] for k, v in data.ARGUMENT_RULES.items()},
+            # second tier (no pid namespace): self only
+            "self_only_by_pid": dict(data.SELF_ONLY_TEXT) if self.host_pids else {},
             "denied": denied,
             "notified_always": list(data.NOTIFIED_ALWAYS),
             # first tier: let through for bubblewrap, refused to the program
@@ -756,10 +782,12 @@ def filter_for(
     unix_sockets: bool = True,
     disk_budget: bool = False,
     bwrap_setup: bool = False,
+    host_pids: bool = False,
 ) -> SyscallFilter:
     """The filter of a policy, built and compiled once per process.
 
-    ``bwrap_setup``: the first tier's variant, see ``SyscallFilter``.
+    ``bwrap_setup``: the first tier's variant; ``host_network`` and
+    ``host_pids`` the second tier's; see ``SyscallFilter``.
 
     Raises:
         PolicyError, SandboxUnavailableError: see ``SyscallFilter``.
@@ -773,6 +801,7 @@ def filter_for(
         unix_sockets=unix_sockets,
         disk_budget=disk_budget,
         bwrap_setup=bwrap_setup,
+        host_pids=host_pids,
     )
     flt.compile()
     return flt
@@ -795,7 +824,9 @@ def filter_for_config(
     Args:
         config: the policy.
         tier: ``"namespaces"`` (bubblewrap: the sandbox has its own network
-            namespace) or ``"landlock"`` (the program shares the host's).
+            and pid namespaces) or ``"landlock"`` (the program shares the
+            host's: its sockets and the calls that change other processes by
+            pid are narrowed).
         landlock_abi: the second tier's Landlock ABI; from 9 on Landlock
             confines unix socket paths, so ``socket(AF_UNIX)`` may stay.
         bwrap_setup: bubblewrap supports ``--add-seccomp-fd``: allow its
@@ -818,6 +849,7 @@ def filter_for_config(
         not host_network or landlock_abi >= LANDLOCK_ABI_UNIX_PATHS,
         config.disk_mb is not None,
         bwrap_setup and not host_network,
+        host_network,  # host_pids: the second tier has neither namespace
     )
 
 

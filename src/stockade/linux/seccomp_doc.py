@@ -66,6 +66,7 @@ def render_markdown() -> str:
         errname, why = data.ARGUMENT_RULE_WHY[calls]
         cells = [_args_cell(per_mode[mode]) for mode in data.MODES]
         lines.append(f"| {calls} | {' | '.join(cells)} | {errname} | {why} |")
+    lines += _self_only_markdown()
     lines += _setup_patterns_markdown()
     lines += [
         "",
@@ -106,6 +107,27 @@ def render_markdown() -> str:
         lines.append(f"| {label} | {' | '.join(cells[m] for m in data.MODES)} |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
+
+
+def _self_only_markdown() -> list[str]:
+    errname, why = data.SELF_ONLY_WHY
+    lines = [
+        "",
+        "### Second tier: other processes by pid",
+        "",
+        "In the second tier (no pid namespace) these calls, where the mode or "
+        "the policy allows them at all, are allowed on the caller itself only, "
+        "named by 0; any other target is refused with "
+        f"{errname} and named (`detail`: the pid, `PRIO_USER`, ...): {why}. "
+        "The first tier allows them as the mode says (its pids are the "
+        "sandbox's own).",
+        "",
+        "| calls | allowed | otherwise |",
+        "| --- | --- | --- |",
+    ]
+    for calls, text in data.SELF_ONLY_TEXT.items():
+        lines.append(f"| {calls} | {text} | {errname} |")
+    return lines
 
 
 def _pattern_cell(flt: SyscallFilter, pattern: data.SetupPattern) -> str:
@@ -187,6 +209,10 @@ def render_text(flt: SyscallFilter) -> str:
     lines += ["", "allowed with some arguments only:"]
     for calls, per_mode in data.ARGUMENT_RULES.items():
         lines.append(f"  {calls}: {per_mode[flt.mode]}")
+    if flt.host_pids:
+        lines += ["", "second tier, on the caller itself (0) only:"]
+        for calls, text in data.SELF_ONLY_TEXT.items():
+            lines.append(f"  {calls}: {text}")
     lines += ["", "denied (answer; why):"]
     groups = {g.name: g for g in data.GROUPS}
     for group, names in denied_by_group.items():

@@ -363,6 +363,15 @@ _MODE_ARG = {
 }
 
 
+# the second tier's calls on other processes (syscall_groups.SELF_ONLY_BY_PID)
+_PRIO_WHICH = {0: "PRIO_PROCESS", 1: "PRIO_PGRP", 2: "PRIO_USER"}
+_IOPRIO_WHO = {1: "IOPRIO_WHO_PROCESS", 2: "IOPRIO_WHO_PGRP", 3: "IOPRIO_WHO_USER"}
+_BY_PID = (
+    "prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+    "sched_setattr", "migrate_pages", "move_pages",
+)
+
+
 def _detail(name: str, args: list[int]) -> str:
     """A short note on the arguments that made a call denied."""
     if name in ("socket", "socketpair"):
@@ -382,6 +391,14 @@ def _detail(name: str, args: list[int]) -> str:
         return "new process" if name == "clone" else f"flags {flags:#x}"
     if name == "personality":
         return f"{args[0] & 0xFFFFFFFF:#x}"
+    if name in ("setpriority", "ioprio_set"):
+        which, who = args[0] & 0xFFFFFFFF, args[1] & 0xFFFFFFFF
+        kinds = _PRIO_WHICH if name == "setpriority" else _IOPRIO_WHO
+        kind = kinds.get(which, f"which {which}")
+        return kind if who == 0 else f"{kind} {who}"
+    if name in _BY_PID:
+        pid = args[0] & 0xFFFFFFFF
+        return f"pid {pid}" if pid else ""
     index = _MODE_ARG.get(name)
     if index is not None:
         mode = args[index] & 0o7777

@@ -617,6 +617,52 @@ BWRAP_SETUP: tuple[SetupPattern, ...] = (
     ),
 )
 
+# --- the second tier: calls that act on another process by pid ---------------
+
+# Without a pid namespace (the Landlock tier) the host's processes are in
+# reach of every call that names a process by pid and that the kernel checks
+# by uid alone, not by ptrace access (which Landlock scopes to the run) nor
+# by signal delivery (scoped from Landlock ABI 6): a program could lower the
+# limits of, renice or pin any host process of its uid, the run's monitor
+# included. In that tier these calls are allowed only on the caller itself,
+# named by 0; anything else is refused (EPERM) and named. glibc's
+# setrlimit/getrlimit call prlimit64(0, ...), nice() setpriority(PRIO_PROCESS,
+# 0, ...), so self-use keeps working; naming oneself by one's own pid
+# (``resource.prlimit(os.getpid(), ...)``) is refused. Process groups are
+# refused too: the program starts in its monitor's process group, and may
+# join it again with setpgid. Calls that only read another process's
+# settings (getpriority, sched_getaffinity, prlimit64 without a new limit,
+# ...) stay allowed: they change nothing (docs/hosts.md, known limitations).
+PRIO_PROCESS = 0
+IOPRIO_WHO_PROCESS = 1
+
+SELF_ONLY_BY_PID: dict[str, tuple[tuple[tuple[int, int, int], ...], ...]] = {
+    # pid 0, or no new limit (arg 2 NULL: reading only)
+    "prlimit64": (((0, _LOW32, 0),), ((2, _ALL_BITS, 0),)),
+    "setpriority": (((0, _LOW32, PRIO_PROCESS), (1, _LOW32, 0)),),
+    "ioprio_set": (((0, _LOW32, IOPRIO_WHO_PROCESS), (1, _LOW32, 0)),),
+    "sched_setaffinity": (((0, _LOW32, 0),),),
+    "sched_setscheduler": (((0, _LOW32, 0),),),
+    "sched_setparam": (((0, _LOW32, 0),),),
+    "sched_setattr": (((0, _LOW32, 0),),),
+    "migrate_pages": (((0, _LOW32, 0),),),
+    "move_pages": (((0, _LOW32, 0),),),
+}
+
+# What each rule allows, for the documentation (same order as above).
+SELF_ONLY_TEXT: dict[str, str] = {
+    "prlimit64": "pid 0 (the caller), or reading only (no new limit)",
+    "setpriority": "PRIO_PROCESS with who 0 (the caller)",
+    "ioprio_set": "IOPRIO_WHO_PROCESS with who 0 (the caller)",
+    "sched_setaffinity, sched_setscheduler, sched_setparam, sched_setattr, "
+    "migrate_pages, move_pages": "pid 0 (the caller)",
+}
+SELF_ONLY_WHY = (
+    "EPERM",
+    "no pid namespace: another pid is a host process (of the same uid, the "
+    "run's monitor included), a process group or a user; checked by uid only",
+)
+
 # The network policies (``stockade.network.policy.NetworkMode``) decide the
 # socket families: ``allowed_socket_families()`` there is the one list; the
 # filter narrows AF_NETLINK to NETLINK_ROUTE outside permissive.

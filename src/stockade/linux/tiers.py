@@ -565,7 +565,8 @@ def _tree_kill_row() -> ProtectionStatus:
         "tree_kill",
         ENFORCED,
         "per-run monitor (child subreaper) kills every descendant when the run ends, "
-        "setsid and double-forked ones included",
+        "setsid and double-forked ones included; should the monitor die first, the "
+        "launcher (a subreaper too) kills what it left",
         required=True,
     )
 
