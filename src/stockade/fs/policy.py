@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
-from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
+from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace, home_directories
 from . import gitdirs
 from . import presets as _presets
 from .guard import Guard, open_nofollow
@@ -525,6 +525,49 @@ def _refused(path: str, access: Access, home: str) -> str | None:
         why = forbidden_workspace(path, home, cache_ok=True)
         if why:
             return f"{why}; it may not be writable"
+    return None
+
+
+# Host trees a path the run did not name as a rule (a PYTHONPATH entry, a
+# command's installation) may never show: the host's devices, processes,
+# sockets and services (/run/user/UID/bus, /run/docker.sock).
+_HOST_TREES = ("/sys", "/run")
+
+
+def exposure_refused(path: str, home: str, *, private: bool = True) -> str | None:
+    """Why a path the policy does not name may not be made visible read-only
+    on the side (``manager._resolve_visible``), or None. ``path`` must be
+    canonical (``realpath``).
+
+    Refused: what a ``read_only`` rule may not name (``_refused``: /, /proc,
+    /dev, a directory holding a private area), /sys and /run and anything in
+    them, a home directory or one holding it; with ``private`` (a PYTHONPATH
+    entry) also anything in a private area (/tmp, /var/tmp, /dev/shm: other
+    programs' sockets, such as tmux's or X's) and anything in a hidden
+    directory of a home (``~/.ssh``, ``~/.gnupg``, ``~/.aws``, ``~/.config``:
+    the entries ``forbidden_workspace`` refuses). A command's installation
+    (``private`` False) may lie there: it is only its ``bin``, ``lib``...
+    beside the program the caller named (``~/.local/bin/tool``).
+    """
+    why = _refused(path, Access.READ_ONLY, home)
+    if why:
+        return why
+    areas = _HOST_TREES + (PRIVATE_AREAS if private else ())
+    for area in areas:
+        if _under(path, area):
+            return f"it lies in {area}, which the sandbox never shows from the host"
+        if _under(area, path):
+            return f"it would show {area}, which the sandbox never shows from the host"
+    for user_home in home_directories(home):
+        if _under(user_home, path):
+            return f"it would show the whole home directory {user_home}"
+        if private and _under(path, user_home):
+            first = path[len(user_home):].lstrip("/").split("/", 1)[0]
+            if first.startswith("."):
+                return (
+                    f"it lies in {os.path.join(user_home, first)}, a hidden directory "
+                    f"of a home (keys, tokens, configuration)"
+                )
     return None
 
 
