@@ -1,11 +1,16 @@
-"""Paths a run shows besides its rules: PYTHONPATH entries and a command's
-installation are checked like rules (and more). Both tiers, the real
-sandbox."""
+"""Paths a run shows or writes besides its rules: PYTHONPATH entries and a
+command's installation are checked like rules (and more), and the caller's
+own Python installation stays read-only inside writable places. Both tiers,
+the real sandbox."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -13,9 +18,12 @@ from pathlib import Path
 
 import pytest
 from _unpriv import run_unprivileged
-from fsutil import TIERS, manager, write
+from fsutil import TIERS, is_second, manager, write
 
 from stockade.errors import CommandError, PolicyError
+
+REPO_SRC = Path(__file__).resolve().parents[2] / "src"
+
 
 @pytest.fixture
 def library() -> Iterator[Path]:
@@ -105,3 +113,74 @@ def test_unprivileged_caller_pythonpath_refused(fields, workspace):
     stderr = proc.stderr.decode()
     assert proc.returncode != 0 and "PYTHONPATH" in stderr and "/tmp" in stderr, stderr
     assert not (workspace / "ran").exists()
+
+
+# -- the caller's own installation ------------------------------------------------
+
+_PLANT = """
+import json, sys
+from stockade import SandboxConfig, SandboxManager
+from stockade.errors import PolicyError
+ws, tier, site = sys.argv[1], sys.argv[2], sys.argv[3]
+mgr = SandboxManager(SandboxConfig(execution_log=False, tier=tier))
+script = (
+    f"echo 'import os' > {site}/zz_stockade_test.pth || echo venv-ro; "
+    "echo x > src/stockade/zz_stockade_test.py || echo package-ro; "
+    "echo x > .venv/pyvenv.cfg || echo cfg-ro; "
+    "echo x > other/ok.txt && echo other-rw"
+)
+result = mgr.execute(["sh", "-c", script], cwd=ws)
+try:
+    mgr.execute(["true"], cwd=ws + "/src/stockade")
+    inside = "ran"
+except PolicyError as err:
+    inside = str(err)
+print(json.dumps({"stdout": result.stdout_text, "notes": result.notes, "inside": inside,
+                  "summary": result.summary()}))
+"""
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_callers_own_environment_in_the_workspace_stays_read_only(fields, workspace):
+    """stockade run from a virtual environment inside the workspace, with
+    its package there too (an editable install's src/stockade): the run
+    cannot plant a .pth file or a module the host would run as the caller."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(workspace / ".venv")], check=True)
+    shutil.copytree(REPO_SRC / "stockade", workspace / "src" / "stockade",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (workspace / "other").mkdir()
+    python = workspace / ".venv" / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    deps = sysconfig.get_paths()["purelib"]  # the test venv's: pydantic, yaml, ...
+    proc = subprocess.run(
+        [str(python), "-c", _PLANT, str(workspace), fields["tier"], site],
+        cwd=workspace,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{workspace / 'src'}:{deps}", "LANG": "C.UTF-8"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    said = out["stdout"].split()
+    assert {"venv-ro", "package-ro", "cfg-ro"} <= set(said), out
+    if not is_second(fields):
+        assert "other-rw" in said, out
+    assert not Path(site, "zz_stockade_test.pth").exists()
+    assert not (workspace / "src" / "stockade" / "zz_stockade_test.py").exists()
+    assert any(n.startswith(f"protected: {workspace}/.venv read-only") for n in out["notes"]), out
+    assert any(n.startswith(f"protected: {workspace}/src/stockade read-only") for n in out["notes"]), out
+    assert "lies in" in out["inside"] and "src/stockade" in out["inside"], out
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_other_venvs_can_be_kept_read_only_with_ro(fields, workspace):
+    """Another virtual environment in the workspace is writable (known
+    limitation); --ro .venv keeps it read-only."""
+    write(workspace / ".venv" / "lib" / "site-packages" / "mod.py", "X = 1\n", 0o644)
+    script = "echo x > .venv/lib/site-packages/zz.pth || echo ro; cat .venv/lib/site-packages/mod.py"
+    result = manager(fields, read_only=[".venv"]).execute(["sh", "-c", script], cwd=workspace)
+    assert result.stdout_text.split() == ["ro", "X", "=", "1"], result.summary()
+    assert not (workspace / ".venv" / "lib" / "site-packages" / "zz.pth").exists()
