@@ -196,7 +196,8 @@ def test_a_run_that_does_not_fit_runs_cold_and_says_why(pooled, workspace):
     _wait_ready(manager, 1)
     # an absolute PYTHONPATH entry outside the system directories is made
     # visible read-only: another mount view than the prepared sandboxes'
-    library = Path(tempfile.mkdtemp(prefix="stockade-test-lib-", dir="/var/tmp"))
+    # (not in a private area such as /var/tmp: such entries are refused)
+    library = Path(tempfile.mkdtemp(prefix="stockade-test-lib-", dir="/srv"))
     try:
         os.chmod(library, 0o755)
         (library / "helper_mod.py").write_text("VALUE = 42\n")

@@ -42,7 +42,7 @@ from .linux import waiter as _waiter
 from .linux.launcher import FD_FIRST_BIND, FD_JSON_STATUS, remove_tree
 from .linux.resolve import Resolution, resolve_command
 from .network import policy as _netpolicy
-from .result import Protection, SandboxResult, Termination, Violation
+from .result import PYTHONPATH_NOTE, Protection, SandboxResult, Termination, Violation
 
 if TYPE_CHECKING:  # imported when a run first needs the proxy: it pulls in asyncio
     from .network.proxy import NetworkProxy, RunTraffic
@@ -1329,15 +1329,46 @@ def _resolve_visible(
     argv: list[str], prepared: _Prepared, env: Mapping[str, str], visible: Any
 ) -> tuple[Any, list[str]]:
     """The program's path, and the installations it needs made visible
-    read-only (its own, and absolute PYTHONPATH entries)."""
+    read-only (its own, and absolute PYTHONPATH entries).
+
+    Raises:
+        PolicyError: a PYTHONPATH entry the sandbox may not show
+            (``fs.policy.exposure_refused``: /, /sys, /run, the private
+            areas, a home or its hidden directories, ...).
+        CommandError: the command's installation lies where the sandbox
+            may not show it.
+    """
+    home = os.path.expanduser("~")
     resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=visible)
+    for path in resolution.read_only:
+        why = _fs.exposure_refused(os.path.realpath(path), home, private=False)
+        if why:
+            raise CommandError(
+                f"{argv[0]}: running it would show {path} read-only, but {why}; "
+                f"copy the program elsewhere, or run it through an interpreter "
+                f"the sandbox sees",
+                command=list(argv[:3]),
+            )
     extra_ro = list(resolution.read_only)
     prepared.notes.extend(resolution.notes)
     for entry in env.get("PYTHONPATH", "").split(os.pathsep):
         if entry and os.path.isabs(entry) and os.path.exists(entry) and not visible(entry):
+            real = os.path.realpath(entry)
+            why = _fs.exposure_refused(real, home)
+            if why:
+                shown = entry if real == entry else f"{entry} ({real})"
+                raise PolicyError(
+                    f"env PYTHONPATH: the entry {shown} would be made visible read-only, "
+                    f"but {why}. Point PYTHONPATH at the package directory itself (the "
+                    f"directory holding your modules), or, if you mean to show that "
+                    f"directory, name it as a rule (--ro DIR, read_only = [DIR]), "
+                    f"which is checked like any rule",
+                    key="env.PYTHONPATH",
+                    value=entry,
+                )
             if entry not in extra_ro:
                 extra_ro.append(entry)
-                prepared.notes.append(f"{entry} visible read-only: named in PYTHONPATH")
+                prepared.notes.append(f"{PYTHONPATH_NOTE}{entry} visible read-only")
     return resolution, extra_ro
 
 

@@ -41,6 +41,10 @@ class Termination(str, enum.Enum):
     SANDBOX_ERROR = "sandbox_error"      # the sandbox could not be set up, or kept
 
 
+# A note naming a PYTHONPATH entry made visible read-only; the summary line
+# lists these entries too (a host path shown because of a variable).
+PYTHONPATH_NOTE = "PYTHONPATH: "
+
 @dataclass(frozen=True)
 class Usage:
     """Resources used by the program's own process tree.
@@ -228,6 +232,9 @@ class SandboxResult:
             count = len(self.connections)
             noun = "connection" if count == 1 else "connections"
             parts.append(f"network {count} {noun}, {refused} denied")
+        shown = [n[len(PYTHONPATH_NOTE):] for n in self.notes if n.startswith(PYTHONPATH_NOTE)]
+        if shown:
+            parts.append("PYTHONPATH: " + ", ".join(shown))
         if self.violations:
             denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")

@@ -44,13 +44,14 @@ import fnmatch
 import glob
 import os
 import stat
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
-from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace
+from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace, home_directories
 from . import gitdirs
 from . import presets as _presets
 from .guard import Guard, open_nofollow
@@ -235,6 +236,7 @@ def resolve(
     environ: Mapping[str, str],
     guard_protected: bool = False,
     check_replaced: bool = False,
+    own: Sequence[tuple[str, str]] = (),
 ) -> FsPlan:
     """Resolve the policy's path rules for one run (steps in the module doc).
 
@@ -250,6 +252,9 @@ def resolve(
         check_replaced: check existing protected paths after the run if
             they are other files then (the first tier: a host rename undoes
             a read-only mount; ``guard.Guard.watch_identity``).
+        own: (canonical path, what it is) of the caller's own installation
+            (``own_installation``): kept read-only inside writable places,
+            whatever ``protected`` says.
 
     Returns:
         The plan; writable paths that did not exist have been created.
@@ -324,6 +329,7 @@ def resolve(
     for given, path in missing_hidden:
         _missing_hidden(plan, given, path)
 
+    _protect_own(plan, own)
     _protect(
         plan,
         config.protected,
@@ -528,6 +534,49 @@ def _refused(path: str, access: Access, home: str) -> str | None:
     return None
 
 
+# Host trees a path the run did not name as a rule (a PYTHONPATH entry, a
+# command's installation) may never show: the host's devices, processes,
+# sockets and services (/run/user/UID/bus, /run/docker.sock).
+_HOST_TREES = ("/sys", "/run")
+
+
+def exposure_refused(path: str, home: str, *, private: bool = True) -> str | None:
+    """Why a path the policy does not name may not be made visible read-only
+    on the side (``manager._resolve_visible``), or None. ``path`` must be
+    canonical (``realpath``).
+
+    Refused: what a ``read_only`` rule may not name (``_refused``: /, /proc,
+    /dev, a directory holding a private area), /sys and /run and anything in
+    them, a home directory or one holding it; with ``private`` (a PYTHONPATH
+    entry) also anything in a private area (/tmp, /var/tmp, /dev/shm: other
+    programs' sockets, such as tmux's or X's) and anything in a hidden
+    directory of a home (``~/.ssh``, ``~/.gnupg``, ``~/.aws``, ``~/.config``:
+    the entries ``forbidden_workspace`` refuses). A command's installation
+    (``private`` False) may lie there: it is only its ``bin``, ``lib``...
+    beside the program the caller named (``~/.local/bin/tool``).
+    """
+    why = _refused(path, Access.READ_ONLY, home)
+    if why:
+        return why
+    areas = _HOST_TREES + (PRIVATE_AREAS if private else ())
+    for area in areas:
+        if _under(path, area):
+            return f"it lies in {area}, which the sandbox never shows from the host"
+        if _under(area, path):
+            return f"it would show {area}, which the sandbox never shows from the host"
+    for user_home in home_directories(home):
+        if _under(user_home, path):
+            return f"it would show the whole home directory {user_home}"
+        if private and _under(path, user_home):
+            first = path[len(user_home):].lstrip("/").split("/", 1)[0]
+            if first.startswith("."):
+                return (
+                    f"it lies in {os.path.join(user_home, first)}, a hidden directory "
+                    f"of a home (keys, tokens, configuration)"
+                )
+    return None
+
+
 def _missing_hidden(plan: FsPlan, given: str, path: str) -> None:
     """A hidden path that does not exist: an error where the run could
     create it, otherwise nothing to hide."""
@@ -586,6 +635,56 @@ def _protect(
                 guard_protected=guard_protected,
                 check_replaced=check_replaced,
             )
+
+
+def own_installation() -> list[tuple[str, str]]:
+    """The caller's own Python installation, which the host runs as the
+    caller: the virtual environment stockade runs from (``sys.prefix``), the
+    directory of the imported ``stockade`` package (an editable install's
+    ``src/stockade``) and the interpreter's installation
+    (``sys.base_prefix``). Canonical paths, each with what it is."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    own = []
+    if sys.prefix != sys.base_prefix:
+        own.append((sys.prefix, "the Python environment stockade runs from"))
+    own.append((package, "the stockade package the caller imports"))
+    own.append((sys.base_prefix, "the Python installation stockade runs with"))
+    seen: dict[str, str] = {}
+    for path, what in own:
+        seen.setdefault(os.path.realpath(path), what)
+    return list(seen.items())
+
+
+def _protect_own(plan: FsPlan, own: Sequence[tuple[str, str]]) -> None:
+    """Keep the caller's own installation read-only inside writable places
+    (a run could otherwise plant a ``.pth`` file or a module that the host
+    runs as the caller the next time it runs stockade). Not configurable:
+    ``protected`` does not change it. A writable place inside such a path
+    is refused."""
+    roots = plan.writable_roots()
+    for path, what in own:
+        for root in roots:
+            if _under(root.path, path):
+                raise PolicyError(
+                    f"{root.origin}: {root.path} lies in {path}, {what}; a run there "
+                    f"could change code the host runs as you. Choose a writable "
+                    f"place outside it",
+                    key=_key(root.origin),
+                    value=root.path,
+                )
+            if (
+                root.is_dir
+                and _under(path, root.path)
+                and os.path.exists(path)
+                and plan.access_of(path) is Access.WRITABLE
+            ):
+                _make_read_only(
+                    plan, path, root, None, guard_protected=False, check_replaced=False
+                )
+                plan.notes.append(
+                    f"protected: {path} read-only ({what}, in the writable place "
+                    f"{root.path})"
+                )
 
 
 def git_tails(entries: tuple[str, ...]) -> tuple[str, ...]:

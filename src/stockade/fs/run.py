@@ -19,7 +19,7 @@ from ..errors import PolicyError
 from ..result import Protection, Violation
 from . import presets as _presets
 from .mounts import Mount, plan_mounts
-from .policy import FsPlan, resolve
+from .policy import FsPlan, own_installation, resolve
 from .ruleset import translate
 from .watch import Destination, MountWatch, Trip
 
@@ -52,6 +52,7 @@ def plan_run(
         environ=os.environ,
         guard_protected=second_tier and "protected_paths" in config.allow_degraded,
         check_replaced=not second_tier,
+        own=own_installation(),
     )
     if not plan.visible(cwd):
         raise PolicyError(

@@ -170,6 +170,12 @@ def _under(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
+def home_directories(home: str | None) -> tuple[str, ...]:
+    """Every home directory of the password database, plus the caller's
+    (canonical; those inside system trees left out: they are covered)."""
+    return _home_directories(home)
+
+
 @functools.lru_cache(maxsize=4)
 def _home_directories(home: str | None) -> tuple[str, ...]:
     """Every home directory of the password database, plus the caller's."""
