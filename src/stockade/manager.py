@@ -1413,10 +1413,20 @@ def _outcome(
         if code is None:
             if killed in _KILL_REASONS:
                 return None, _signal.SIGKILL, _KILL_REASONS[killed], None
+            if (event.get("cgroup") or {}).get("oom_kills"):
+                # the run's cgroup recorded an OOM kill and no status came:
+                # the OOM killer chose bubblewrap (or the monitor) itself,
+                # e.g. when tmpfs pages, charged to the run, filled it
+                return None, _signal.SIGKILL, Termination.MEMORY_LIMIT, None
             if prepared.spec.get("monitor"):
                 message = f"the run's monitor ended without the program's status ({_status_text(status)})"
                 return None, None, Termination.SANDBOX_ERROR, message
             message = _bwrap_error(stderr) or _status_text(status)
+            if event.get("program_started"):
+                # the program did start: bubblewrap ended without its status
+                return None, None, Termination.SANDBOX_ERROR, (
+                    f"bubblewrap ended without the program's status: {message}"
+                )
             return None, None, Termination.SANDBOX_ERROR, f"bubblewrap could not start the program: {message}"
         exit_code, sig = _split_code(int(code))
     else:
