@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
+from ._text import printable
 
 EXIT_NOT_FOUND = 127
 EXIT_LIMIT_SURVIVED = 3
@@ -272,10 +273,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+# characters of an error message the CLI prints (a config value quoted in
+# it can be anything: a YAML alias bomb expanded to 500 MB, once)
+ERROR_CHARS = 2048
+
+
+def _say(line: str) -> None:
+    """One line of stockade's own on stderr.
+
+    On a terminal it starts with an SGR reset (``ESC[0m``): the program had
+    the terminal until now, and could have left it drawing hidden (``ESC[8m``)
+    or invisible text. Only on a terminal: a file or pipe gets the line alone.
+    """
+    reset = ""
+    try:
+        if sys.stderr.isatty():
+            reset = "\033[0m"
+    except (AttributeError, ValueError, OSError):
+        pass
+    print(reset + line, file=sys.stderr)
+
+
+def _say_error(err: object) -> None:
+    """``stockade: <err>``, escaped: an error can quote what the program or a
+    policy file chose (paths, values), which must not drive the terminal."""
+    _say(f"stockade: {printable(str(err), limit=ERROR_CHARS)}")
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log messages escaped like errors (they can quote program-chosen text)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        record.message = printable(record.message, limit=ERROR_CHARS)
+        return super().formatMessage(record)
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("stockade: %(levelname)s: %(message)s"))
+    handler.setFormatter(_EscapingFormatter("stockade: %(levelname)s: %(message)s"))
     root = logging.getLogger("stockade")
     root.addHandler(handler)
     root.setLevel(level)
@@ -352,21 +388,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 capture_output=bool(args.json),
             )
     except CommandError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return {"not_found": EXIT_NOT_FOUND, "not_executable": EXIT_NOT_EXECUTABLE}.get(
             err.reason, EXIT_SANDBOX_ERROR
         )
     except StockadeError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return EXIT_SANDBOX_ERROR
     except Interrupted as err:
-        print(f"stockade: {err.name}: the run was stopped", file=sys.stderr)
+        _say(f"stockade: {err.name}: the run was stopped")
         return 128 + err.signum
 
     if args.json:
         print(result.to_json(indent=2))
     elif not args.quiet:
-        print(result.summary(), file=sys.stderr)
+        _say(result.summary())
     return exit_status(result)
 
 
@@ -394,7 +430,7 @@ def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             updated = seccomp_doc.replace_generated(text)
         except ValueError as err:
-            print(f"stockade: {args.write}: {err}", file=sys.stderr)
+            _say_error(f"{args.write}: {err}")
             return 1
         with open(args.write, "w", encoding="utf-8") as fh:
             fh.write(updated)
@@ -407,7 +443,7 @@ def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             mode: seccomp.SyscallFilter(mode, network=args.network) for mode in modes
         }
     except StockadeError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return EXIT_SANDBOX_ERROR
     if args.json:
         data = {mode: flt.describe() for mode, flt in built.items()}
@@ -464,7 +500,7 @@ def _doctor(args: argparse.Namespace) -> int:
             config = config.with_changes(**changes)
         data = report(config)
     except StockadeError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return 2
     if args.json:
         print(json.dumps(data, indent=2))
