@@ -359,3 +359,19 @@ def test_not_on_a_terminal_the_summary_has_no_sgr_reset(workspace):
     proc = cli("run", "--no-log", "--", "true", cwd=workspace)
     assert proc.stderr.startswith(b"stockade: exited 0"), proc.stderr
     assert b"\x1b" not in proc.stderr
+
+
+@pytest.mark.parametrize(("script", "status"), [("true", 0), ("exit 5", 5)])
+def test_json_to_a_reader_that_is_gone_exits_quietly_with_the_runs_status(workspace, script, status):
+    # `stockade run --json ... | true`: the pipe's reader exits first
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stockade.cli", "run", "--no-log", "--json", "--", "sh", "-c", script],
+            cwd=workspace, stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.PIPE, timeout=120,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == status, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr

@@ -291,7 +291,11 @@ def _say(line: str) -> None:
             reset = "\033[0m"
     except (AttributeError, ValueError, OSError):
         pass
-    print(reset + line, file=sys.stderr)
+    try:
+        print(reset + line, file=sys.stderr)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _drop_stream(sys.stderr)
 
 
 def _say_error(err: object) -> None:
@@ -400,10 +404,35 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 128 + err.signum
 
     if args.json:
-        print(result.to_json(indent=2))
+        _print_stdout(result.to_json(indent=2))
     elif not args.quiet:
         _say(result.summary())
     return exit_status(result)
+
+
+def _print_stdout(text: str) -> None:
+    """``print`` to stdout, quiet when its reader is gone (``| head``, ``| true``).
+
+    The exit status stays the run's. As the Python documentation advises,
+    stdout is then pointed at /dev/null so that the interpreter's own flush
+    at exit does not fail again with a traceback.
+    """
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stream(sys.stdout)
+
+
+def _drop_stream(stream: Any) -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _cli_stdin() -> Any:
@@ -503,9 +532,9 @@ def _doctor(args: argparse.Namespace) -> int:
         _say_error(err)
         return 2
     if args.json:
-        print(json.dumps(data, indent=2))
+        _print_stdout(json.dumps(data, indent=2))
     else:
-        print(render(data))
+        _print_stdout(render(data))
     return 0 if data["ok"] else 1
 
 
