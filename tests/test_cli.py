@@ -42,8 +42,8 @@ def test_timeout_gives_124(workspace):
 @pytest.mark.parametrize(
     "args",
     [
-        ["run", "--no-log", "--memory", "0", "--", "true"],
         ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
+        ["run", "--no-log", "--config", "/nonexistent-policy.yaml", "--", "true"],
     ],
 )
 def test_sandbox_errors_give_125(workspace, args):
@@ -65,9 +65,24 @@ def test_sandbox_errors_give_125(workspace, args):
 )
 def test_non_finite_or_huge_limits_are_refused_before_the_run(workspace, option, value, message):
     proc = cli("run", "--no-log", option, value, "--", "true", cwd=workspace)
-    assert proc.returncode == 125, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert b"Traceback" not in proc.stderr
     assert proc.stderr.startswith(b"stockade: command line: ") and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "0"], b"stockade: command line: timeout_sec = 0.0: "),
+        (["--memory", "0"], b"stockade: command line: memory_mb = 0: "),
+        (["--env", "A"], b"--env 'A': expected NAME=VALUE"),
+        (["--no-such-option"], b"unrecognized arguments"),
+    ],
+)
+def test_usage_errors_and_bad_option_values_give_2(workspace, args, message):
+    proc = cli("run", "--no-log", *args, "--", "true", cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
 
 
 def test_not_executable_gives_126(workspace):

@@ -1,9 +1,11 @@
 """The ``stockade`` command.
 
 Exit status of ``stockade run``: the program's own; 128+N when it was killed
-by signal N (a limit included); 124 on timeout (as timeout(1)); 125 when the
-sandbox itself could not start (bad policy, a protection the host cannot
-give); 126 when the command exists but cannot be executed; 127 when it is not
+by signal N (a limit included); 2 on a usage error (an unknown option, a
+malformed one such as ``--env A``, or an option value the policy refuses such
+as ``--timeout 0``); 124 on timeout (as timeout(1)); 125 when the sandbox
+itself could not start (a bad policy file, a path rule or working directory
+that does not exist, a protection the host cannot give); 126 when the command exists but cannot be executed; 127 when it is not
 found (as shells do); 3 when a limit ended the run although the program
 itself exited 0 (e.g. its forks were refused at the process limit); 128+N
 when the CLI itself got signal N (SIGINT, SIGTERM, SIGHUP) and stopped the run.
@@ -27,6 +29,7 @@ from typing import Any
 from . import __version__
 from ._text import printable
 
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
 EXIT_LIMIT_SURVIVED = 3
 EXIT_TIMEOUT = 124
@@ -329,7 +332,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     shared_launcher().start_soon()
 
     from .config import SandboxConfig, load_policy_file
-    from .errors import CommandError, StockadeError
+    from .errors import CommandError, PolicyError, StockadeError
     from .manager import SandboxManager
 
     command = list(args.command)
@@ -377,10 +380,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             changes["output_limit_action"] = "truncate"
         if changes:
             # validated like a policy file: numbers stay numbers (argparse
-            # converted them), errors name the field and the value given
-            config = SandboxConfig.from_mapping(
-                {**config.model_dump(), **changes}, source="command line"
-            )
+            # converted them), errors name the field and the value given;
+            # the file's own values were checked when it was loaded, so an
+            # error here is an option's: a usage error, as argparse's are
+            try:
+                config = SandboxConfig.from_mapping(
+                    {**config.model_dump(), **changes}, source="command line"
+                )
+            except PolicyError as err:
+                _say_error(err)
+                return EXIT_USAGE
         manager = SandboxManager(config)
         with _signals_interrupt():
             result = manager.execute(
