@@ -390,3 +390,17 @@ def test_json_to_a_reader_that_is_gone_exits_quietly_with_the_runs_status(worksp
         os.close(w)
     assert proc.returncode == status, proc.stderr
     assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_a_relative_cwd_missing_here_but_in_the_workspace_is_pointed_out(workspace, tmp_path):
+    (workspace / "sub").mkdir()
+    proc = cli("run", "--no-log", "--workspace", str(workspace), "--cwd", "sub", "--", "pwd",
+               cwd=tmp_path)
+    assert proc.returncode == 125, proc.stderr
+    text = proc.stderr.decode()
+    assert "resolved against your current directory" in text, text
+    assert f"did you mean '{os.path.realpath(workspace)}/sub'?" in text, text
+    # from the workspace itself the same option works
+    proc = cli("run", "--no-log", "--workspace", str(workspace), "--cwd", "sub", "--", "pwd",
+               cwd=workspace)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(b"/sub"), proc.stderr

@@ -102,7 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
-    run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
+    run.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="working directory inside the workspace (a relative DIR is resolved against "
+        "the current directory, not the workspace)",
+    )
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
     _network_options(run)
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")

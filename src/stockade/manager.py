@@ -453,7 +453,16 @@ class SandboxManager:
         base = cwd if cwd is not None else (config.workspace or os.getcwd())
         run_cwd = os.path.realpath(os.fspath(base))
         if not os.path.isdir(run_cwd):
-            raise CommandError(f"cwd {os.fspath(base)!r} is not an existing directory")
+            message = f"cwd {os.fspath(base)!r} is not an existing directory"
+            given = os.fspath(cwd) if cwd is not None else None
+            if given is not None and not os.path.isabs(given) and config.workspace:
+                # relative paths are the caller's (as in subprocess), which a
+                # caller naming a directory of the workspace may not expect
+                message += f" (a relative cwd is resolved against your current directory, {os.getcwd()!r})"
+                candidate = os.path.join(os.path.realpath(os.fspath(config.workspace)), given)
+                if os.path.isdir(candidate):
+                    message += f"; did you mean {os.path.normpath(candidate)!r}?"
+            raise CommandError(message)
         workspace = os.path.realpath(os.fspath(config.workspace)) if config.workspace else run_cwd
         if not os.path.isdir(workspace):
             raise PolicyError(
