@@ -252,6 +252,16 @@ def test_v2_counters_turn_into_limit_reasons_and_usage(tmp_path):
     cg.close_counters()
 
 
+def test_v2_a_group_oom_kill_alone_is_a_memory_limit(tmp_path):
+    cg = _fake_v2(tmp_path)
+    cg.apply({"memory_bytes": MIB})
+    d = Path(cg.dirs[CPUACCT])
+    (d / "memory.events").write_text("low 0\nmax 9\noom 1\noom_kill 0\noom_group_kill 1\n")
+    assert cg.check() == ("memory_limit", None)
+    assert cg.usage()["oom_kills"] == 1
+    cg.close_counters()
+
+
 def test_baseline_subtracts_the_waiters_cpu_and_restarts_the_peak_v2(tmp_path):
     """A prepared sandbox's waiter ran in the cgroup before the program
     (issue #8): its CPU time is not the run's, and the memory peak restarts

@@ -42,8 +42,8 @@ def test_timeout_gives_124(workspace):
 @pytest.mark.parametrize(
     "args",
     [
-        ["run", "--no-log", "--memory", "0", "--", "true"],
         ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
+        ["run", "--no-log", "--config", "/nonexistent-policy.yaml", "--", "true"],
     ],
 )
 def test_sandbox_errors_give_125(workspace, args):
@@ -65,9 +65,24 @@ def test_sandbox_errors_give_125(workspace, args):
 )
 def test_non_finite_or_huge_limits_are_refused_before_the_run(workspace, option, value, message):
     proc = cli("run", "--no-log", option, value, "--", "true", cwd=workspace)
-    assert proc.returncode == 125, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert b"Traceback" not in proc.stderr
     assert proc.stderr.startswith(b"stockade: command line: ") and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "0"], b"stockade: command line: timeout_sec = 0.0: "),
+        (["--memory", "0"], b"stockade: command line: memory_mb = 0: "),
+        (["--env", "A"], b"--env 'A': expected NAME=VALUE"),
+        (["--no-such-option"], b"unrecognized arguments"),
+    ],
+)
+def test_usage_errors_and_bad_option_values_give_2(workspace, args, message):
+    proc = cli("run", "--no-log", *args, "--", "true", cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
 
 
 def test_not_executable_gives_126(workspace):
@@ -285,3 +300,107 @@ def test_run_counts_every_unshare_of_a_shell_script(workspace):
                "unshare -U true; unshare -r true; unshare -n true", cwd=workspace)
     assert proc.stderr.count(b"unshare failed: Operation not permitted") == 3, proc.stderr
     assert _summary_denied(proc.stderr) == "denied: unshare x3"
+
+
+FAKE_SUMMARY = "\x1b[2K\rstockade: exited 0 (all fine)"
+
+
+def test_a_path_the_program_named_is_escaped_in_the_summary(workspace):
+    """A directory named with terminal controls, whose git config the
+    program changes (quarantined, and named in ``denied:``), cannot erase
+    the summary line and draw a fake one."""
+    import shutil
+
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    script = 'mkdir -p "$1" && cd "$1" && git init -q . && git config core.fsmonitor x'
+    proc = cli("run", "--no-log", "--", "sh", "-c", script, "sh", FAKE_SUMMARY, cwd=workspace)
+    line = proc.stderr.decode().rstrip("\n").splitlines()[-1]
+    assert line.startswith("stockade: "), proc.stderr
+    assert "\x1b" not in line and "\r" not in line, line
+    assert "/\\x1b[2K\\x0dstockade: exited 0 (all fine)/.git/config" in _summary_denied(proc.stderr)
+
+
+@pytest.mark.parametrize("control", ["\x1bc", "\r", "\x9b2K", "\u202e", "\x07"])
+def test_cli_error_messages_escape_control_characters(workspace, control):
+    proc = cli("run", "--no-log", "--ro", f"/nonexistent{control}dir", "--", "true",
+               cwd=workspace)
+    assert proc.returncode in (2, 125), proc.stderr
+    text = proc.stderr.decode()
+    assert text.startswith("stockade: ") and text.count("\n") == 1, text
+    assert control not in text
+    assert "/nonexistent\\" in text and "dir does not exist" in text
+
+
+def _stderr_on_a_terminal(*args: str, cwd) -> bytes:
+    """``stockade`` with its stderr on a pseudo-terminal: what it wrote there."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stockade.cli", *args],
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+            timeout=120,
+        )
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the slave side is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_on_a_terminal_the_summary_starts_with_an_sgr_reset(workspace):
+    # the program leaves the terminal drawing hidden text (SGR 8)
+    out = _stderr_on_a_terminal("run", "--no-log", "--", "sh", "-c", "printf 'x\\033[8m' >&2",
+                                cwd=workspace)
+    assert out.startswith(b"x\x1b[8m"), out
+    assert b"\x1b[8m\x1b[0mstockade: exited 0" in out, out
+
+
+def test_not_on_a_terminal_the_summary_has_no_sgr_reset(workspace):
+    proc = cli("run", "--no-log", "--", "true", cwd=workspace)
+    assert proc.stderr.startswith(b"stockade: exited 0"), proc.stderr
+    assert b"\x1b" not in proc.stderr
+
+
+@pytest.mark.parametrize(("script", "status"), [("true", 0), ("exit 5", 5)])
+def test_json_to_a_reader_that_is_gone_exits_quietly_with_the_runs_status(workspace, script, status):
+    # `stockade run --json ... | true`: the pipe's reader exits first
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stockade.cli", "run", "--no-log", "--json", "--", "sh", "-c", script],
+            cwd=workspace, stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.PIPE, timeout=120,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == status, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_a_relative_cwd_missing_here_but_in_the_workspace_is_pointed_out(workspace, tmp_path):
+    (workspace / "sub").mkdir()
+    proc = cli("run", "--no-log", "--workspace", str(workspace), "--cwd", "sub", "--", "pwd",
+               cwd=tmp_path)
+    assert proc.returncode == 125, proc.stderr
+    text = proc.stderr.decode()
+    assert "resolved against your current directory" in text, text
+    assert f"did you mean '{os.path.realpath(workspace)}/sub'?" in text, text
+    # from the workspace itself the same option works
+    proc = cli("run", "--no-log", "--workspace", str(workspace), "--cwd", "sub", "--", "pwd",
+               cwd=workspace)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(b"/sub"), proc.stderr

@@ -303,3 +303,84 @@ def test_yaml_number_written_as_text_gets_a_hint_that_fits(tmp_path, text, hint)
         load_policy_file(path)
     assert hint in str(info.value)
     assert "timeout_sec" in str(info.value)
+
+
+# -- policy files: one format, no aliases, bounded messages -------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('mode: "strict"\nsecurity:\n  sandbox_enabled: false\n', "mode"),
+        ('mode: "strict"\nsecurity:\n  sandbox_mode: permissive\n', "mode"),
+        ("memory_mb: 64\nsecurity: {}\n", "memory_mb"),
+    ],
+)
+def test_a_file_mixing_the_plain_and_the_flag_format_is_refused(tmp_path, text, key):
+    path = write(tmp_path, "policy.yaml", text)
+    for load in (load_policy_file, create_sandbox_from_feature_flags):
+        with pytest.raises(PolicyError) as info:
+            load(path)
+        assert info.value.key == key
+        message = str(info.value)
+        assert f"({key})" in message and "(security)" in message and "ambiguous" in message
+
+
+def test_a_flag_file_with_other_sections_of_the_host_application_still_loads(tmp_path):
+    path = write(tmp_path, "flags.yaml", "ui:\n  dark: true\nsecurity:\n  sandbox_mode: strict\n")
+    assert load_policy_file(path).mode is SandboxMode.STRICT
+
+
+BILLION_LAUGHS = """
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+mode: [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        (BILLION_LAUGHS, "an anchor (&a)"),
+        ("mode: *nowhere\n", "an alias (*nowhere)"),
+        ("base: &b {memory_mb: 64}\n<<: *b\n", "an anchor (&b)"),
+    ],
+)
+def test_yaml_anchors_and_aliases_are_refused(tmp_path, text, what):
+    path = write(tmp_path, "policy.yaml", text)
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    message = str(info.value)
+    assert what in message and "not accepted in policy files" in message
+    assert "\n" not in message and len(message) < 400
+
+
+def test_a_huge_value_is_quoted_short_in_the_error(tmp_path):
+    path = write(tmp_path, "policy.yaml", 'mode: "' + "x" * 5_000_000 + '"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    assert len(str(info.value)) < 1000
+    assert "unknown mode 'xxx" in str(info.value) and "choose one of strict" in str(info.value)
+    assert len(info.value.value) == 5_000_000  # the attribute keeps the value
+
+
+def test_a_deeply_nested_value_is_quoted_short_in_the_error():
+    value = [[["x" * 1000] * 1000] * 1000]
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig.from_mapping({"memory_mb": value})
+    assert len(str(info.value)) < 1000
+
+
+def test_a_policy_file_that_is_not_utf8_names_the_file_and_the_offset(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b'mode: "str\xffict"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    assert str(info.value) == (
+        f"cannot read policy file {path}: not UTF-8 text (byte 0xff at offset 10)"
+    )
+    assert info.value.key == "config"

@@ -28,3 +28,23 @@ def test_architecture_lists_exactly_the_system_directories_of_each_mode():
     for mode in modes:
         expected = set(bwrap._SYSTEM_RO[mode]) | set(bwrap._MERGED_USR_LINKS)
         assert documented[mode] == expected, mode
+
+
+README = DOCS.parent / "README.md"
+
+
+def test_readme_says_a_refused_fork_ends_the_run():
+    # the launcher kills the tree at the first refused fork it sees
+    # (cgroups.check -> "pids_limit"); only an exit before that keeps status 0
+    from stockade.linux import cgroups, limits
+
+    assert limits.KILL_REASONS["pids_limit"].value == "pids_limit"
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "even if the program carried on" not in text
+    assert "at the first fork refused at `pids_limit`" in text
+    assert f"every {int(cgroups.LIMIT_POLL_SEC * 1000)} ms" in text
+
+
+def test_known_limitations_warn_that_env_values_are_in_bubblewraps_environ():
+    text = " ".join((DOCS / "known-limitations.md").read_text(encoding="utf-8").split())
+    assert "`/proc/PID/environ`" in text and "65534" in text and "Do not pass secrets" in text

@@ -178,6 +178,45 @@ def test_eight_children_each_under_the_limit_together_over_it(workspace):
     _host_is_fine(workspace)
 
 
+@pytest.mark.parametrize(
+    ("area", "memory_mb", "fill_mib"), [("/tmp", 64, 90), ("/dev/shm", 100, 150)]
+)
+def test_a_tmpfs_area_filled_past_the_memory_limit_is_a_memory_limit(
+    workspace, area, memory_mb, fill_mib
+):
+    # tmpfs pages are charged to the run's cgroup, so the OOM killer may
+    # choose bubblewrap itself: no status comes back, yet the end is the
+    # memory limit, not a sandbox that failed to start its program
+    result = _manager(memory_mb=memory_mb, disk_mb=fill_mib + 50).execute(
+        ["sh", "-c", f"echo program-started; head -c {fill_mib}M /dev/zero > {area}/x"],
+        cwd=workspace,
+    )
+    assert result.stdout == b"program-started\n"
+    assert result.termination is Termination.MEMORY_LIMIT, result.summary()
+    assert result.error is None or "could not start" not in result.error
+    _host_is_fine(workspace)
+
+
+def test_bubblewrap_killed_without_an_oom_kill_is_still_a_sandbox_error():
+    from stockade import manager as manager_mod
+
+    class Prepared:
+        spec = {"json_status": True}
+
+    event = {"event": "exit", "status": 9, "json_exit_code": None, "cgroup": {"oom_kills": 0}}
+    _, _, termination, error = manager_mod._outcome(event, Prepared(), b"")
+    assert termination is Termination.SANDBOX_ERROR
+    assert error == "bubblewrap could not start the program: bwrap killed by signal 9"
+    event["program_started"] = True
+    assert manager_mod._outcome(event, Prepared(), b"")[3] == (
+        "bubblewrap ended without the program's status: bwrap killed by signal 9"
+    )
+    event["cgroup"] = {"oom_kills": 1}
+    assert manager_mod._outcome(event, Prepared(), b"")[:3] == (
+        None, signal.SIGKILL, Termination.MEMORY_LIMIT
+    )
+
+
 def test_memory_limit_applies_without_swap_and_is_reported(workspace):
     # read the run's own cgroup while it runs: the memory limit, and swap
     # held at zero (v1: memory+swap equal to memory; v2: memory.swap.max 0)

@@ -30,3 +30,11 @@ def test_non_printables_are_escaped(text, shown):
 def test_long_text_is_cut_and_counted():
     assert printable("x" * 300, limit=256) == "x" * 256 + "...(44 more)"
     assert printable("\x00" * 3, limit=2) == "\\x00\\x00...(1 more)"
+
+
+def test_quoted_values_are_bounded_while_they_are_made():
+    from stockade._text import quoted
+
+    assert quoted("mode") == "'mode'"
+    assert len(quoted("x" * 10**7)) <= 220
+    assert len(quoted([[list(range(10**5))] * 10**3] * 10**3)) <= 220

@@ -11,7 +11,11 @@ before anything else sees them.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 MAX_CHARS = 256  # of program-supplied text kept in one field
+QUOTE_CHARS = 200  # of a value quoted in an error message
 
 
 def printable(text: str, limit: int = MAX_CHARS) -> str:
@@ -53,3 +57,32 @@ def _escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def _repr_maker(limit: int) -> reprlib.Repr:
+    maker = reprlib.Repr()
+    maker.maxstring = maker.maxother = maker.maxlong = limit
+    maker.maxlevel = 3
+    maker.maxlist = maker.maxtuple = maker.maxdict = maker.maxset = 8
+    return maker
+
+
+def quoted(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` for an error message, never much longer than ``limit``.
+
+    A value from a policy file can be anything (a string of megabytes, a
+    deeply nested list): strings, numbers and containers are shortened as
+    they are turned into text (``reprlib``), not after, and the result is
+    cut at ``limit`` characters, counting what was left out.
+    """
+    text = _repr_maker(limit).repr(value)
+    if len(text) > limit:
+        text = text[:limit] + f"...({len(text) - limit} more)"
+    return text
+
+
+def capped(message: str, limit: int) -> str:
+    """``message`` cut at ``limit`` characters, counting what was left out."""
+    if len(message) <= limit:
+        return message
+    return message[:limit] + f"...({len(message) - limit} more characters)"

@@ -1,9 +1,11 @@
 """The ``stockade`` command.
 
 Exit status of ``stockade run``: the program's own; 128+N when it was killed
-by signal N (a limit included); 124 on timeout (as timeout(1)); 125 when the
-sandbox itself could not start (bad policy, a protection the host cannot
-give); 126 when the command exists but cannot be executed; 127 when it is not
+by signal N (a limit included); 2 on a usage error (an unknown option, a
+malformed one such as ``--env A``, or an option value the policy refuses such
+as ``--timeout 0``); 124 on timeout (as timeout(1)); 125 when the sandbox
+itself could not start (a bad policy file, a path rule or working directory
+that does not exist, a protection the host cannot give); 126 when the command exists but cannot be executed; 127 when it is not
 found (as shells do); 3 when a limit ended the run although the program
 itself exited 0 (e.g. its forks were refused at the process limit); 128+N
 when the CLI itself got signal N (SIGINT, SIGTERM, SIGHUP) and stopped the run.
@@ -25,7 +27,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
+from ._text import printable
 
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
 EXIT_LIMIT_SURVIVED = 3
 EXIT_TIMEOUT = 124
@@ -98,7 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--workspace", metavar="DIR", help="writable directory (default: the current directory)")
-    run.add_argument("--cwd", metavar="DIR", help="working directory inside the workspace")
+    run.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="working directory inside the workspace (a relative DIR is resolved against "
+        "the current directory, not the workspace)",
+    )
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
     _network_options(run)
     run.add_argument("--config", metavar="FILE", help="policy file (YAML or TOML; feature-flag files too)")
@@ -272,10 +281,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+# characters of an error message the CLI prints (a config value quoted in
+# it can be anything: a YAML alias bomb expanded to 500 MB, once)
+ERROR_CHARS = 2048
+
+
+def _say(line: str) -> None:
+    """One line of stockade's own on stderr.
+
+    On a terminal it starts with an SGR reset (``ESC[0m``): the program had
+    the terminal until now, and could have left it drawing hidden (``ESC[8m``)
+    or invisible text. Only on a terminal: a file or pipe gets the line alone.
+    """
+    reset = ""
+    try:
+        if sys.stderr.isatty():
+            reset = "\033[0m"
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        print(reset + line, file=sys.stderr)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _drop_stream(sys.stderr)
+
+
+def _say_error(err: object) -> None:
+    """``stockade: <err>``, escaped: an error can quote what the program or a
+    policy file chose (paths, values), which must not drive the terminal."""
+    _say(f"stockade: {printable(str(err), limit=ERROR_CHARS)}")
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log messages escaped like errors (they can quote program-chosen text)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        record.message = printable(record.message, limit=ERROR_CHARS)
+        return super().formatMessage(record)
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("stockade: %(levelname)s: %(message)s"))
+    handler.setFormatter(_EscapingFormatter("stockade: %(levelname)s: %(message)s"))
     root = logging.getLogger("stockade")
     root.addHandler(handler)
     root.setLevel(level)
@@ -289,7 +337,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     shared_launcher().start_soon()
 
     from .config import SandboxConfig, load_policy_file
-    from .errors import CommandError, StockadeError
+    from .errors import CommandError, PolicyError, StockadeError
     from .manager import SandboxManager
 
     command = list(args.command)
@@ -337,10 +385,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             changes["output_limit_action"] = "truncate"
         if changes:
             # validated like a policy file: numbers stay numbers (argparse
-            # converted them), errors name the field and the value given
-            config = SandboxConfig.from_mapping(
-                {**config.model_dump(), **changes}, source="command line"
-            )
+            # converted them), errors name the field and the value given;
+            # the file's own values were checked when it was loaded, so an
+            # error here is an option's: a usage error, as argparse's are
+            try:
+                config = SandboxConfig.from_mapping(
+                    {**config.model_dump(), **changes}, source="command line"
+                )
+            except PolicyError as err:
+                _say_error(err)
+                return EXIT_USAGE
         manager = SandboxManager(config)
         with _signals_interrupt():
             result = manager.execute(
@@ -352,22 +406,47 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 capture_output=bool(args.json),
             )
     except CommandError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return {"not_found": EXIT_NOT_FOUND, "not_executable": EXIT_NOT_EXECUTABLE}.get(
             err.reason, EXIT_SANDBOX_ERROR
         )
     except StockadeError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return EXIT_SANDBOX_ERROR
     except Interrupted as err:
-        print(f"stockade: {err.name}: the run was stopped", file=sys.stderr)
+        _say(f"stockade: {err.name}: the run was stopped")
         return 128 + err.signum
 
     if args.json:
-        print(result.to_json(indent=2))
+        _print_stdout(result.to_json(indent=2))
     elif not args.quiet:
-        print(result.summary(), file=sys.stderr)
+        _say(result.summary())
     return exit_status(result)
+
+
+def _print_stdout(text: str) -> None:
+    """``print`` to stdout, quiet when its reader is gone (``| head``, ``| true``).
+
+    The exit status stays the run's. As the Python documentation advises,
+    stdout is then pointed at /dev/null so that the interpreter's own flush
+    at exit does not fail again with a traceback.
+    """
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stream(sys.stdout)
+
+
+def _drop_stream(stream: Any) -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _cli_stdin() -> Any:
@@ -394,7 +473,7 @@ def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             updated = seccomp_doc.replace_generated(text)
         except ValueError as err:
-            print(f"stockade: {args.write}: {err}", file=sys.stderr)
+            _say_error(f"{args.write}: {err}")
             return 1
         with open(args.write, "w", encoding="utf-8") as fh:
             fh.write(updated)
@@ -407,7 +486,7 @@ def _filters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             mode: seccomp.SyscallFilter(mode, network=args.network) for mode in modes
         }
     except StockadeError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return EXIT_SANDBOX_ERROR
     if args.json:
         data = {mode: flt.describe() for mode, flt in built.items()}
@@ -464,12 +543,12 @@ def _doctor(args: argparse.Namespace) -> int:
             config = config.with_changes(**changes)
         data = report(config)
     except StockadeError as err:
-        print(f"stockade: {err}", file=sys.stderr)
+        _say_error(err)
         return 2
     if args.json:
-        print(json.dumps(data, indent=2))
+        _print_stdout(json.dumps(data, indent=2))
     else:
-        print(render(data))
+        _print_stdout(render(data))
     return 0 if data["ok"] else 1
 
 

@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from ._text import quoted
 from .errors import PolicyError
 from .fs.presets import PRESETS
 from .network.policy import NetworkPolicy
@@ -359,7 +360,7 @@ class SandboxConfig(BaseModel):
                 return SandboxMode(value.lower())
             except ValueError:
                 choices = ", ".join(m.value for m in SandboxMode)
-                raise ValueError(f"unknown mode {value!r}; choose one of {choices}")
+                raise ValueError(f"unknown mode {quoted(value)}; choose one of {choices}")
         return value
 
     @field_validator("allow_degraded", mode="before")
@@ -386,7 +387,7 @@ class SandboxConfig(BaseModel):
             ]
             for item in value:
                 if isinstance(item, str) and (not item or "\0" in item):
-                    raise ValueError(f"invalid path {item!r}")
+                    raise ValueError(f"invalid path {quoted(item)}")
         return value
 
     @field_validator("protected")
@@ -395,7 +396,7 @@ class SandboxConfig(BaseModel):
         for item in value:
             if not os.path.isabs(item) and ".." in Path(item).parts:
                 raise ValueError(
-                    f"protected path {item!r} leaves the writable place ('..')"
+                    f"protected path {quoted(item)} leaves the writable place ('..')"
                 )
         return value
 
@@ -443,7 +444,7 @@ class SandboxConfig(BaseModel):
         """
         for key in data:
             if not isinstance(key, str):
-                message = f"{source}: unknown key {key!r} (value {data[key]!r})"
+                message = f"{source}: unknown key {quoted(key)} (value {quoted(data[key])})"
                 raise PolicyError(message, key=str(key), value=data[key])
         # through the constructor, not model_validate: with our __init__,
         # pydantic would wrap its PolicyError (a ValueError) in a new
@@ -478,24 +479,24 @@ def check_timeout(value: object, key: str = "timeout") -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         message = (
-            f"{key} = {value!r}: must be a number of seconds (int or float), "
+            f"{key} = {quoted(value)}: must be a number of seconds (int or float), "
             f"not {type(value).__name__}{_number_hint(value)}"
         )
         raise PolicyError(message, key=key, value=value)
     if not math.isfinite(value):
-        message = f"{key} = {value!r}: must be a finite number; use None for the policy's timeout_sec"
+        message = f"{key} = {quoted(value)}: must be a finite number; use None for the policy's timeout_sec"
         raise PolicyError(message, key=key, value=value)
     if value <= 0:
-        raise PolicyError(f"{key} = {value!r}: must be greater than 0", key=key, value=value)
+        raise PolicyError(f"{key} = {quoted(value)}: must be greater than 0", key=key, value=value)
     if value > MAX_TIMEOUT_SEC:
-        message = f"{key} = {value!r}: must be at most {MAX_TIMEOUT_SEC} seconds (7 days)"
+        message = f"{key} = {quoted(value)}: must be at most {MAX_TIMEOUT_SEC} seconds (7 days)"
         raise PolicyError(message, key=key, value=value)
     return float(value)
 
 
 def _check_env_name(name: str) -> None:
     if not name or "=" in name or "\0" in name:
-        raise ValueError(f"invalid environment variable name {name!r}")
+        raise ValueError(f"invalid environment variable name {quoted(name)}")
 
 
 def _policy_error(err: ValidationError, source: str) -> PolicyError:
@@ -504,16 +505,16 @@ def _policy_error(err: ValidationError, source: str) -> PolicyError:
     value = first.get("input")
     kind = first["type"]
     if kind == "extra_forbidden":
-        message = f"{source}: unknown key {key!r} (value {value!r})"
+        message = f"{source}: unknown key {quoted(key)} (value {quoted(value)})"
     elif kind in ("less_than_equal", "less_than") and "ctx" in first:
         bound = first["ctx"].get("le", first["ctx"].get("lt"))
         if isinstance(bound, float) and bound.is_integer():
             bound = int(bound)
         word = "at most" if kind == "less_than_equal" else "below"
         hint = _BOUND_HINTS.get(key, "")
-        message = f"{source}: {key} = {value!r}: must be {word} {bound}{hint}"
+        message = f"{source}: {key} = {quoted(value)}: must be {word} {bound}{hint}"
     else:
-        message = f"{source}: {key} = {value!r}: {first['msg']}"
+        message = f"{source}: {key} = {quoted(value)}: {first['msg']}"
         if kind in ("int_type", "float_type", "finite_number"):
             message += _number_hint(value)
     return PolicyError(message, key=key, value=value)
@@ -589,6 +590,17 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
     ``sandbox_enabled: false`` means mode ``disabled`` whatever
     ``sandbox_mode`` says.
     """
+    mixed = [key for key in data if isinstance(key, str) and key in SandboxConfig.model_fields]
+    if mixed:
+        # a plain policy key beside the flag section: one of them would be
+        # ignored (a top-level mode: "strict" lost to sandbox_enabled: false)
+        raise PolicyError(
+            f"{source}: mixes the plain policy format ({', '.join(mixed)}) with the "
+            "feature-flag format (security): ambiguous; write the policy in one of them "
+            "(plain keys go under security.sandbox_policy in a feature-flag file)",
+            key=mixed[0],
+            value=data[mixed[0]],
+        )
     security = data.get("security")
     if not isinstance(security, dict):
         raise PolicyError(f"{source}: 'security' must be a mapping", key="security", value=security)
@@ -596,7 +608,7 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
     for key in security:
         if key not in known:
             raise PolicyError(
-                f"{source}: unknown key 'security.{key}' (value {security[key]!r})",
+                f"{source}: unknown key 'security.{key}' (value {quoted(security[key])})",
                 key=f"security.{key}",
                 value=security[key],
             )
@@ -604,7 +616,7 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
     enabled = security.get("sandbox_enabled", True)
     if not isinstance(enabled, bool):
         raise PolicyError(
-            f"{source}: security.sandbox_enabled = {enabled!r}: must be true or false",
+            f"{source}: security.sandbox_enabled = {quoted(enabled)}: must be true or false",
             key="security.sandbox_enabled",
             value=enabled,
         )
@@ -621,7 +633,7 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
     for key, value in limits.items():
         if key not in _FLAG_LIMIT_KEYS and key not in SandboxConfig.model_fields:
             raise PolicyError(
-                f"{source}: unknown key 'security.sandbox_resource_limits.{key}' (value {value!r})",
+                f"{source}: unknown key 'security.sandbox_resource_limits.{key}' (value {quoted(value)})",
                 key=f"security.sandbox_resource_limits.{key}",
                 value=value,
             )
@@ -640,21 +652,74 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
 
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise PolicyError(f"cannot read policy file {path}: {err.strerror}", key="config", value=str(path)) from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        message = (
+            f"cannot read policy file {path}: not UTF-8 text "
+            f"(byte 0x{raw[err.start]:02x} at offset {err.start})"
+        )
+        raise PolicyError(message, key="config", value=str(path)) from None
     if path.suffix == ".toml":
         parse, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
     else:
         import yaml  # only for YAML files: its import costs a CLI start 40 ms
 
-        parse, errors = yaml.safe_load, (yaml.YAMLError,)
+        parse, errors = _yaml_load, (yaml.YAMLError,)
     try:
         data: Any = parse(text)
     except errors as err:
-        raise PolicyError(f"cannot parse policy file {path}: {err}", key="config", value=str(path)) from err
+        raise PolicyError(
+            f"cannot parse policy file {path}: {_parse_error_text(err)}", key="config", value=str(path)
+        ) from err
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(f"policy file {path} must hold a mapping, not {type(data).__name__}", key="config", value=str(path))
     return data
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` without anchors and aliases.
+
+    A policy needs neither, and aliases let a few lines expand into
+    gigabytes ("billion laughs": nine levels of ten aliases each), which
+    the composer would build and any error message would quote.
+    """
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            what = None
+            if isinstance(event, yaml.AliasEvent):
+                what = f"an alias (*{event.anchor})"
+            elif getattr(event, "anchor", None) is not None:
+                what = f"an anchor (&{event.anchor})"
+            if what is not None:
+                raise yaml.composer.ComposerError(
+                    None, None,
+                    f"{what}: YAML anchors and aliases are not accepted in policy files",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+
+    loader = NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _parse_error_text(err: Exception) -> str:
+    """A parser's error on one line: YAML's spans several (with a snippet)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is not None and problem:
+        context = getattr(err, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        return f"{where}: {context + ': ' if context else ''}{problem}"
+    return " ".join(str(err).split())

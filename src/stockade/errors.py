@@ -21,6 +21,10 @@ program killed by a limit) is not an exception: it is a ``SandboxResult`` whose
 
 from __future__ import annotations
 
+from ._text import capped
+
+MAX_MESSAGE_CHARS = 4096  # of a PolicyError's message
+
 
 class StockadeError(Exception):
     """Base class for stockade's own exceptions."""
@@ -35,7 +39,9 @@ class PolicyError(StockadeError, ValueError):
     """
 
     def __init__(self, message: str, *, key: str | None = None, value: object = None):
-        super().__init__(message)
+        # a value quoted in the message can be as long as a policy file
+        # allows (megabytes): the message is capped, ``value`` keeps it all
+        super().__init__(capped(message, MAX_MESSAGE_CHARS))
         self.key = key
         self.value = value
 

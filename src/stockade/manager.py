@@ -453,7 +453,16 @@ class SandboxManager:
         base = cwd if cwd is not None else (config.workspace or os.getcwd())
         run_cwd = os.path.realpath(os.fspath(base))
         if not os.path.isdir(run_cwd):
-            raise CommandError(f"cwd {os.fspath(base)!r} is not an existing directory")
+            message = f"cwd {os.fspath(base)!r} is not an existing directory"
+            given = os.fspath(cwd) if cwd is not None else None
+            if given is not None and not os.path.isabs(given) and config.workspace:
+                # relative paths are the caller's (as in subprocess), which a
+                # caller naming a directory of the workspace may not expect
+                message += f" (a relative cwd is resolved against your current directory, {os.getcwd()!r})"
+                candidate = os.path.join(os.path.realpath(os.fspath(config.workspace)), given)
+                if os.path.isdir(candidate):
+                    message += f"; did you mean {os.path.normpath(candidate)!r}?"
+            raise CommandError(message)
         workspace = os.path.realpath(os.fspath(config.workspace)) if config.workspace else run_cwd
         if not os.path.isdir(workspace):
             raise PolicyError(
@@ -1444,6 +1453,11 @@ def _outcome(
         if code is None:
             if killed in _KILL_REASONS:
                 return None, _signal.SIGKILL, _KILL_REASONS[killed], None
+            if (event.get("cgroup") or {}).get("oom_kills"):
+                # the run's cgroup recorded an OOM kill and no status came:
+                # the OOM killer chose bubblewrap (or the monitor) itself,
+                # e.g. when tmpfs pages, charged to the run, filled it
+                return None, _signal.SIGKILL, Termination.MEMORY_LIMIT, None
             if prepared.spec.get("monitor"):
                 # the second tier: no bubblewrap, the launcher's own monitor
                 monitor = "the second tier's run monitor (stockade's subreaper)"
@@ -1454,6 +1468,11 @@ def _outcome(
                 )
                 return None, None, Termination.SANDBOX_ERROR, message
             message = _bwrap_error(stderr) or _status_text(status)
+            if event.get("program_started"):
+                # the program did start: bubblewrap ended without its status
+                return None, None, Termination.SANDBOX_ERROR, (
+                    f"bubblewrap ended without the program's status: {message}"
+                )
             return None, None, Termination.SANDBOX_ERROR, f"bubblewrap could not start the program: {message}"
         exit_code, sig = _split_code(int(code))
     else:

@@ -10,6 +10,12 @@ import signal as _signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._text import printable
+
+# characters of the error, and of the whole summary line, that summary() keeps
+ERROR_CHARS = 2048
+SUMMARY_CHARS = 16384
+
 
 class Termination(str, enum.Enum):
     """Why a run ended. Exactly one per run.
@@ -236,7 +242,9 @@ class SandboxResult:
         if shown:
             parts.append("PYTHONPATH: " + ", ".join(shown))
         if self.violations:
-            denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
+            # the program chooses paths (and so the names in them): escaped,
+            # so that no control character reaches the caller's terminal
+            denied = ", ".join(f"{printable(v.what)} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")
         weaker = [
             f"{p.name} ({p.status})"
@@ -248,8 +256,9 @@ class SandboxResult:
         if self.stdout_truncated or self.stderr_truncated:
             parts.append("output truncated")
         if self.error:
-            parts.append(f"error: {self.error}")
-        return "stockade: " + "; ".join(parts)
+            parts.append(f"error: {printable(self.error, limit=ERROR_CHARS)}")
+        # every part escaped once more: printable text stays as it is
+        return "stockade: " + printable("; ".join(parts), limit=SUMMARY_CHARS)
 
 
 def json_safe(value: Any) -> Any:

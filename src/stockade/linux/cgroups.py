@@ -746,7 +746,11 @@ class RunCgroup:
         return None, delay
 
     def oom_kills(self) -> int:
-        return _keyed(self._counter("memory_events")).get("oom_kill", 0)
+        """OOM kills in the run's cgroup (v1 ``memory.oom_control``, v2
+        ``memory.events``): ``oom_kill``, or v2's ``oom_group_kill`` when
+        only that one counted the kill of the whole group."""
+        events = _keyed(self._counter("memory_events"))
+        return events.get("oom_kill", 0) or events.get("oom_group_kill", 0)
 
     def pids_limit_hits(self) -> int:
         return _keyed(self._counter("pids_events")).get("max", 0)
