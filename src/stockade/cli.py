@@ -9,6 +9,9 @@ that does not exist, a protection the host cannot give); 126 when the command ex
 found (as shells do); 3 when a limit ended the run although the program
 itself exited 0 (e.g. its forks were refused at the process limit); 128+N
 when the CLI itself got signal N (SIGINT, SIGTERM, SIGHUP) and stopped the run.
+When stdin, stdout or stderr is a terminal, its settings, window size and
+file status flags are put back after the run, however it ended
+(``stockade.terminal``).
 
 Exit status of ``stockade doctor``: 0 when runs under the policy (the
 default one, or ``--config`` and the options given) can start on this host,
@@ -338,6 +341,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .config import SandboxConfig, load_policy_file
     from .errors import CommandError, PolicyError, StockadeError
+    from . import terminal
     from .manager import SandboxManager
 
     command = list(args.command)
@@ -396,7 +400,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 _say_error(err)
                 return EXIT_USAGE
         manager = SandboxManager(config)
-        with _signals_interrupt():
+        # the program may change the terminal it gets (stty -echo, raw mode,
+        # window size): put it back when the run ends, however it ends
+        with terminal.preserved(), _signals_interrupt():
             result = manager.execute(
                 command,
                 cwd=args.cwd,
