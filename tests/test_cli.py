@@ -419,3 +419,9 @@ def test_a_path_rule_of_the_policy_file_still_gives_125(workspace):
     proc = cli("run", "--no-log", "--config", str(policy), "--", "true", cwd=workspace)
     assert proc.returncode == 125, proc.stderr
     assert b"a rule on / would cover" in proc.stderr
+
+
+def test_an_empty_workspace_option_is_a_usage_error(workspace):
+    proc = cli("run", "--no-log", "--workspace", "", "--", "true", cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert b"workspace = '': " in proc.stderr and b"empty" in proc.stderr

@@ -417,3 +417,23 @@ def test_the_minimum_of_open_files_runs_on_both_tiers(mode, tier, workspace):
     )
     assert result.success, (result.summary(), result.error, result.stderr_text)
     assert result.stdout_text.strip() == str(_config.MIN_OPEN_FILES)
+
+
+@pytest.mark.parametrize("entry", ["/", ".", "./", "//", "/a/../b", "../x", "a/../../b"])
+def test_protected_entries_outside_any_writable_place_are_refused(entry):
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(protected=[entry])
+    assert info.value.key == "protected"
+    assert "protected path" in str(info.value)
+
+
+def test_protected_entries_relative_or_absolute_inside_are_kept():
+    kept = ("/srv/project/secrets", ".git/hooks", "sub/dir")
+    assert SandboxConfig(protected=kept).protected == kept
+
+
+def test_an_empty_workspace_is_refused():
+    # (Path("") is Path("."), which names the current directory on purpose)
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(workspace="")
+    assert info.value.key == "workspace" and "empty" in str(info.value)

@@ -235,7 +235,7 @@ class SandboxConfig(BaseModel):
         default=None,
         description=(
             "Writable directory of the run. None: the cwd given to execute() "
-            "(or the process's cwd)."
+            "(or the process's cwd); an empty string is refused."
         ),
     )
     env: dict[str, str] = Field(
@@ -401,10 +401,28 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _protected_inside(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
-            if not os.path.isabs(item) and ".." in Path(item).parts:
+            if ".." in Path(item).parts:
                 raise ValueError(
-                    f"protected path {quoted(item)} leaves the writable place ('..')"
+                    f"protected path {quoted(item)} has '..': name a path inside a "
+                    f"writable place, relative to it or absolute, without '..'"
                 )
+            if os.path.normpath(item).strip("/") in ("", "."):
+                # it would lie inside no writable place, or be one: nothing
+                # protected, and the default list replaced
+                raise ValueError(
+                    f"protected path {quoted(item)} names no path inside a writable "
+                    f"place (a whole writable place cannot be protected); name one, "
+                    f"or give [] to protect nothing"
+                )
+        return value
+
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _workspace_named(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)) and not os.fspath(value):
+            raise ValueError(
+                "empty; name a directory, or leave workspace unset for the cwd"
+            )
         return value
 
     @field_validator("presets", mode="before")
