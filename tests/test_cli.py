@@ -42,8 +42,10 @@ def test_timeout_gives_124(workspace):
 @pytest.mark.parametrize(
     "args",
     [
-        ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
         ["run", "--no-log", "--config", "/nonexistent-policy.yaml", "--", "true"],
+        ["run", "--no-log", "--cwd", "/nonexistent-dir", "--", "true"],
+        # the run's working directory, the workspace by default
+        ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
     ],
 )
 def test_sandbox_errors_give_125(workspace, args):
@@ -77,6 +79,11 @@ def test_non_finite_or_huge_limits_are_refused_before_the_run(workspace, option,
         (["--memory", "0"], b"stockade: command line: memory_mb = 0: "),
         (["--env", "A"], b"--env 'A': expected NAME=VALUE"),
         (["--no-such-option"], b"unrecognized arguments"),
+        # path rules are checked when the run is prepared; an option's is
+        # still a bad option value
+        (["--hide", "/"], b"stockade: hidden: / (given as '/'): a rule on /"),
+        (["--rw", "/etc/x"], b"stockade: writable: /etc/x (given as '/etc/x'): "),
+        (["--ro", "/nonexistent-stockade"], b"read_only: /nonexistent-stockade does not exist"),
     ],
 )
 def test_usage_errors_and_bad_option_values_give_2(workspace, args, message):
@@ -325,7 +332,7 @@ def test_a_path_the_program_named_is_escaped_in_the_summary(workspace):
 def test_cli_error_messages_escape_control_characters(workspace, control):
     proc = cli("run", "--no-log", "--ro", f"/nonexistent{control}dir", "--", "true",
                cwd=workspace)
-    assert proc.returncode in (2, 125), proc.stderr
+    assert proc.returncode == 2, proc.stderr
     text = proc.stderr.decode()
     assert text.startswith("stockade: ") and text.count("\n") == 1, text
     assert control not in text
@@ -404,3 +411,17 @@ def test_a_relative_cwd_missing_here_but_in_the_workspace_is_pointed_out(workspa
     proc = cli("run", "--no-log", "--workspace", str(workspace), "--cwd", "sub", "--", "pwd",
                cwd=workspace)
     assert proc.returncode == 0 and proc.stdout.strip().endswith(b"/sub"), proc.stderr
+
+
+def test_a_path_rule_of_the_policy_file_still_gives_125(workspace):
+    policy = workspace / "policy.yaml"
+    policy.write_text("hidden: ['/']\n")
+    proc = cli("run", "--no-log", "--config", str(policy), "--", "true", cwd=workspace)
+    assert proc.returncode == 125, proc.stderr
+    assert b"a rule on / would cover" in proc.stderr
+
+
+def test_an_empty_workspace_option_is_a_usage_error(workspace):
+    proc = cli("run", "--no-log", "--workspace", "", "--", "true", cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert b"workspace = '': " in proc.stderr and b"empty" in proc.stderr

@@ -384,3 +384,56 @@ def test_a_policy_file_that_is_not_utf8_names_the_file_and_the_offset(tmp_path):
         f"cannot read policy file {path}: not UTF-8 text (byte 0xff at offset 10)"
     )
     assert info.value.key == "config"
+
+
+@pytest.mark.parametrize("value", [1, 4, 8, _config.MIN_OPEN_FILES - 1])
+def test_too_few_open_files_are_refused_naming_the_minimum(value, tmp_path):
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(max_open_files=value)
+    assert info.value.key == "max_open_files"
+    assert f"must be at least {_config.MIN_OPEN_FILES}" in str(info.value)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"max_open_files: {value}\n")
+    with pytest.raises(PolicyError) as info:
+        _config.load_policy_file(str(policy))
+    assert f"at least {_config.MIN_OPEN_FILES}" in str(info.value)
+
+
+@pytest.mark.parametrize("tier", ["namespaces", "landlock"])
+@pytest.mark.parametrize("mode", ["strict", "moderate", "permissive"])
+def test_the_minimum_of_open_files_runs_on_both_tiers(mode, tier, workspace):
+    from stockade import SandboxManager
+
+    manager = SandboxManager(SandboxConfig(
+        mode=mode, tier=tier, execution_log=False, hidden=("/etc/shadow",),
+        max_open_files=_config.MIN_OPEN_FILES,
+    ))
+    decision = manager.decide()
+    if not decision.ok:
+        pytest.skip(f"this host cannot run tier {tier}: {decision.error()}")
+    result = manager.execute(
+        ["/usr/bin/python3", "-c", "import resource; print(resource.getrlimit(7)[0])"],
+        cwd=workspace,
+    )
+    assert result.success, (result.summary(), result.error, result.stderr_text)
+    assert result.stdout_text.strip() == str(_config.MIN_OPEN_FILES)
+
+
+@pytest.mark.parametrize("entry", ["/", ".", "./", "//", "/a/../b", "../x", "a/../../b"])
+def test_protected_entries_outside_any_writable_place_are_refused(entry):
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(protected=[entry])
+    assert info.value.key == "protected"
+    assert "protected path" in str(info.value)
+
+
+def test_protected_entries_relative_or_absolute_inside_are_kept():
+    kept = ("/srv/project/secrets", ".git/hooks", "sub/dir")
+    assert SandboxConfig(protected=kept).protected == kept
+
+
+def test_an_empty_workspace_is_refused():
+    # (Path("") is Path("."), which names the current directory on purpose)
+    with pytest.raises(PolicyError) as info:
+        SandboxConfig(workspace="")
+    assert info.value.key == "workspace" and "empty" in str(info.value)

@@ -105,6 +105,13 @@ ALWAYS_DENIED = [
     # CVE-2019-7303: the kernel ignores the high 32 bits of the request
     ("tiocsti-high-bits", "ioctl", [0, 0xFFFFFFFF00005412, "s:x"], EPERM),
     ("tioclinux", "ioctl", [0, 0x541C, "buf:8"], EPERM),
+    # terminal requests whose effect outlives the run (syscall_groups.IOCTL_DENIED)
+    ("tiocsetd", "ioctl", [0, 0x5423, "buf:8"], EPERM),
+    ("tiocsetd-high-bits", "ioctl", [0, 0xFFFFFFFF00005423, "buf:8"], EPERM),
+    ("tiocsctty", "ioctl", [0, 0x540E, 0], EPERM),
+    ("tiocvhangup", "ioctl", [0, 0x5437, 0], EPERM),
+    ("tioccons", "ioctl", [0, 0x541D, 0], EPERM),
+    ("tiocexcl", "ioctl", [0, 0x540C, 0], EPERM),
     ("socket-inet", "socket", [2, 1, 0], NOFAMILY),
     ("socket-inet6", "socket", [10, 2, 0], NOFAMILY),
     ("socket-packet", "socket", [17, 3, 0], NOFAMILY),
@@ -308,13 +315,14 @@ def test_denial_names_carry_the_arguments_that_made_them(manager, workspace):
         _probe("b", "socket", [2, 1, 0]),
         _probe("c", "socket", [10, 1, 0]),
         _probe("d", "ioctl", [0, 0x5412, "s:x"]),
+        _probe("g", "ioctl", [0, 0x5423, "buf:8"]),
         _probe("e", "chmod", ["s:probe-file", 0o4755]),
         _probe("f", "clone", [0x10000000 | 17, 0, 0, 0, 0]),
     ]
     result, _ = _run_probes(manager, workspace, probes)
     details = {v.what: v.detail for v in result.violations}
     assert details["socket"] == "AF_INET x2, AF_INET6"
-    assert details["ioctl"] == "TIOCSTI"
+    assert details["ioctl"] == "TIOCSTI, TIOCSETD"
     assert details["chmod"] == "mode 4755"
     assert details["clone"] == "CLONE_NEWUSER"
 

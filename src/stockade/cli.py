@@ -3,12 +3,16 @@
 Exit status of ``stockade run``: the program's own; 128+N when it was killed
 by signal N (a limit included); 2 on a usage error (an unknown option, a
 malformed one such as ``--env A``, or an option value the policy refuses such
-as ``--timeout 0``); 124 on timeout (as timeout(1)); 125 when the sandbox
-itself could not start (a bad policy file, a path rule or working directory
-that does not exist, a protection the host cannot give); 126 when the command exists but cannot be executed; 127 when it is not
+as ``--timeout 0``, ``--hide /``, ``--rw /etc/x``, ``--ro`` naming a path that
+does not exist); 124 on timeout (as timeout(1)); 125 when
+the sandbox itself could not start (a bad policy file or a path rule of one,
+a working directory that does not exist, a protection the host cannot give); 126 when the command exists but cannot be executed; 127 when it is not
 found (as shells do); 3 when a limit ended the run although the program
 itself exited 0 (e.g. its forks were refused at the process limit); 128+N
 when the CLI itself got signal N (SIGINT, SIGTERM, SIGHUP) and stopped the run.
+When stdin, stdout or stderr is a terminal, its settings, window size and
+file status flags are put back after the run, however it ended
+(``stockade.terminal``).
 
 Exit status of ``stockade doctor``: 0 when runs under the policy (the
 default one, or ``--config`` and the options given) can start on this host,
@@ -338,6 +342,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .config import SandboxConfig, load_policy_file
     from .errors import CommandError, PolicyError, StockadeError
+    from . import terminal
     from .manager import SandboxManager
 
     command = list(args.command)
@@ -396,7 +401,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 _say_error(err)
                 return EXIT_USAGE
         manager = SandboxManager(config)
-        with _signals_interrupt():
+        # the program may change the terminal it gets (stty -echo, raw mode,
+        # window size): put it back when the run ends, however it ends
+        with terminal.preserved(), _signals_interrupt():
             result = manager.execute(
                 command,
                 cwd=args.cwd,
@@ -412,6 +419,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except StockadeError as err:
         _say_error(err)
+        if isinstance(err, PolicyError) and _from_options(err, args):
+            return EXIT_USAGE
         return EXIT_SANDBOX_ERROR
     except Interrupted as err:
         _say(f"stockade: {err.name}: the run was stopped")
@@ -422,6 +431,31 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif not args.quiet:
         _say(result.summary())
     return exit_status(result)
+
+
+# policy keys whose values a run's options give, and the options
+_OPTION_KEYS = {
+    "read_only": "ro", "writable": "rw", "hidden": "hide", "protected": "protect",
+    "workspace": "workspace",
+}
+
+
+def _from_options(err: Any, args: argparse.Namespace) -> bool:
+    """Whether a PolicyError raised when the run was prepared (path rules,
+    the workspace) is about a value given on the command line: a bad option
+    value, exit status 2, as those refused when the policy is made. The same
+    value from a policy file stays a sandbox error (125)."""
+    import os
+
+    option = _OPTION_KEYS.get(err.key or "")
+    given = getattr(args, option, None) if option else None
+    if not given:
+        return False
+    values = given if isinstance(given, list) else [given]
+    if err.value in values:
+        return True
+    # the workspace is named by its canonical path in some errors
+    return option == "workspace" and err.value == os.path.realpath(str(given))
 
 
 def _print_stdout(text: str) -> None:

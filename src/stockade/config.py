@@ -45,6 +45,12 @@ PID_MAX_LIMIT = 1 << 22              # the kernel's most pids (pids.max refuses 
 MAX_PROCESSES = PID_MAX_LIMIT - 2    # bubblewrap's monitor and pid 1 are counted in too
 MAX_OPEN_FILES = 1 << 30             # fs.nr_open's own ceiling is 2**31 - 64; the host's
                                      # nr_open and hard limit are checked before each run
+# The sandbox's own set-up runs under the run's RLIMIT_NOFILE: bubblewrap
+# needs 12 descriptors to start `python3 -c` (11 without the network
+# namespace's pieces), the second tier's monitor 7, mode disabled 5; fewer
+# fails with EMFILE before the program runs. 32 keeps a margin for other
+# bubblewrap versions and for the program's own stdin, stdout and stderr.
+MIN_OPEN_FILES = 32
 MAX_OUTPUT_BYTES = 1 << 30           # per stream, held in the caller's memory
 MAX_ID = 2**32 - 2                   # uid_t/gid_t; 2**32 - 1 is (uid_t) -1, "no id"
 
@@ -196,11 +202,12 @@ class SandboxConfig(BaseModel):
     )
     max_open_files: int = Field(
         default=1024,
-        gt=0,
+        ge=MIN_OPEN_FILES,
         le=MAX_OPEN_FILES,
         strict=True,
         description=(
-            "RLIMIT_NOFILE of every process. A value above the hard limit the "
+            "RLIMIT_NOFILE of every process, at least 32 (the sandbox's own "
+            "set-up needs up to 12 descriptors). A value above the hard limit the "
             "caller may set (its own RLIMIT_NOFILE hard limit; fs.nr_open with "
             "CAP_SYS_RESOURCE) is refused before the run."
         ),
@@ -228,7 +235,7 @@ class SandboxConfig(BaseModel):
         default=None,
         description=(
             "Writable directory of the run. None: the cwd given to execute() "
-            "(or the process's cwd)."
+            "(or the process's cwd); an empty string is refused."
         ),
     )
     env: dict[str, str] = Field(
@@ -394,10 +401,28 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _protected_inside(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
-            if not os.path.isabs(item) and ".." in Path(item).parts:
+            if ".." in Path(item).parts:
                 raise ValueError(
-                    f"protected path {quoted(item)} leaves the writable place ('..')"
+                    f"protected path {quoted(item)} has '..': name a path inside a "
+                    f"writable place, relative to it or absolute, without '..'"
                 )
+            if os.path.normpath(item).strip("/") in ("", "."):
+                # it would lie inside no writable place, or be one: nothing
+                # protected, and the default list replaced
+                raise ValueError(
+                    f"protected path {quoted(item)} names no path inside a writable "
+                    f"place (a whole writable place cannot be protected); name one, "
+                    f"or give [] to protect nothing"
+                )
+        return value
+
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _workspace_named(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)) and not os.fspath(value):
+            raise ValueError(
+                "empty; name a directory, or leave workspace unset for the cwd"
+            )
         return value
 
     @field_validator("presets", mode="before")
@@ -513,11 +538,26 @@ def _policy_error(err: ValidationError, source: str) -> PolicyError:
         word = "at most" if kind == "less_than_equal" else "below"
         hint = _BOUND_HINTS.get(key, "")
         message = f"{source}: {key} = {quoted(value)}: must be {word} {bound}{hint}"
+    elif kind == "greater_than_equal" and key in _LOWER_BOUND_HINTS and "ctx" in first:
+        bound = first["ctx"].get("ge")
+        message = (
+            f"{source}: {key} = {quoted(value)}: must be at least {bound}"
+            f"{_LOWER_BOUND_HINTS[key]}"
+        )
     else:
         message = f"{source}: {key} = {quoted(value)}: {first['msg']}"
         if kind in ("int_type", "float_type", "finite_number"):
             message += _number_hint(value)
     return PolicyError(message, key=key, value=value)
+
+
+# why the bound is, after "must be at least N"
+_LOWER_BOUND_HINTS = {
+    "max_open_files": (
+        " (the sandbox's own set-up, bubblewrap or the second tier's monitor, "
+        "needs up to 12 descriptors under the same limit before the program runs)"
+    ),
+}
 
 
 # what the bound is, after "must be at most N"

@@ -182,9 +182,79 @@ def check_disabled(config: SandboxConfig, env: dict[str, str]) -> None:
         env.setdefault(key, value)
 
 
+EMPTY_PREFIX = "stockade-fs-"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the command name (2nd field) may hold spaces and parentheses
+    return stat[stat.rfind(b")") + 2:].split()[19].decode()
+
+
+def _owner_tag() -> str:
+    from ..linux.cgroups import pid_namespace_id
+
+    pid = os.getpid()
+    return f"{pid_namespace_id()}-{pid}-{_start_time(pid) or 0}-"
+
+
+def remove_stale_empty_files(directory: str | None = None) -> list[str]:
+    """Remove the directories of ``EmptyFile`` that a dead process left
+    (a caller killed with SIGKILL cleans nothing up).
+
+    A directory's name carries its owner's pid namespace, pid and start
+    time; one is stale when that pid, in this pid namespace, is gone or is
+    another process now (another start time). Directories of other pid
+    namespaces or other users, older names without the owner, and anything
+    but the one empty file are left alone.
+    """
+    from ..linux.cgroups import pid_namespace_id
+
+    directory = directory or tempfile.gettempdir()
+    ns = str(pid_namespace_id())
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(EMPTY_PREFIX):
+            continue
+        parts = name[len(EMPTY_PREFIX):].split("-")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or parts[0] != ns:
+            continue
+        pid, started = int(parts[1]), parts[2]
+        if _start_time(pid) == started:
+            continue  # its owner is alive
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+            if st.st_uid != os.geteuid() or not os.path.isdir(path) or os.path.islink(path):
+                continue
+            entries = os.listdir(path)
+            if entries not in ([], ["hidden"]):
+                continue
+            if entries:
+                os.unlink(os.path.join(path, "hidden"))
+            os.rmdir(path)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 class EmptyFile:
     """The empty, mode 000 file bound over hidden files on the first tier:
-    made on first use, one per run; its directory goes to ``cleanup``."""
+    made on first use, one per run; its directory goes to ``cleanup``.
+    The directory's name tells its owner (``remove_stale_empty_files``): the
+    first one a process makes removes those of dead owners."""
+
+    _swept = False
 
     def __init__(self, cleanup: list[str]) -> None:
         self._cleanup = cleanup
@@ -200,7 +270,10 @@ class EmptyFile:
             except OSError:
                 self._made = None  # removed or changed behind our back: a new one
         if self._made is None:
-            directory = tempfile.mkdtemp(prefix="stockade-fs-")
+            if not EmptyFile._swept:
+                EmptyFile._swept = True
+                remove_stale_empty_files()
+            directory = tempfile.mkdtemp(prefix=EMPTY_PREFIX + _owner_tag())
             self._cleanup.append(directory)
             # bubblewrap, running as the sandbox uid, resolves the source path
             os.chmod(directory, 0o711)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import base64
 import errno
 import functools
-import itertools
 import logging
 import os
 import platform
@@ -699,43 +698,50 @@ def exclusion_patterns(values: Iterable[int], bits: int = 32) -> list[tuple[int,
     """Masked-equality patterns that together match every value but ``values``.
 
     libseccomp can only allow on ``(arg & mask) == value``; to allow "any
-    ioctl request but TIOCSTI and TIOCLINUX" we need the complement of a set
-    as a union of such patterns. A value differs from every excluded value
-    when, for each excluded value, some bit differs from it; a pattern fixes
-    those bits. Patterns that contain a smaller pattern are dropped. Only
+    ioctl request but TIOCSTI, TIOCSETD..." we need the complement of a set
+    as a union of such patterns. Recursively: a value that differs from all
+    the excluded ones in a bit where they agree is allowed (one pattern per
+    such bit); the values that agree there are split on a bit where the
+    excluded ones differ, and each half is covered the same way. That makes
+    about one pattern per bit and excluded value, where trying every
+    combination of differing bits grows exponentially with the values. Only
     the low ``bits`` bits are looked at, as the kernel does for ioctl.
 
     Returns:
         (mask, value) pairs; a value matches one of them exactly when its
         low bits are not in ``values``.
     """
-    excluded = sorted(set(values))
-    choices = []
-    for value in excluded:
-        # (bit, required bit value) pairs that make a value differ from this one
-        choices.append([(b, 1 - ((value >> b) & 1)) for b in range(bits)])
-    patterns: set[tuple[int, int]] = set()
-    for combo in itertools.product(*choices):
-        fixed: dict[int, int] = {}
-        for bit, want in combo:
-            if fixed.get(bit, want) != want:
-                break
-            fixed[bit] = want
-        else:
-            mask = sum(1 << b for b in fixed)
-            val = sum(1 << b for b, w in fixed.items() if w)
-            patterns.add((mask, val))
-    # A pattern fixes at most one bit per excluded value, so it has few bits:
-    # look up each proper subset of them instead of comparing all pairs.
-    def contains_smaller(mask: int, val: int) -> bool:
-        sub = (mask - 1) & mask
-        while sub:
-            if (sub, val & sub) in patterns:
-                return True
-            sub = (sub - 1) & mask
-        return False
+    excluded = sorted({v & ((1 << bits) - 1) for v in values})
+    patterns: list[tuple[int, int]] = []
 
-    return sorted((m, v) for m, v in patterns if not contains_smaller(m, v))
+    def cover(mask: int, fixed: int, group: list[int], free: list[int]) -> None:
+        if not group:
+            patterns.append((mask, fixed))
+            return
+        first = group[0]
+        common = [b for b in free if all((v >> b) & 1 == (first >> b) & 1 for v in group)]
+        for b in common:
+            patterns.append((mask | 1 << b, fixed | (~first & 1 << b)))
+            mask |= 1 << b
+            fixed |= first & 1 << b
+        free = [b for b in free if b not in common]
+        if not free:
+            return  # the one value left is excluded
+        split = free[0]
+        rest = free[1:]
+        for bit_value in (0, 1):
+            cover(
+                mask | 1 << split,
+                fixed | bit_value << split,
+                [v for v in group if (v >> split) & 1 == bit_value],
+                rest,
+            )
+
+    if excluded:
+        cover(0, 0, excluded, list(range(bits)))
+    else:
+        patterns.append((0, 0))
+    return sorted(patterns)
 
 
 def _export(flt: Any) -> bytes:

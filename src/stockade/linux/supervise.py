@@ -63,6 +63,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from . import syscall_groups as data
+
 # ioctl numbers: _IOWR('!', 0, struct seccomp_notif),
 # _IOWR('!', 1, struct seccomp_notif_resp), _IOW('!', 2, __u64),
 # _IOW('!', 4, __u64); the same on x86_64 and aarch64.
@@ -346,7 +348,7 @@ _FAMILIES = {
     29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLUETOOTH", 38: "AF_ALG", 40: "AF_VSOCK",
     44: "AF_XDP", 45: "AF_MCTP",
 }
-_IOCTLS = {0x5412: "TIOCSTI", 0x541C: "TIOCLINUX"}
+_IOCTLS = {value: name for name, value in data.IOCTL_DENIED.items()}
 _NS_FLAGS = {
     0x00020000: "CLONE_NEWNS",
     0x02000000: "CLONE_NEWCGROUP",

@@ -11,7 +11,7 @@ or denies it; a denied group says how (an errno, or ``kill`` for calls no
 legitimate program makes) and why. Groups in ``ALWAYS_DENIED`` are denied in
 every enforcing mode whatever a policy says. A few calls are allowed only
 with some arguments (``ARGUMENT_RULES``): ``clone`` without namespace flags,
-``ioctl`` other than TIOCSTI/TIOCLINUX, ``socket`` by address family, the
+``ioctl`` other than TIOCSTI and the terminal requests in ``IOCTL_DENIED``, ``socket`` by address family, the
 mode-setting calls without the set-user-ID and set-group-ID bits.
 
 Names are those of libseccomp; a group may name calls that exist only on
@@ -455,11 +455,33 @@ NEWER_SYSCALLS: dict[str, dict[str, int]] = {
 CLONE_NEW_FLAGS = 0x7E020000
 CLONE_THREAD = 0x00010000
 
-# ioctl requests that push input into a terminal (TIOCSTI, CVE-2017-5226) or
-# reach the Linux console driver (TIOCLINUX, which can do the same through
-# its selection paste). The kernel compares only the low 32 bits of the
-# request, so the filter must too (CVE-2019-7303).
-IOCTL_DENIED = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
+# ioctl requests refused in every enforcing mode. The kernel compares only
+# the low 32 bits of the request, so the filter must too (CVE-2019-7303).
+# The program may be handed the caller's terminal (the CLI passes its stdin,
+# stdout and stderr through); what a request does to it outlives the run:
+#   TIOCSTI     pushes input into the terminal: the caller's shell runs it
+#               after the run (CVE-2017-5226)
+#   TIOCLINUX   the Linux console driver; its selection paste does the same
+#   TIOCSETD    changes the line discipline: N_NULL leaves the terminal
+#               unusable (writes fail EOPNOTSUPP) after the run
+#   TIOCSCTTY   makes the terminal the sandbox session's controlling one;
+#               when that session ends a console is hung up
+#   TIOCVHANGUP hangs the terminal up for every process that has it open
+#   TIOCCONS    redirects the system console's output to the terminal
+#   TIOCEXCL    exclusive mode: later opens of the terminal fail EBUSY
+# None has a use in a script's run; requests that change settings a program
+# needs (TCSETS*, as stty, getpass and readline use, TIOCSWINSZ, which pty
+# tools set on their own ptys) stay allowed: the CLI puts the caller's
+# terminal settings and window size back after the run (docs/filters.md).
+IOCTL_DENIED = {
+    "TIOCSTI": 0x5412,
+    "TIOCLINUX": 0x541C,
+    "TIOCSETD": 0x5423,
+    "TIOCSCTTY": 0x540E,
+    "TIOCVHANGUP": 0x5437,
+    "TIOCCONS": 0x541D,
+    "TIOCEXCL": 0x540C,
+}
 
 # Set-user-ID and set-group-ID mode bits. A root-owned workspace is idmapped
 # into the sandbox (see manager.py), so a file the program marks set-user-ID
@@ -677,7 +699,7 @@ ARGUMENT_RULES: dict[str, dict[str, str]] = {
         PERMISSIVE: "without namespace flags (CLONE_NEW*)",
     },
     "ioctl": {
-        mode: "any request but TIOCSTI and TIOCLINUX (low 32 bits compared)"
+        mode: "any request but " + ", ".join(IOCTL_DENIED) + " (low 32 bits compared)"
         for mode in MODES
     },
     "socket, socketpair": {
@@ -702,7 +724,11 @@ ARGUMENT_RULES: dict[str, dict[str, str]] = {
 ARGUMENT_RULE_WHY = {
     "clone": ("EPERM", "new namespaces, and in strict new processes"),
     "ioctl": ("EPERM", "TIOCSTI pushes input into the caller's terminal "
-              "(CVE-2017-5226); TIOCLINUX can do the same"),
+              "(CVE-2017-5226), TIOCLINUX can do the same; the others change "
+              "the terminal beyond the run: its line discipline (TIOCSETD, "
+              "N_NULL makes it unusable), controlling session (TIOCSCTTY), a "
+              "hang-up (TIOCVHANGUP), console output (TIOCCONS), exclusive "
+              "opens (TIOCEXCL)"),
     "socket, socketpair": ("EAFNOSUPPORT", "families outside the network "
                            "policy; AF_PACKET, AF_VSOCK, AF_BLUETOOTH... always"),
     "personality": ("EPERM", "personality flags such as READ_IMPLIES_EXEC "
