@@ -184,3 +184,52 @@ def test_other_venvs_can_be_kept_read_only_with_ro(fields, workspace):
     result = manager(fields, read_only=[".venv"]).execute(["sh", "-c", script], cwd=workspace)
     assert result.stdout_text.split() == ["ro", "X", "=", "1"], result.summary()
     assert not (workspace / ".venv" / "lib" / "site-packages" / "zz.pth").exists()
+
+
+# -- #! lines naming what cannot run --------------------------------------------------
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_shebang_interpreters_that_cannot_run_are_command_errors(fields, workspace):
+    os.mkfifo(workspace / "fifo")
+    write(workspace / "missing", "#!/nonexistent/interp\n", 0o755)
+    write(workspace / "fifo_script", f"#!{workspace}/fifo\n", 0o755)
+    write(workspace / "rel", "#!relative/x\n", 0o755)
+    cases = {"./missing": "not_found", "./fifo_script": "not_executable", "./rel": "not_found",
+             "./fifo": "not_executable"}
+    mgr = manager(fields)
+    for command, reason in cases.items():
+        with pytest.raises(CommandError) as info:
+            mgr.execute([command], cwd=workspace, timeout=10)
+        assert info.value.reason == reason, (command, str(info.value))
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_relative_shebang_runs_the_interpreter_in_the_cwd(fields, workspace):
+    write(workspace / "relative" / "x", "#!/bin/sh\necho rel-ran \"$1\"\n", 0o755)
+    write(workspace / "rel", "#!relative/x\n", 0o755)
+    result = manager(fields).execute(["./rel"], cwd=workspace)
+    assert result.success and result.stdout_text == f"rel-ran {workspace}/rel\n", result.summary()
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_unprivileged_caller_unreadable_interpreter_is_126(fields, workspace):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a path the caller cannot read")
+    locked = Path(tempfile.mkdtemp(prefix="stockade-test-locked-", dir="/srv"))
+    try:
+        os.chmod(locked, 0o700)
+        write(locked / "bin" / "python3", "#!/bin/sh\n", 0o755)
+        write(workspace / "script", f"#!{locked}/bin/python3\n", 0o755)
+        os.chown(workspace, 65534, 65534)
+        os.chown(workspace / "script", 65534, 65534)
+        proc = run_unprivileged(
+            ["-m", "stockade.cli", "run", "--no-log", "--tier", fields["tier"],
+             "--allow-degraded", "memory,pids,cpu", "--", "./script"],
+            cwd=workspace,
+        )
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 126, stderr
+        assert "Traceback" not in stderr and "cannot be read" in stderr, stderr
+    finally:
+        shutil.rmtree(locked, ignore_errors=True)

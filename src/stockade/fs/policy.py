@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import PolicyError
+from ..errors import CommandError, PolicyError
 from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace, home_directories
 from . import gitdirs
 from . import presets as _presets
@@ -158,8 +158,15 @@ class FsPlan:
         Args:
             path: absolute, normalized path.
             strict: skip a rule on ``path`` itself (its nearest ancestor's).
+
+        Raises:
+            ValueError: ``path`` is relative (no rule can decide it: it
+                depends on a working directory).
         """
-        current = path
+        if not os.path.isabs(path):
+            raise ValueError(f"rule_for needs an absolute path, not {path!r}")
+        # normpath keeps a leading "//", whose dirname is "//" again
+        current = "/" + os.path.normpath(path).lstrip("/")
         first = True
         while True:
             if not (first and strict):
@@ -167,9 +174,10 @@ class FsPlan:
                 if rule is not None:
                     return rule
             first = False
-            if current == "/":
+            parent = os.path.dirname(current)
+            if parent == current:  # "/": nothing above
                 return None
-            current = os.path.dirname(current)
+            current = parent
 
     def access_of(self, path: str) -> Access | None:
         """What ``path`` gets, or None when no rule covers it."""
@@ -188,11 +196,22 @@ class FsPlan:
             self.rules[rule.path] = rule
 
     def add_installation(self, path: str) -> None:
-        """A directory the command needs read-only (``resolve.py``)."""
+        """A directory the command needs read-only (``resolve.py``).
+
+        Raises:
+            CommandError: it is gone or cannot be read (it existed when the
+                command was resolved).
+        """
         real = os.path.realpath(path)
         if self.visible(real) and self.visible(path):
             return
-        st = os.stat(real)
+        try:
+            st = os.stat(real)
+        except OSError as err:
+            raise CommandError(
+                f"{path} cannot be made visible read-only for the command: {err.strerror}",
+                reason="not_found" if isinstance(err, FileNotFoundError) else "not_executable",
+            ) from None
         self.add(
             PathRule(
                 real,
