@@ -186,6 +186,82 @@ def test_other_venvs_can_be_kept_read_only_with_ro(fields, workspace):
     assert not (workspace / ".venv" / "lib" / "site-packages" / "zz.pth").exists()
 
 
+# -- a command or interpreter in a hidden path ----------------------------------------
+
+
+def _hidden_tool(workspace: Path) -> Path:
+    write(workspace / "secrets" / "lib" / "key", "TOPKEY\n", 0o644)
+    return write(workspace / "secrets" / "bin" / "tool", "#!/bin/sh\ncat secrets/lib/key\nls secrets\n", 0o755)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_command_in_a_hidden_directory_is_refused(fields, workspace):
+    _hidden_tool(workspace)
+    write(workspace / "via_shebang", f"#!{workspace}/secrets/bin/tool\n", 0o755)
+    mgr = manager(fields, hidden=["secrets"])
+    for command in ("./secrets/bin/tool", "./via_shebang"):
+        with pytest.raises(CommandError) as info:
+            mgr.execute([command], cwd=workspace)
+        message = str(info.value)
+        assert f"{workspace}/secrets" in message and "hides" in message, message
+    # a single program there (no installation) is refused as well
+    write(workspace / "secrets" / "alone", "#!/bin/sh\ncat secrets/lib/key\n", 0o755)
+    with pytest.raises(CommandError, match="which the policy hides"):
+        mgr.execute(["./secrets/alone"], cwd=workspace)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_installation_holding_a_hidden_path_is_refused(fields, workspace, outside):
+    write(outside / "inst" / "lib" / "private" / "key", "TOPKEY\n", 0o644)
+    write(outside / "inst" / "bin" / "tool", "#!/bin/sh\ncat $0/../../lib/private/key\n", 0o755)
+    mgr = manager(fields, hidden=[str(outside / "inst" / "lib" / "private")])
+    with pytest.raises(CommandError) as info:
+        mgr.execute([str(outside / "inst" / "bin" / "tool")], cwd=workspace)
+    assert f"holds {outside}/inst/lib/private" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_pythonpath_entry_in_a_hidden_path_is_refused(fields, workspace, library):
+    with pytest.raises(PolicyError, match="undo the rule hiding"):
+        manager(fields, hidden=[str(library)]).execute(
+            ["python3", "-c", "import helper_mod"], cwd=workspace, env={"PYTHONPATH": str(library)}
+        )
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_interpreter_in_a_home_config_directory_is_refused(fields, workspace):
+    """~/.config/x/bin/tool: its bin and lib would be shown; ~/.config holds
+    tokens and configuration (as ~/.ssh, ~/.aws): refused, as for PYTHONPATH."""
+    root = Path.home() / ".config" / f"stockade-test-{uuid.uuid4().hex[:8]}"
+    try:
+        write(root / "lib" / "token", "TOKEN\n", 0o644)
+        write(root / "bin" / "tool", "#!/bin/sh\necho ran\n", 0o755)
+        write(workspace / "script", f"#!{root}/bin/tool\n", 0o755)
+        for command in ([str(root / "bin" / "tool")], ["./script"]):
+            with pytest.raises(CommandError) as info:
+                manager(fields).execute(command, cwd=workspace)
+            assert f"{Path.home()}/.config" in str(info.value), str(info.value)
+            assert "hidden directory of a home" in str(info.value)
+        # named as a rule, the rule decides
+        result = manager(fields, read_only=[str(root)]).execute(["./script"], cwd=workspace)
+        assert result.success and result.stdout_text == "ran\n", result.summary()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_tool_in_home_local_bin_still_runs(fields, workspace):
+    root = Path.home() / ".local" / "bin"
+    root.mkdir(parents=True, exist_ok=True)
+    tool = root / f"stockade-test-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tool, "#!/bin/sh\necho local-ran\n", 0o755)
+        result = manager(fields).execute([str(tool)], cwd=workspace)
+        assert result.success and result.stdout_text == "local-ran\n", (result.summary(), result.stderr_text)
+    finally:
+        tool.unlink(missing_ok=True)
+
+
 # -- #! lines naming what cannot run --------------------------------------------------
 
 
