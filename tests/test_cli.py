@@ -425,3 +425,33 @@ def test_an_empty_workspace_option_is_a_usage_error(workspace):
     proc = cli("run", "--no-log", "--workspace", "", "--", "true", cwd=workspace)
     assert proc.returncode == 2, proc.stderr
     assert b"workspace = '': " in proc.stderr and b"empty" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "message"),
+    [
+        ("/nonexistent/interp", 127, "the interpreter /nonexistent/interp does not exist"),
+        ("relative/x", 127, "the interpreter {ws}/relative/x does not exist"),
+        ("x", 127, "the interpreter {ws}/x does not exist"),
+        ("{ws}/fifo", 126, "the interpreter {ws}/fifo is not a regular file"),
+        ("/usr/bin/env stockade-no-such-program", 127, "is not on the sandbox's PATH"),
+    ],
+)
+def test_shebang_naming_what_cannot_run_gives_127_or_126(workspace, line, status, message):
+    """A #! interpreter that is missing, relative and missing (resolved
+    against the run's directory, as the kernel does; this once spun
+    forever), or a FIFO (whose open blocked forever): a clean error, at
+    once, with the shells' status."""
+    ws = os.path.realpath(workspace)
+    os.mkfifo(os.path.join(ws, "fifo"))
+    script = os.path.join(ws, "s")
+    with open(script, "w") as fh:
+        fh.write(f"#!{line.format(ws=ws)}\n")
+    os.chmod(script, 0o755)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stockade.cli", "run", "--no-log", "--", "./s"],
+        cwd=ws, capture_output=True, timeout=60,
+    )
+    text = proc.stderr.decode()
+    assert proc.returncode == status, text
+    assert message.format(ws=ws) in text and "Traceback" not in text, text

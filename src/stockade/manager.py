@@ -533,7 +533,7 @@ class SandboxManager:
             plan = _bwrap.base_plan(config.mode, workspace)
         fs = prepared.fs
         assert fs is not None
-        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs)
         mounts = _fsrun.mounts_for(fs, extra_ro, prepared.cleanup, self._empty_file)
         links = _command_links(resolution, fs, argv, prepared.notes)
 
@@ -645,7 +645,7 @@ class SandboxManager:
         config = self.config
         fs = prepared.fs
         assert fs is not None
-        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs.visible)
+        resolution, extra_ro = _resolve_visible(argv, prepared, env, fs)
         grants = _fsrun.grants_for(fs, extra_ro)
 
         run_dir = tempfile.mkdtemp(prefix="stockade-run-")
@@ -1335,27 +1335,42 @@ _RESULT_STATUS = {
 
 
 def _resolve_visible(
-    argv: list[str], prepared: _Prepared, env: Mapping[str, str], visible: Any
+    argv: list[str], prepared: _Prepared, env: Mapping[str, str], fs: _fs.FsPlan
 ) -> tuple[Any, list[str]]:
     """The program's path, and the installations it needs made visible
     read-only (its own, and absolute PYTHONPATH entries).
 
+    Nothing is shown on the side that lies in or holds a path the policy
+    hides (a ``hidden`` rule): a read-only rule there would undo it, so the
+    run is refused instead (fail closed).
+
     Raises:
         PolicyError: a PYTHONPATH entry the sandbox may not show
             (``fs.policy.exposure_refused``: /, /sys, /run, the private
-            areas, a home or its hidden directories, ...).
-        CommandError: the command's installation lies where the sandbox
-            may not show it.
+            areas, a home or its hidden directories, ...; a hidden path).
+        CommandError: the command's installation (or its interpreter's)
+            lies where the sandbox may not show it, or in a hidden path.
     """
     home = os.path.expanduser("~")
+    visible = fs.visible
     resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=visible)
     for path in resolution.read_only:
-        why = _fs.exposure_refused(os.path.realpath(path), home, private=False)
+        real = os.path.realpath(path)
+        hidden = fs.hidden_at(path) or fs.hidden_at(real)
+        if hidden is not None:
+            where = "holds" if hidden.path.startswith(real.rstrip("/") + "/") else "lies in"
+            raise CommandError(
+                f"{argv[0]}: running it would show {path} read-only, but it {where} "
+                f"{hidden.path}, which the policy hides ({hidden.origin} rule); run a "
+                f"program outside the hidden path, or drop the rule",
+                command=list(argv[:3]),
+            )
+        why = _fs.exposure_refused(real, home, private=False)
         if why:
             raise CommandError(
                 f"{argv[0]}: running it would show {path} read-only, but {why}; "
-                f"copy the program elsewhere, or run it through an interpreter "
-                f"the sandbox sees",
+                f"copy the program elsewhere, run it through an interpreter "
+                f"the sandbox sees, or name the directory as a rule (--ro DIR)",
                 command=list(argv[:3]),
             )
     extra_ro = list(resolution.read_only)
@@ -1364,6 +1379,9 @@ def _resolve_visible(
         if entry and os.path.isabs(entry) and os.path.exists(entry) and not visible(entry):
             real = os.path.realpath(entry)
             why = _fs.exposure_refused(real, home)
+            hidden = fs.hidden_at(entry) or fs.hidden_at(real)
+            if hidden is not None:
+                why = f"that would undo the rule hiding {hidden.path} ({hidden.origin})"
             if why:
                 shown = entry if real == entry else f"{entry} ({real})"
                 raise PolicyError(

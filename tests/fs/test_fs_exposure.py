@@ -184,3 +184,128 @@ def test_other_venvs_can_be_kept_read_only_with_ro(fields, workspace):
     result = manager(fields, read_only=[".venv"]).execute(["sh", "-c", script], cwd=workspace)
     assert result.stdout_text.split() == ["ro", "X", "=", "1"], result.summary()
     assert not (workspace / ".venv" / "lib" / "site-packages" / "zz.pth").exists()
+
+
+# -- a command or interpreter in a hidden path ----------------------------------------
+
+
+def _hidden_tool(workspace: Path) -> Path:
+    write(workspace / "secrets" / "lib" / "key", "TOPKEY\n", 0o644)
+    return write(workspace / "secrets" / "bin" / "tool", "#!/bin/sh\ncat secrets/lib/key\nls secrets\n", 0o755)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_command_in_a_hidden_directory_is_refused(fields, workspace):
+    _hidden_tool(workspace)
+    write(workspace / "via_shebang", f"#!{workspace}/secrets/bin/tool\n", 0o755)
+    mgr = manager(fields, hidden=["secrets"])
+    for command in ("./secrets/bin/tool", "./via_shebang"):
+        with pytest.raises(CommandError) as info:
+            mgr.execute([command], cwd=workspace)
+        message = str(info.value)
+        assert f"{workspace}/secrets" in message and "hides" in message, message
+    # a single program there (no installation) is refused as well
+    write(workspace / "secrets" / "alone", "#!/bin/sh\ncat secrets/lib/key\n", 0o755)
+    with pytest.raises(CommandError, match="which the policy hides"):
+        mgr.execute(["./secrets/alone"], cwd=workspace)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_installation_holding_a_hidden_path_is_refused(fields, workspace, outside):
+    write(outside / "inst" / "lib" / "private" / "key", "TOPKEY\n", 0o644)
+    write(outside / "inst" / "bin" / "tool", "#!/bin/sh\ncat $0/../../lib/private/key\n", 0o755)
+    mgr = manager(fields, hidden=[str(outside / "inst" / "lib" / "private")])
+    with pytest.raises(CommandError) as info:
+        mgr.execute([str(outside / "inst" / "bin" / "tool")], cwd=workspace)
+    assert f"holds {outside}/inst/lib/private" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_pythonpath_entry_in_a_hidden_path_is_refused(fields, workspace, library):
+    with pytest.raises(PolicyError, match="undo the rule hiding"):
+        manager(fields, hidden=[str(library)]).execute(
+            ["python3", "-c", "import helper_mod"], cwd=workspace, env={"PYTHONPATH": str(library)}
+        )
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_interpreter_in_a_home_config_directory_is_refused(fields, workspace):
+    """~/.config/x/bin/tool: its bin and lib would be shown; ~/.config holds
+    tokens and configuration (as ~/.ssh, ~/.aws): refused, as for PYTHONPATH."""
+    root = Path.home() / ".config" / f"stockade-test-{uuid.uuid4().hex[:8]}"
+    try:
+        write(root / "lib" / "token", "TOKEN\n", 0o644)
+        write(root / "bin" / "tool", "#!/bin/sh\necho ran\n", 0o755)
+        write(workspace / "script", f"#!{root}/bin/tool\n", 0o755)
+        for command in ([str(root / "bin" / "tool")], ["./script"]):
+            with pytest.raises(CommandError) as info:
+                manager(fields).execute(command, cwd=workspace)
+            assert f"{Path.home()}/.config" in str(info.value), str(info.value)
+            assert "hidden directory of a home" in str(info.value)
+        # named as a rule, the rule decides
+        result = manager(fields, read_only=[str(root)]).execute(["./script"], cwd=workspace)
+        assert result.success and result.stdout_text == "ran\n", result.summary()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_tool_in_home_local_bin_still_runs(fields, workspace):
+    root = Path.home() / ".local" / "bin"
+    root.mkdir(parents=True, exist_ok=True)
+    tool = root / f"stockade-test-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tool, "#!/bin/sh\necho local-ran\n", 0o755)
+        result = manager(fields).execute([str(tool)], cwd=workspace)
+        assert result.success and result.stdout_text == "local-ran\n", (result.summary(), result.stderr_text)
+    finally:
+        tool.unlink(missing_ok=True)
+
+
+# -- #! lines naming what cannot run --------------------------------------------------
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_shebang_interpreters_that_cannot_run_are_command_errors(fields, workspace):
+    os.mkfifo(workspace / "fifo")
+    write(workspace / "missing", "#!/nonexistent/interp\n", 0o755)
+    write(workspace / "fifo_script", f"#!{workspace}/fifo\n", 0o755)
+    write(workspace / "rel", "#!relative/x\n", 0o755)
+    cases = {"./missing": "not_found", "./fifo_script": "not_executable", "./rel": "not_found",
+             "./fifo": "not_executable"}
+    mgr = manager(fields)
+    for command, reason in cases.items():
+        with pytest.raises(CommandError) as info:
+            mgr.execute([command], cwd=workspace, timeout=10)
+        assert info.value.reason == reason, (command, str(info.value))
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_relative_shebang_runs_the_interpreter_in_the_cwd(fields, workspace):
+    write(workspace / "relative" / "x", "#!/bin/sh\necho rel-ran \"$1\"\n", 0o755)
+    write(workspace / "rel", "#!relative/x\n", 0o755)
+    result = manager(fields).execute(["./rel"], cwd=workspace)
+    assert result.success and result.stdout_text == f"rel-ran {workspace}/rel\n", result.summary()
+
+
+@pytest.mark.parametrize("fields", TIERS)
+def test_unprivileged_caller_unreadable_interpreter_is_126(fields, workspace):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a path the caller cannot read")
+    locked = Path(tempfile.mkdtemp(prefix="stockade-test-locked-", dir="/srv"))
+    try:
+        os.chmod(locked, 0o700)
+        write(locked / "bin" / "python3", "#!/bin/sh\n", 0o755)
+        write(workspace / "script", f"#!{locked}/bin/python3\n", 0o755)
+        os.chown(workspace, 65534, 65534)
+        os.chown(workspace / "script", 65534, 65534)
+        proc = run_unprivileged(
+            ["-m", "stockade.cli", "run", "--no-log", "--tier", fields["tier"],
+             "--allow-degraded", "memory,pids,cpu", "--", "./script"],
+            cwd=workspace,
+        )
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 126, stderr
+        assert "Traceback" not in stderr and "cannot be read" in stderr, stderr
+    finally:
+        shutil.rmtree(locked, ignore_errors=True)

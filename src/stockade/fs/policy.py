@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import PolicyError
+from ..errors import CommandError, PolicyError
 from ..linux.bwrap import PRIVATE_AREAS, forbidden_workspace, home_directories
 from . import gitdirs
 from . import presets as _presets
@@ -158,8 +158,15 @@ class FsPlan:
         Args:
             path: absolute, normalized path.
             strict: skip a rule on ``path`` itself (its nearest ancestor's).
+
+        Raises:
+            ValueError: ``path`` is relative (no rule can decide it: it
+                depends on a working directory).
         """
-        current = path
+        if not os.path.isabs(path):
+            raise ValueError(f"rule_for needs an absolute path, not {path!r}")
+        # normpath keeps a leading "//", whose dirname is "//" again
+        current = "/" + os.path.normpath(path).lstrip("/")
         first = True
         while True:
             if not (first and strict):
@@ -167,9 +174,10 @@ class FsPlan:
                 if rule is not None:
                     return rule
             first = False
-            if current == "/":
+            parent = os.path.dirname(current)
+            if parent == current:  # "/": nothing above
                 return None
-            current = os.path.dirname(current)
+            current = parent
 
     def access_of(self, path: str) -> Access | None:
         """What ``path`` gets, or None when no rule covers it."""
@@ -181,6 +189,16 @@ class FsPlan:
         access = self.access_of(path)
         return access is not None and access is not Access.HIDDEN
 
+    def hidden_at(self, path: str) -> PathRule | None:
+        """A hidden rule ``path`` lies in or covers, or None: what may not be
+        shown on the side (a command's installation, a PYTHONPATH entry),
+        since a read-only rule there would undo it. ``path`` is absolute."""
+        path = os.path.normpath(path)
+        for rule in sorted(self.rules.values(), key=lambda r: r.path):
+            if rule.access is Access.HIDDEN and (_under(path, rule.path) or _under(rule.path, path)):
+                return rule
+        return None
+
     def add(self, rule: PathRule) -> None:
         """Add a rule; on the same path the more restrictive one stays."""
         old = self.rules.get(rule.path)
@@ -188,11 +206,22 @@ class FsPlan:
             self.rules[rule.path] = rule
 
     def add_installation(self, path: str) -> None:
-        """A directory the command needs read-only (``resolve.py``)."""
+        """A directory the command needs read-only (``resolve.py``).
+
+        Raises:
+            CommandError: it is gone or cannot be read (it existed when the
+                command was resolved).
+        """
         real = os.path.realpath(path)
         if self.visible(real) and self.visible(path):
             return
-        st = os.stat(real)
+        try:
+            st = os.stat(real)
+        except OSError as err:
+            raise CommandError(
+                f"{path} cannot be made visible read-only for the command: {err.strerror}",
+                reason="not_found" if isinstance(err, FileNotFoundError) else "not_executable",
+            ) from None
         self.add(
             PathRule(
                 real,
@@ -540,6 +569,18 @@ def _refused(path: str, access: Access, home: str) -> str | None:
 _HOST_TREES = ("/sys", "/run")
 
 
+# Hidden directories of a home where tools and interpreters are installed: a
+# command's installation may lie in them (``~/.local/bin/tool``, a pyenv
+# Python, a virtual environment, a cargo or nvm tool). Any other hidden
+# directory of a home (``~/.ssh``, ``~/.gnupg``, ``~/.aws``, ``~/.config``,
+# ...) holds keys, tokens or configuration: never shown on the side.
+TOOL_HOMES = (
+    ".local", ".pyenv", ".venv", ".venvs", ".virtualenvs", ".conda", ".cache",
+    ".cargo", ".rustup", ".nvm", ".volta", ".deno", ".bun", ".rbenv", ".asdf",
+    ".sdkman", ".nix-profile",
+)
+
+
 def exposure_refused(path: str, home: str, *, private: bool = True) -> str | None:
     """Why a path the policy does not name may not be made visible read-only
     on the side (``manager._resolve_visible``), or None. ``path`` must be
@@ -552,8 +593,11 @@ def exposure_refused(path: str, home: str, *, private: bool = True) -> str | Non
     programs' sockets, such as tmux's or X's) and anything in a hidden
     directory of a home (``~/.ssh``, ``~/.gnupg``, ``~/.aws``, ``~/.config``:
     the entries ``forbidden_workspace`` refuses). A command's installation
-    (``private`` False) may lie there: it is only its ``bin``, ``lib``...
-    beside the program the caller named (``~/.local/bin/tool``).
+    (``private`` False) may lie in a private area, and in the hidden
+    directories of a home where tools are installed (``TOOL_HOMES``:
+    ``~/.local/bin/tool``, ``~/.pyenv``, a virtual environment): it is only
+    its ``bin``, ``lib``... beside the program; in any other hidden
+    directory of a home it is refused too.
     """
     why = _refused(path, Access.READ_ONLY, home)
     if why:
@@ -567,9 +611,9 @@ def exposure_refused(path: str, home: str, *, private: bool = True) -> str | Non
     for user_home in home_directories(home):
         if _under(user_home, path):
             return f"it would show the whole home directory {user_home}"
-        if private and _under(path, user_home):
+        if _under(path, user_home):
             first = path[len(user_home):].lstrip("/").split("/", 1)[0]
-            if first.startswith("."):
+            if first.startswith(".") and (private or first not in TOOL_HOMES):
                 return (
                     f"it lies in {os.path.join(user_home, first)}, a hidden directory "
                     f"of a home (keys, tokens, configuration)"

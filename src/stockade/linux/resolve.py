@@ -34,6 +34,8 @@ _INSTALL_PARTS = ("bin", "sbin", "lib", "lib64", "libexec", "pyvenv.cfg")
 _MAX_DEPTH = 6
 # symbolic links the kernel follows in one path walk (MAXSYMLINKS)
 _MAX_LINKS = 40
+# a pyvenv.cfg is a few lines
+_MAX_CFG_BYTES = 64 * 1024
 
 
 @dataclass
@@ -75,7 +77,9 @@ def resolve_command(
 
     Raises:
         CommandError: empty command, not found, not executable, or a pyenv
-            shim (which needs pyenv itself to work).
+            shim (which needs pyenv itself to work); the same for the
+            interpreter a ``#!`` line names (a relative one is resolved
+            against ``cwd``, as the kernel does).
     """
     if not argv or not argv[0]:
         raise CommandError("empty command: nothing to run", command=list(argv))
@@ -126,9 +130,14 @@ def _check_executable(path: str, name: str, argv: Sequence[str]) -> None:
             f"command not found: {path} does not exist", command=list(argv), reason="not_found"
         ) from None
     except OSError as err:
-        raise CommandError(f"cannot use {path}: {err.strerror}", command=list(argv)) from None
+        raise CommandError(
+            f"cannot use {path}: {err.strerror}", command=list(argv), reason="not_executable"
+        ) from None
     if not stat.S_ISREG(st.st_mode):
-        raise CommandError(f"{path} is not a regular file", command=list(argv))
+        # the kernel execs regular files only (EACCES): as a shell, 126
+        raise CommandError(
+            f"{path} is not a regular file", command=list(argv), reason="not_executable"
+        )
     if not st.st_mode & 0o111:
         raise CommandError(
             f"{path} is not executable (mode {stat.filemode(st.st_mode)}); "
@@ -189,6 +198,7 @@ def _expose(
     if interpreter is None:
         return
     first = interpreter[0]
+    line = f"'#!{' '.join(interpreter)}'"
     if os.path.basename(first) == "env" and len(interpreter) > 1:
         words = [w for w in interpreter[1:] if not w.startswith("-")]
         if not words:
@@ -197,13 +207,51 @@ def _expose(
             target = _locate(words[0], cwd=cwd, search_path=search_path, visible=visible, argv=[words[0]])
         except CommandError:
             raise CommandError(
-                f"{path} starts with '#!{' '.join(interpreter)}', and "
+                f"{path} starts with {line}, and "
                 f"{words[0]!r} is not on the sandbox's PATH ({search_path})",
                 command=[path],
+                reason="not_found",
             ) from None
     else:
-        target = first
+        # a relative interpreter is resolved by the kernel against the
+        # process's working directory: the run's (the same path inside)
+        target = os.path.normpath(os.path.join(cwd, first))
+    _check_interpreter(target, path, line)
     _expose(target, result, visible=visible, search_path=search_path, cwd=cwd, depth=depth + 1)
+
+
+def _check_interpreter(target: str, script: str, line: str) -> None:
+    """The interpreter a ``#!`` line names must be what the kernel would
+    exec: an executable regular file (as for the command itself).
+
+    Raises:
+        CommandError: it does not exist (``not_found``), cannot be read or
+            is not an executable regular file (``not_executable``).
+    """
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        raise CommandError(
+            f"{script} starts with {line}, and the interpreter {target} does not exist",
+            command=[script],
+            reason="not_found",
+        ) from None
+    except OSError as err:
+        raise CommandError(
+            f"{script} starts with {line}, and the interpreter {target} cannot be "
+            f"read: {err.strerror}",
+            command=[script],
+            reason="not_executable",
+        ) from None
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else (
+            f"not executable (mode {stat.filemode(st.st_mode)})"
+        )
+        raise CommandError(
+            f"{script} starts with {line}, and the interpreter {target} is {what}",
+            command=[script],
+            reason="not_executable",
+        )
 
 
 def _link_chain(path: str) -> list[str]:
@@ -263,24 +311,51 @@ def _expose_installation(executable: str, result: Resolution, visible: Callable[
 
 
 def _venv_home(cfg: str) -> str | None:
-    try:
-        with open(cfg, encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition("=")
-                if key.strip() == "home":
-                    return value.strip()
-    except OSError:
+    data = _read_head(cfg, _MAX_CFG_BYTES)
+    if data is None:
         return None
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home":
+            home = value.strip()
+            return home if os.path.isabs(home) else None
     return None
 
 
-def _shebang(path: str) -> list[str] | None:
+def _read_head(path: str, size: int) -> bytes | None:
+    """At most ``size`` bytes from the start of a regular file, else None.
+
+    The files read here (a command, an interpreter, a ``pyvenv.cfg``) may be
+    chosen by a program (a script it wrote in the workspace): never block on
+    one (a FIFO, a terminal: opened non-blocking, and read only when
+    ``fstat`` says it is a regular file, the only kind the kernel execs) and
+    never read more than ``size``.
+    """
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(256)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
-    if not head.startswith(b"#!"):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        left = size
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _shebang(path: str) -> list[str] | None:
+    head = _read_head(path, 256)
+    if head is None or not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
     words = line.split()
