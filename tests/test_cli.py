@@ -455,3 +455,21 @@ def test_shebang_naming_what_cannot_run_gives_127_or_126(workspace, line, status
     text = proc.stderr.decode()
     assert proc.returncode == status, text
     assert message.format(ws=ws) in text and "Traceback" not in text, text
+
+
+def test_a_policy_field_among_the_flag_limits_gives_125_and_nothing_runs(workspace):
+    # the trial's repro: mode disabled hidden under sandbox_resource_limits
+    policy = workspace / "rl.yaml"
+    policy.write_text(
+        "security:\n  sandbox_enabled: true\n  sandbox_mode: strict\n"
+        "  sandbox_resource_limits:\n    cpu_time_sec: 60\n    mode: disabled\n    network: loopback\n"
+    )
+    marker = workspace / "RAN"
+    proc = cli("run", "--no-log", "--config", str(policy), "--",
+               "sh", "-c", f"touch {marker}; tr '\\0' ' ' </proc/1/cmdline", cwd=workspace)
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stdout == b""
+    assert not marker.exists()
+    text = proc.stderr.decode()
+    assert text.startswith("stockade: ") and text.count("\n") == 1, text
+    assert "security.sandbox_resource_limits.mode" in text and "security.sandbox_policy" in text

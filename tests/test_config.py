@@ -437,3 +437,151 @@ def test_an_empty_workspace_is_refused():
     with pytest.raises(PolicyError) as info:
         SandboxConfig(workspace="")
     assert info.value.key == "workspace" and "empty" in str(info.value)
+
+
+# -- feature flags: one place per field, limits only under the limits ---------
+
+REPRO_MODE_IN_LIMITS = """\
+security:
+  sandbox_enabled: true
+  sandbox_mode: strict
+  sandbox_resource_limits:
+    cpu_time_sec: 60
+    mode: disabled
+    network: loopback
+"""
+
+
+@pytest.mark.parametrize(
+    ("limits", "key"),
+    [
+        ("mode: disabled", "mode"),
+        ("network: loopback", "network"),
+        ("tier: landlock", "tier"),
+        ("allow_degraded: [namespaces]", "allow_degraded"),
+        ("writable: ['/']", "writable"),
+        ("hidden: []", "hidden"),
+        ("output_limit_action: truncate", "output_limit_action"),
+        ("workspace: /", "workspace"),
+    ],
+)
+def test_policy_fields_under_resource_limits_are_refused(tmp_path, limits, key):
+    path = write(tmp_path, "flags.yaml",
+                 f"security:\n  sandbox_mode: strict\n  sandbox_resource_limits:\n    {limits}\n")
+    for load in (load_policy_file, create_sandbox_from_feature_flags):
+        with pytest.raises(PolicyError) as info:
+            load(path)
+        assert info.value.key == f"security.sandbox_resource_limits.{key}"
+        message = str(info.value)
+        assert "\n" not in message
+        assert "is not a resource limit" in message and "security.sandbox_policy" in message
+
+
+def test_the_trial_repro_is_refused(tmp_path):
+    path = write(tmp_path, "rl.yaml", REPRO_MODE_IN_LIMITS)
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    assert info.value.key == "security.sandbox_resource_limits.mode"
+    assert info.value.value == "disabled"
+
+
+def test_every_documented_limit_is_accepted_under_resource_limits(tmp_path):
+    from stockade.config import FLAG_LIMIT_KEYS
+
+    values = {
+        "memory_mb": 256, "cpu_time_sec": 30, "cpu_cores": 1.5, "max_processes": 64,
+        "max_file_size_mb": 10, "max_open_files": 256, "disk_mb": 50, "timeout_sec": 20,
+        "max_output_bytes": 4096,
+    }
+    assert set(values) == set(FLAG_LIMIT_KEYS)
+    assert set(FLAG_LIMIT_KEYS) <= set(SandboxConfig.model_fields)
+    text = "security:\n  sandbox_mode: strict\n  sandbox_resource_limits:\n" + "".join(
+        f"    {key}: {value}\n" for key, value in values.items()
+    )
+    config = load_policy_file(write(tmp_path, "flags.yaml", text))
+    assert config.mode is SandboxMode.STRICT
+    assert {key: getattr(config, key) for key in values} == values
+
+
+def test_policy_fields_under_sandbox_policy_still_work(tmp_path):
+    text = ("security:\n  sandbox_enabled: true\n  sandbox_resource_limits: {memory_mb: 128}\n"
+            "  sandbox_policy: {mode: permissive, network: loopback, disk_mb: 20}\n")
+    config = load_policy_file(write(tmp_path, "flags.yaml", text))
+    assert config.mode is SandboxMode.PERMISSIVE
+    assert config.network.mode == "loopback"
+    assert (config.memory_mb, config.disk_mb) == (128, 20)
+
+
+@pytest.mark.parametrize(
+    ("security", "first", "second"),
+    [
+        ("  sandbox_mode: strict\n  sandbox_policy: {mode: permissive}\n",
+         "security.sandbox_mode", "security.sandbox_policy.mode"),
+        # the same value twice is refused too: one place per field
+        ("  sandbox_mode: strict\n  sandbox_policy: {mode: strict}\n",
+         "security.sandbox_mode", "security.sandbox_policy.mode"),
+        ("  sandbox_enabled: false\n  sandbox_policy: {mode: strict}\n",
+         "security.sandbox_enabled", "security.sandbox_policy.mode"),
+        ("  sandbox_enabled: false\n  sandbox_policy: {mode: Moderate}\n",
+         "security.sandbox_enabled", "security.sandbox_policy.mode"),
+        ("  sandbox_resource_limits: {memory_mb: 100}\n  sandbox_policy: {memory_mb: 200}\n",
+         "security.sandbox_resource_limits.memory_mb", "security.sandbox_policy.memory_mb"),
+        ("  sandbox_resource_limits: {timeout_sec: 5}\n  sandbox_policy: {timeout_sec: 5}\n",
+         "security.sandbox_resource_limits.timeout_sec", "security.sandbox_policy.timeout_sec"),
+    ],
+)
+def test_a_field_set_in_two_places_is_ambiguous(tmp_path, security, first, second):
+    path = write(tmp_path, "flags.yaml", "security:\n" + security)
+    for load in (load_policy_file, create_sandbox_from_feature_flags):
+        with pytest.raises(PolicyError) as info:
+            load(path)
+        message = str(info.value)
+        assert first in message and second in message and "ambiguous" in message, message
+        assert "\n" not in message
+        assert info.value.key == second
+
+
+def test_disabled_in_both_places_is_consistent_not_ambiguous(tmp_path):
+    text = "security:\n  sandbox_enabled: false\n  sandbox_policy: {mode: DISABLED}\n"
+    assert load_policy_file(write(tmp_path, "flags.yaml", text)).mode is SandboxMode.DISABLED
+
+
+def test_sandbox_policy_mode_alone_sets_the_mode(tmp_path):
+    text = "security:\n  sandbox_policy: {mode: strict}\n"
+    assert load_policy_file(write(tmp_path, "flags.yaml", text)).mode is SandboxMode.STRICT
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "key"),
+    [
+        ("security:\n  sandbox_mode: strict\n  sandbox_mode: disabled\n",
+         "line 3, column 3", "sandbox_mode"),
+        ("mode: strict\nmode: disabled\n", "line 2, column 1", "mode"),
+        ("security:\n  sandbox_resource_limits:\n    memory_mb: 64\n    memory_mb: 4096\n",
+         "line 4, column 5", "memory_mb"),
+        ("security: {sandbox_mode: strict}\nsecurity: {sandbox_enabled: false}\n",
+         "line 2, column 1", "security"),
+        # a merge key cannot smuggle in a second value either
+        ("<<: {mode: strict}\nmode: disabled\n", "line 2, column 1", "mode"),
+    ],
+)
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, where, key):
+    path = write(tmp_path, "policy.yaml", text)
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    message = str(info.value)
+    assert f"{where}: duplicate key {key!r}" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'mode = "strict"\nmode = "disabled"\n',
+        '[security]\nsandbox_mode = "strict"\n[security]\nsandbox_mode = "disabled"\n',
+    ],
+)
+def test_duplicate_toml_keys_are_refused(tmp_path, text):
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(write(tmp_path, "policy.toml", text))
+    assert "cannot parse policy file" in str(info.value)

@@ -48,3 +48,13 @@ def test_readme_says_a_refused_fork_ends_the_run():
 def test_known_limitations_warn_that_env_values_are_in_bubblewraps_environ():
     text = " ".join((DOCS / "known-limitations.md").read_text(encoding="utf-8").split())
     assert "`/proc/PID/environ`" in text and "65534" in text and "Do not pass secrets" in text
+
+
+def test_readme_lists_exactly_the_limits_a_flag_file_accepts():
+    from stockade.config import FLAG_LIMIT_KEYS
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    sentence = text.split("`sandbox_resource_limits` holds only the limits of", 1)[1].split(". ", 1)[0]
+    assert set(re.findall(r"`(\w+)`", sentence)) == set(FLAG_LIMIT_KEYS)
+    limits = " ".join((DOCS / "limits.md").read_text(encoding="utf-8").split())
+    assert all(f"`{key}`" in limits for key in FLAG_LIMIT_KEYS)

@@ -594,14 +594,21 @@ def _number_hint(value: Any) -> str:
 
 # --- files -----------------------------------------------------------------
 
-_FLAG_LIMIT_KEYS = {
-    "cpu_time_sec",
+# What ``security.sandbox_resource_limits`` may hold: the limits of
+# docs/limits.md (resources, time, output). Everything else of a policy
+# (mode, network, tier, paths, allow_degraded, output_limit_action...) goes
+# under ``security.sandbox_policy``.
+FLAG_LIMIT_KEYS = (
     "memory_mb",
+    "cpu_time_sec",
+    "cpu_cores",
+    "max_processes",
+    "max_file_size_mb",
+    "max_open_files",
     "disk_mb",
     "timeout_sec",
-    "max_processes",
-    "cpu_cores",
-}
+    "max_output_bytes",
+)
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> SandboxConfig:
@@ -628,7 +635,12 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
           sandbox_resource_limits: {cpu_time_sec: 300, memory_mb: 512, disk_mb: 100}
 
     ``sandbox_enabled: false`` means mode ``disabled`` whatever
-    ``sandbox_mode`` says.
+    ``sandbox_mode`` says. ``sandbox_resource_limits`` holds only the limits
+    (``FLAG_LIMIT_KEYS``); any other policy field goes under
+    ``sandbox_policy``. A field given in two places (``sandbox_mode`` and
+    ``sandbox_policy.mode``; ``sandbox_enabled: false`` and a
+    ``sandbox_policy.mode`` other than disabled; a limit in both sections)
+    is refused as ambiguous.
     """
     mixed = [key for key in data if isinstance(key, str) and key in SandboxConfig.model_fields]
     if mixed:
@@ -660,9 +672,6 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
             key="security.sandbox_enabled",
             value=enabled,
         )
-    fields: dict[str, Any] = {}
-    fields["mode"] = security.get("sandbox_mode", "moderate") if enabled else "disabled"
-
     limits = security.get("sandbox_resource_limits") or {}
     if not isinstance(limits, dict):
         raise PolicyError(
@@ -671,13 +680,21 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
             value=limits,
         )
     for key, value in limits.items():
-        if key not in _FLAG_LIMIT_KEYS and key not in SandboxConfig.model_fields:
+        where = f"security.sandbox_resource_limits.{key}"
+        if key in FLAG_LIMIT_KEYS:
+            continue
+        if isinstance(key, str) and key in SandboxConfig.model_fields:
+            # mode: disabled here used to override sandbox_mode silently
             raise PolicyError(
-                f"{source}: unknown key 'security.sandbox_resource_limits.{key}' (value {quoted(value)})",
-                key=f"security.sandbox_resource_limits.{key}",
+                f"{source}: '{where}' (value {quoted(value)}) is not a resource limit: "
+                f"'{key}' belongs under security.sandbox_policy "
+                f"(limits: {', '.join(FLAG_LIMIT_KEYS)})",
+                key=where,
                 value=value,
             )
-        fields[key] = value
+        raise PolicyError(
+            f"{source}: unknown key '{where}' (value {quoted(value)})", key=where, value=value
+        )
 
     extra = security.get("sandbox_policy") or {}
     if not isinstance(extra, dict):
@@ -686,6 +703,42 @@ def config_from_feature_flags(data: dict[str, Any], *, source: str = "feature fl
             key="security.sandbox_policy",
             value=extra,
         )
+
+    # a field given in two places is ambiguous: refused, never "the later wins"
+    def ambiguous(first: str, second: str, why: str) -> PolicyError:
+        return PolicyError(
+            f"{source}: {first} and {second} {why}: ambiguous; give it in one place",
+            key=second,
+            value=extra.get(second.rsplit(".", 1)[-1]),
+        )
+
+    if "mode" in extra:
+        if "sandbox_mode" in security:
+            raise ambiguous(
+                f"security.sandbox_mode = {quoted(security['sandbox_mode'])}",
+                "security.sandbox_policy.mode",
+                f"= {quoted(extra['mode'])} both set the mode",
+            )
+        policy_mode = extra["mode"]
+        if isinstance(policy_mode, SandboxMode):
+            policy_mode = policy_mode.value
+        if not enabled and not (isinstance(policy_mode, str) and policy_mode.lower() == "disabled"):
+            raise ambiguous(
+                "security.sandbox_enabled = false",
+                "security.sandbox_policy.mode",
+                f"= {quoted(extra['mode'])} disagree (false means mode disabled)",
+            )
+    for key in limits:
+        if key in extra:
+            raise ambiguous(
+                f"security.sandbox_resource_limits.{key} = {quoted(limits[key])}",
+                f"security.sandbox_policy.{key}",
+                f"= {quoted(extra[key])} both set it",
+            )
+
+    fields: dict[str, Any] = {}
+    fields["mode"] = security.get("sandbox_mode", "moderate") if enabled else "disabled"
+    fields.update(limits)
     fields.update(extra)
     return SandboxConfig.from_mapping(fields, source=source)
 
@@ -746,6 +799,29 @@ def _yaml_load(text: str) -> Any:
                     event.start_mark,
                 )
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            # a key given twice would let the later one win unnoticed
+            # (mode: strict ... mode: disabled); merge keys (<<) are
+            # flattened first, so a merged key overridden is caught too
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+                seen: dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:
+                        continue  # unhashable: the base constructor reports it
+                    if first is not None:
+                        raise yaml.constructor.ConstructorError(
+                            None, None,
+                            f"duplicate key {quoted(key)} (first at line {first.line + 1}, "
+                            f"column {first.column + 1}): a key may be given once",
+                            key_node.start_mark,
+                        )
+                    seen[key] = key_node.start_mark
+            return super().construct_mapping(node, deep=deep)
 
     loader = NoAliasLoader(text)
     try:
