@@ -7,6 +7,7 @@ one event loop, and ``execute`` may be called from many threads.
 
 from __future__ import annotations
 
+import io as _stdio
 import json
 import logging
 import os
@@ -252,8 +253,12 @@ class SandboxManager:
             cwd: working directory; it is the writable workspace unless the
                 policy names one (cwd must then lie inside it).
             env: variables added to the scrubbed environment.
-            stdin: bytes or str to feed, an open file or fd to read from, or
-                None for /dev/null.
+            stdin: bytes or str to feed, an open file (with a real
+                descriptor) or an int fd to read from, an ``io.BytesIO`` or
+                ``io.StringIO`` whose content from its current position is
+                fed as data, or None for /dev/null. Anything else (a closed
+                descriptor, a bool, an object without ``fileno()``) is a
+                CommandError.
             capture_output: capture stdout/stderr into the result (capped at
                 ``max_output_bytes`` each); False passes them through to this
                 process's stdout/stderr.
@@ -263,6 +268,7 @@ class SandboxManager:
             CommandError, PolicyError, SandboxUnavailableError: before
             anything runs. Failures during the run are results.
         """
+        stdin = _check_stdin(stdin, command)
         prepared = self._prepare(command, cwd, env, timeout)
         io: _io.RunIO | None = None
         try:
@@ -291,6 +297,7 @@ class SandboxManager:
 
         Cancelling the awaiting task kills the run.
         """
+        stdin = _check_stdin(stdin, command)
         prepared = self._prepare(command, cwd, env, timeout)
         io: _io.RunIO | None = None
         try:
@@ -317,9 +324,15 @@ class SandboxManager:
     ) -> _Prepared:
         t0 = time.monotonic()
         config = self.config
-        argv = shlex.split(command) if isinstance(command, str) else [
-            os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in command
-        ]
+        if isinstance(command, str):
+            try:
+                argv = shlex.split(command)
+            except ValueError as err:  # an unbalanced quote
+                raise CommandError(f"cannot split the command {command!r}: {err}") from err
+        else:
+            argv = [
+                os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in command
+            ]
         if not argv or not argv[0]:
             raise CommandError("empty command: nothing to run", command=argv)
         for i, arg in enumerate(argv):
@@ -450,6 +463,20 @@ class SandboxManager:
 
     def _directories(self, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
         config = self.config
+        if cwd is not None:
+            try:
+                cwd = os.fsdecode(cwd)
+            except TypeError as err:
+                raise CommandError(f"cwd must be a path (str, bytes or os.PathLike), not {cwd!r}") from err
+        elif config.workspace and not os.path.isdir(os.fspath(config.workspace)):
+            given_ws = os.fspath(config.workspace)
+            message = f"workspace = {given_ws!r}: not an existing directory"
+            if not os.path.isabs(given_ws):
+                message += (
+                    f" (a relative workspace is resolved against your current directory, "
+                    f"{os.getcwd()!r})"
+                )
+            raise PolicyError(message, key="workspace", value=given_ws)
         base = cwd if cwd is not None else (config.workspace or os.getcwd())
         run_cwd = os.path.realpath(os.fspath(base))
         if not os.path.isdir(run_cwd):
@@ -513,6 +540,7 @@ class SandboxManager:
                     )
                 env[name] = str(value)
         env.setdefault("PATH", DEFAULT_PATH)
+        env["PATH"] = _dedupe_path(env["PATH"])
         env["HOME"] = _bwrap.HOME_IN_SANDBOX
         return env
 
@@ -1425,6 +1453,62 @@ def _remove_tree(path: str) -> None:
     which an unprivileged caller could not remove otherwise; a tree the
     launcher already removed is no error (``launcher.remove_tree``)."""
     remove_tree(path)
+
+
+def _dedupe_path(value: str) -> str:
+    """PATH without its repeated entries (the first of each kept, so the
+    lookup order is unchanged)."""
+    seen: set[str] = set()
+    kept = []
+    for entry in value.split(os.pathsep):
+        if entry not in seen:
+            seen.add(entry)
+            kept.append(entry)
+    return os.pathsep.join(kept)
+
+
+def _check_stdin(stdin: Any, command: Any) -> bytes | str | int | None:
+    """``stdin`` as ``_submit`` takes it (data, an open fd, or None), checked
+    before anything is sent to the launcher: a bad descriptor is this call's
+    CommandError, never the launcher connection's failure."""
+    accepted = (
+        "stdin takes bytes or str data, an io.BytesIO/io.StringIO (its content is fed), "
+        "a file with a real descriptor, an int fd, or None"
+    )
+    argv = [command] if isinstance(command, str) else None
+    if stdin is None or isinstance(stdin, (bytes, str)):
+        return stdin
+    if isinstance(stdin, (bytearray, memoryview)):
+        return bytes(stdin)
+    if isinstance(stdin, (_stdio.BytesIO, _stdio.StringIO)):
+        try:
+            return stdin.read()
+        except ValueError as err:  # closed
+            raise CommandError(f"stdin: cannot read {stdin!r}: {err}", command=argv) from err
+    if isinstance(stdin, bool):
+        raise CommandError(f"stdin={stdin!r} is not a descriptor; {accepted}", command=argv)
+    if isinstance(stdin, int):
+        fd = stdin
+        what = f"stdin={stdin}"
+    else:
+        fileno = getattr(stdin, "fileno", None)
+        if fileno is None:
+            raise CommandError(f"stdin: unsupported type {type(stdin).__name__}; {accepted}", command=argv)
+        try:
+            fd = fileno()
+        except (OSError, ValueError) as err:  # io.UnsupportedOperation, a closed file
+            raise CommandError(
+                f"stdin: {stdin!r} has no usable descriptor ({err or type(err).__name__}); {accepted}",
+                command=argv,
+            ) from err
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            raise CommandError(f"stdin: {stdin!r}.fileno() returned {fd!r}; {accepted}", command=argv)
+        what = f"stdin {stdin!r} (fd {fd})"
+    try:
+        os.fstat(fd)
+    except (OSError, OverflowError) as err:
+        raise CommandError(f"{what} is not an open descriptor ({err}); {accepted}", command=argv) from err
+    return fd
 
 
 def _fileno(stream: Any, default: int) -> int:

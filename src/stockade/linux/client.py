@@ -32,6 +32,7 @@ plain child, and tree limits are judged by what that can do.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ import sys
 import threading
 from typing import Any
 
-from ..errors import SandboxUnavailableError
+from ..errors import CommandError, SandboxUnavailableError
 from . import cgroups
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,18 @@ class LauncherClient:
             except OSError as err:
                 ours.close()
                 theirs.close()
+                bad = _closed_descriptor(stdio, spec_fd)
+                if bad is not None:
+                    # one of this run's own descriptors (sendmsg EBADF): the
+                    # run fails, the connection (and the others' runs) stays
+                    raise CommandError(
+                        f"cannot pass the run's {bad} to the launcher: {err}; give stdin "
+                        f"as an open descriptor (or bytes/str data, or None)"
+                    ) from err
+                if not _connection_error(err, self._control):
+                    raise SandboxUnavailableError(
+                        "launcher", f"cannot hand the run to the launcher: {err}", "retry"
+                    ) from err
                 if attempt == 0:
                     log.warning("launcher connection lost (%s); restarting it", err)
                     with self._lock:
@@ -304,6 +317,31 @@ class LauncherClient:
                     self._proc.kill()
                     self._proc.wait()
             self._proc = None
+
+
+def _closed_descriptor(stdio: list[int], spec_fd: int | None) -> str | None:
+    """Which of a run's descriptors is not open (None: all are)."""
+    names = ("stdin", "stdout", "stderr")
+    for i, fd in enumerate([*stdio, *([spec_fd] if spec_fd is not None else [])]):
+        try:
+            os.fstat(fd)
+        except (OSError, OverflowError):
+            return f"{names[i]} (fd {fd})" if i < len(names) else f"spec file (fd {fd})"
+    return None
+
+
+def _connection_error(err: OSError, control: socket.socket | None) -> bool:
+    """Whether a failed send means the launcher connection is gone (so a
+    restart may help), rather than something wrong with this one run."""
+    if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED):
+        return True
+    if control is None or control.fileno() < 0:
+        return True
+    try:
+        os.fstat(control.fileno())
+    except OSError:
+        return True
+    return err.errno == errno.EBADF  # the control socket's number reused: start afresh
 
 
 _shared = LauncherClient()
