@@ -44,8 +44,6 @@ def test_timeout_gives_124(workspace):
     [
         ["run", "--no-log", "--config", "/nonexistent-policy.yaml", "--", "true"],
         ["run", "--no-log", "--cwd", "/nonexistent-dir", "--", "true"],
-        # the run's working directory, the workspace by default
-        ["run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true"],
     ],
 )
 def test_sandbox_errors_give_125(workspace, args):
@@ -473,3 +471,12 @@ def test_a_policy_field_among_the_flag_limits_gives_125_and_nothing_runs(workspa
     text = proc.stderr.decode()
     assert text.startswith("stockade: ") and text.count("\n") == 1, text
     assert "security.sandbox_resource_limits.mode" in text and "security.sandbox_policy" in text
+
+
+def test_a_missing_workspace_option_is_a_usage_error(workspace):
+    """--workspace naming a directory that does not exist is an option value
+    the policy refuses (2), like --ro of a missing path; a missing --cwd stays
+    a sandbox error (125, test_sandbox_errors_give_125)."""
+    proc = cli("run", "--no-log", "--workspace", "/nonexistent-dir", "--", "true", cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert b"workspace = '/nonexistent-dir': not an existing directory" in proc.stderr

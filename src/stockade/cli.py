@@ -3,10 +3,10 @@
 Exit status of ``stockade run``: the program's own; 128+N when it was killed
 by signal N (a limit included); 2 on a usage error (an unknown option, a
 malformed one such as ``--env A``, or an option value the policy refuses such
-as ``--timeout 0``, ``--hide /``, ``--rw /etc/x``, ``--ro`` naming a path that
-does not exist); 124 on timeout (as timeout(1)); 125 when
+as ``--timeout 0``, ``--hide /``, ``--rw /etc/x``, ``--ro`` or ``--workspace``
+naming a path that does not exist); 124 on timeout (as timeout(1)); 125 when
 the sandbox itself could not start (a bad policy file or a path rule of one,
-a working directory that does not exist, a protection the host cannot give); 126 when the command exists but cannot be executed; 127 when it is not
+a ``--cwd`` that does not exist, a protection the host cannot give); 126 when the command exists but cannot be executed; 127 when it is not
 found (as shells do); 3 when a limit ended the run although the program
 itself exited 0 (e.g. its forks were refused at the process limit); 128+N
 when the CLI itself got signal N (SIGINT, SIGTERM, SIGHUP) and stopped the run.
