@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 
@@ -142,10 +143,95 @@ def test_chunked_request_body(make_run, server):
         b"POST http://127.0.0.1:1/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     ],
 )
-def test_bad_requests_get_400(make_run, request_bytes):
+def test_bad_requests_get_400_and_are_recorded(make_run, request_bytes):
     run = make_run(["127.0.0.1"])
     assert _request(run.port, request_bytes).startswith(b"HTTP/1.1 400")
-    assert run.end().connections == []
+    traffic = run.end()
+    # no destination could be parsed: the record names the run's listener
+    (record,) = traffic.connections
+    assert (record.host, record.port, record.protocol) == ("127.0.0.1", run.port, "http")
+    assert (record.decision, record.rule) == ("denied", "bad-request")
+    assert record.reason and record.bytes_sent == record.bytes_received == 0
+    assert traffic.denied == {"bad-request": 1}
+
+
+def test_bad_request_reasons_are_escaped_and_capped(make_run):
+    run = make_run(["127.0.0.1"])
+    line = b"GET /\x1b]0;owned\x07\xff" + b"A" * 5000 + b" HTTP/1.1"
+    answer = _request(run.port, line + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"\x1b" not in answer and b"\x07" not in answer
+    (record,) = run.end().connections
+    assert record.rule == "bad-request"
+    assert record.reason.isascii() and record.reason.isprintable()
+    assert "is not an absolute http:// URL" in record.reason
+    assert record.reason.startswith("'/\\x1b]0;owned\\x07\\xffAAA")
+    assert len(record.reason) < 400  # the quoted target is cut
+    # the 400 body says what the record says
+    assert record.reason.encode() in answer
+
+
+def test_a_head_too_large_gets_431_and_is_recorded(make_run):
+    run = make_run(["127.0.0.1"])
+    head = b"GET http://127.0.0.1/ HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        try:
+            sock.sendall(head)
+        except ConnectionError:
+            pass  # the proxy may answer and close before reading it all
+        answer = sock.recv(100)
+    assert answer.startswith(b"HTTP/1.1 431")
+    traffic = run.end()
+    (record,) = traffic.connections
+    assert (record.rule, record.decision) == ("bad-request", "denied")
+    assert "larger than 64 KiB" in record.reason
+    assert traffic.denied == {"bad-request": 1}
+
+
+def test_socks5_requests_that_name_no_destination_are_recorded(make_run):
+    run = make_run(["127.0.0.1"])
+    # only GSSAPI (01) offered: no acceptable method
+    assert _request(run.port, b"\x05\x01\x01") == b"\x05\xff"
+    # address type 9 does not exist
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x09")
+        assert sock.recv(10)[1] == 0x08
+    traffic = run.end()
+    methods, kind = traffic.connections
+    assert (methods.protocol, methods.rule) == ("socks5", "bad-request")
+    assert "no supported authentication method" in methods.reason
+    assert "address type 9" in kind.reason and kind.decision == "denied"
+    assert traffic.denied == {"bad-request": 2}
+
+
+def test_connections_that_send_no_complete_request_are_recorded(make_run):
+    run = make_run(["127.0.0.1"])
+    # connected and closed without a byte
+    socket.create_connection(("127.0.0.1", run.port), timeout=10).close()
+    # half a request head, then half a SOCKS5 greeting, each then closed
+    for partial in (b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: x", b"\x05\x02"):
+        with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+            sock.sendall(partial)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100) == b""
+    # still connected, silent, when the run ends
+    idle = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    try:
+        time.sleep(0.2)  # accepted before the run ends
+        traffic = run.end()
+    finally:
+        idle.close()
+    records = [(c.protocol, c.rule, c.decision, c.reason) for c in traffic.connections]
+    assert sorted(records) == sorted([
+        ("tcp", "no-request", "denied", "closed before sending anything"),
+        ("http", "no-request", "denied", "closed before its request was complete"),
+        ("socks5", "no-request", "denied", "closed before its request was complete"),
+        ("tcp", "no-request", "denied", "sent nothing before the run ended"),
+    ])
+    assert all(c.host == "127.0.0.1" and c.port == run.port for c in traffic.connections)
+    assert traffic.denied == {"no-request": 4}
 
 
 def test_connect_tunnel(make_run, server):

@@ -510,6 +510,38 @@ def test_cli_summary_counts_connections(server, workspace):
     assert bad.returncode == 2 and "'*foo'" in bad.stderr  # a bad option value: usage error
 
 
+BAD_REQUESTS = """
+    import socket
+    for data in (b"BLAH\\r\\n\\r\\n",
+                 b"GET /index.html HTTP/1.1\\r\\nHost: 127.0.0.1:8766\\r\\n\\r\\n",
+                 b""):
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as sock:
+            if data:
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            print(sock.recv(12).decode() or "closed")
+"""
+
+
+def test_requests_that_name_no_destination_are_recorded_and_counted(workspace):
+    # the user trial's case: a malformed request, an origin-form one and a
+    # connection closed without a byte each appear in the record and count
+    stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
+    proc = subprocess.run(
+        [stockade, "run", "--no-log", "--allow", "pypi.test", "--", *_py(BAD_REQUESTS)],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n") == ["HTTP/1.1 400", "HTTP/1.1 400", "closed", ""]
+    assert (
+        "network 3 connections, 3 denied; denied: bad-request x2, no-request x1"
+        in proc.stderr
+    ), proc.stderr
+
+
 def test_cli_refuses_resolve_without_allow(workspace):
     stockade = os.path.join(os.path.dirname(sys.executable), "stockade")
     proc = subprocess.run(
@@ -790,14 +822,26 @@ def test_a_run_past_256_open_connections_gets_the_rest_refused(allow_manager, wo
     result = allow_manager.execute(_py(FLOOD), cwd=workspace)
     assert result.success, result.stderr_text
     assert result.stdout_text.strip() == "44"
-    assert len(result.connections) == 44
+    # 44 refused at once; the 256 served never sent a request
+    assert len(result.connections) == 300
+    limited = [r for r in result.connections if r.rule == "connection-limit"]
+    assert len(limited) == 44
     for record in result.connections:
         assert (record.host, record.port, record.protocol) == ("127.0.0.1", 3128, "tcp")
-        assert (record.decision, record.rule) == ("denied", "connection-limit")
-        assert "already has 256 open connections" in record.reason
+        assert record.decision == "denied"
+        if record.rule == "connection-limit":
+            assert "already has 256 open connections" in record.reason
+        else:
+            assert record.rule == "no-request"
     network = [v for v in result.violations if v.mechanism == "network"]
-    assert [(v.what, v.count) for v in network] == [("connection-limit", 44)]
-    assert "network 44 connections, 44 denied; denied: connection-limit x44" in result.summary()
+    assert [(v.what, v.count) for v in network] == [
+        ("connection-limit", 44),
+        ("no-request", 256),
+    ]
+    assert (
+        "network 300 connections, 300 denied; denied: connection-limit x44, no-request x256"
+        in result.summary()
+    )
 
 
 def test_connect_to_an_allowed_name_on_another_port_is_refused(server, workspace):
@@ -958,5 +1002,8 @@ def test_connections_of_all_runs_are_capped_so_the_caller_keeps_its_descriptors(
     assert a_out.split() == ["150", "0"], a_err
     assert a_denied == [] and all(decision == "allowed" for _, decision in a_records)
     assert b_out.split() == [str(cap - 150), str(350 - cap)], b_err
-    assert b_denied == [["connection-limit", 350 - cap]]
-    assert b_records == [["connection-limit", "denied"]] * (350 - cap)
+    # the served ones never sent a request: no-request
+    assert b_denied == [["connection-limit", 350 - cap], ["no-request", cap - 150]]
+    assert sorted(b_records) == sorted(
+        [["connection-limit", "denied"]] * (350 - cap) + [["no-request", "denied"]] * (cap - 150)
+    )

@@ -15,7 +15,11 @@ anything else an HTTP request head.
 
 A refused HTTP request gets ``403`` with an ``X-Stockade-Denied`` header and
 a body naming the refusing rule; SOCKS5 gets reply 0x02 ("not allowed by
-ruleset"). Every destination asked for becomes a record.
+ruleset"). Every destination asked for becomes a record, and so does every
+connection that never named one: ``bad-request`` for a request that could
+not be understood (answered 400 or 431, or a SOCKS5 refusal), ``no-request``
+for one closed, stalled or cut off by the run's end before a complete
+request. Those records name the run's listener (the destination is unknown).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._text import printable
 from .policy import (
     Decision,
     IPAddress,
@@ -61,6 +66,10 @@ _HOP_BY_HOP = {
     "trailer",
     "upgrade",
 }
+
+
+BAD_REQUEST = "bad-request"  # the request could not be understood
+NO_REQUEST = "no-request"  # no complete request before the connection ended
 
 
 class BadRequest(Exception):
@@ -96,27 +105,82 @@ class Exchange:
         self.writer = writer
         self.resolver = resolver
         self.upstream: asyncio.StreamWriter | None = None
+        self.recorded = False  # this connection has a record
+        self.protocol = "tcp"  # until its first byte tells
+
+    def _record(self, *args: Any, **kwargs: Any) -> _Record:
+        self.recorded = True
+        return self.session.record(*args, **kwargs)
+
+    def _refuse_request(self, rule: str, reason: str) -> _Record:
+        """Record this connection as refused before it named a destination."""
+        self.recorded = True
+        return self.session.refuse_request(self.protocol, rule, reason)
 
     async def serve(self) -> None:
+        started = False  # the first byte came
+        # what the connection is recorded as if it ends before any record
+        # was made: every accepted connection gets one
+        unrecorded = (
+            BAD_REQUEST,
+            "the proxy failed while reading the request (see the log)",
+        )
         try:
             first = await asyncio.wait_for(self.reader.readexactly(1), HEAD_TIMEOUT_SEC)
+            started = True
             if first == b"\x05":
+                self.protocol = "socks5"
                 await self._socks5()
             elif first == b"\x04":
+                self.protocol = "socks4"
                 await self._socks4()
             else:
+                self.protocol = "http"
                 await self._http(first)
-        except (TimeoutError, asyncio.IncompleteReadError, OSError):
-            pass  # the client went away or stalled: nothing to answer
+        except asyncio.CancelledError:
+            unrecorded = (
+                NO_REQUEST,
+                "the run ended before its request was complete"
+                if started
+                else "sent nothing before the run ended",
+            )
+            raise
+        except (TimeoutError, asyncio.IncompleteReadError, OSError) as err:
+            # the client went away or stalled: nothing to answer
+            if isinstance(err, TimeoutError):
+                why = (
+                    f"no complete request within {HEAD_TIMEOUT_SEC:g} s"
+                    if started
+                    else f"sent nothing within {HEAD_TIMEOUT_SEC:g} s"
+                )
+            elif isinstance(err, asyncio.IncompleteReadError):
+                why = (
+                    "closed before its request was complete"
+                    if started
+                    else "closed before sending anything"
+                )
+            else:
+                why = f"the connection failed before a complete request: {err}"
+            unrecorded = (NO_REQUEST, why)
         except BadRequest as err:
-            await self._reply_http(400, "Bad Request", f"stockade proxy: {err}\n")
+            if not self.recorded:
+                self._refuse_request(BAD_REQUEST, str(err))
+            reason = printable(str(err), limit=1024)  # as recorded
+            await self._reply_http(400, "Bad Request", f"stockade proxy: {reason}\n")
         except asyncio.LimitOverrunError:
+            if not self.recorded:
+                self._refuse_request(
+                    BAD_REQUEST,
+                    f"request head larger than {HEAD_LIMIT // 1024} KiB",
+                )
             await self._reply_http(
                 431,
                 "Request Header Fields Too Large",
                 "stockade proxy: head too large\n",
             )
         finally:
+            if not self.recorded:
+                self._refuse_request(*unrecorded)
             for writer in (self.writer, self.upstream):
                 if writer is not None:
                     writer.close()
@@ -151,7 +215,7 @@ class Exchange:
                 try:
                     resolved = await self._resolve(name, port)
                 except (TimeoutError, OSError, ValueError) as err:
-                    record = self.session.record(shown, port, protocol, decision)
+                    record = self._record(shown, port, protocol, decision)
                     record.fail(f"cannot resolve {name}: {err}")
                     return record, None
                 refusal: Decision | None = None
@@ -165,7 +229,7 @@ class Exchange:
                     decision = refusal or Decision(
                         False, "no-address", f"{name} has no address"
                     )
-        record = self.session.record(shown, port, protocol, decision)
+        record = self._record(shown, port, protocol, decision)
         if not decision.allowed:
             return record, None
         errors = []
@@ -242,7 +306,7 @@ class Exchange:
                     "https URLs go through CONNECT (set HTTPS_PROXY), not plain forwarding"
                 )
             raise BadRequest(
-                f"{target!r} is not an absolute http:// URL; this is a proxy"
+                f"{target[:200]!r} is not an absolute http:// URL; this is a proxy"
             )
         host, port = _split_authority(url.netloc.rpartition("@")[2], 80)
         framing = _body_framing(headers)
@@ -404,6 +468,11 @@ class Exchange:
             await self.reader.readexactly((await self.reader.readexactly(1))[0])
             self.writer.write(b"\x01\x00")
         else:
+            self._refuse_request(
+                BAD_REQUEST,
+                "SOCKS5 client offered no supported authentication method "
+                f"(methods {methods.hex(' ') or 'none'}; only 00 and 02 are)",
+            )
             self.writer.write(b"\x05\xff")
             await self.writer.drain()
             return
@@ -419,6 +488,9 @@ class Exchange:
             # that is not UTF-8 is shown as itself (\xNN)
             host = raw.decode("utf-8", "surrogateescape")
         else:
+            self._refuse_request(
+                BAD_REQUEST, f"SOCKS5 address type {kind} is not supported"
+            )
             await self._socks5_reply(0x08)
             return
         port = int.from_bytes(await self.reader.readexactly(2), "big")
@@ -427,7 +499,7 @@ class Exchange:
             # peer or its datagrams from, not a destination: the command is
             # what is refused, so it is what the refusal is counted under
             what = _SOCKS5_COMMANDS.get(command, f"command {command}")
-            self.session.record(
+            self._record(
                 host,
                 port,
                 "socks5",
@@ -461,7 +533,7 @@ class Exchange:
         data = await self.reader.readexactly(7)
         port = int.from_bytes(data[1:3], "big")
         host = socket.inet_ntop(socket.AF_INET, data[3:7])
-        self.session.record(
+        self._record(
             host,
             port,
             "socks4",

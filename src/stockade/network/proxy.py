@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from .._text import printable
 from ..result import Connection
-from ._exchange import Exchange, Resolver, system_resolver
+from ._exchange import NO_REQUEST, Exchange, Resolver, system_resolver
 from .policy import Allowlist, Decision, parse_address
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,8 @@ class RunTraffic:
 
     connections: list[Connection] = field(default_factory=list)
     # denials per "host:port", or per label when the host was not what was
-    # refused ("connection-limit", "socks5 UDP ASSOCIATE"); counted even past
-    # MAX_RECORDS_PER_RUN
+    # refused ("connection-limit", "bad-request", "no-request", "socks5 UDP
+    # ASSOCIATE"); counted even past MAX_RECORDS_PER_RUN
     denied: dict[str, int] = field(default_factory=dict)
     dropped_records: int = 0
     attached: bool = False
@@ -231,14 +231,19 @@ class _Session:
         self._count_denied(record, label)
 
     def refuse_unread(self, reason: str) -> None:
-        """Record a connection closed before its request was read: the
-        destination is unknown, so the record names the run's listener."""
-        self.record(
+        """Record a connection closed before its request was read."""
+        self.refuse_request("tcp", CONNECTION_LIMIT, reason)
+
+    def refuse_request(self, protocol: str, rule: str, reason: str) -> _Record:
+        """Record a connection refused before a destination was known
+        (``connection-limit``, ``bad-request``, ``no-request``): the record
+        names the run's listener, and the refusal is counted under ``rule``."""
+        return self.record(
             self.listen_host,
             self.listen_port,
-            "tcp",
-            Decision(False, CONNECTION_LIMIT, reason),
-            label=CONNECTION_LIMIT,
+            protocol,
+            Decision(False, rule, reason),
+            label=rule,
         )
 
     def _count_denied(self, record: _Record, label: str | None) -> None:
@@ -539,8 +544,11 @@ class NetworkProxy:
     async def _serve(self, session: _Session, conn: socket.socket) -> None:
         try:
             reader, writer = await asyncio.open_connection(sock=conn, limit=64 * 1024)
-        except OSError:
+        except OSError as err:
             conn.close()
+            session.refuse_request(
+                "tcp", NO_REQUEST, f"the proxy could not take the connection: {err}"
+            )
             return
         try:
             await Exchange(session, reader, writer, self._resolver).serve()
