@@ -206,7 +206,7 @@ class SandboxConfig(BaseModel):
         le=MAX_OPEN_FILES,
         strict=True,
         description=(
-            "RLIMIT_NOFILE of every process, at least 32 (the sandbox's own "
+            f"RLIMIT_NOFILE of every process, at least {MIN_OPEN_FILES} (the sandbox's own "
             "set-up needs up to 12 descriptors). A value above the hard limit the "
             "caller may set (its own RLIMIT_NOFILE hard limit; fs.nr_open with "
             "CAP_SYS_RESOURCE) is refused before the run."

@@ -468,35 +468,31 @@ class SandboxManager:
                 cwd = os.fsdecode(cwd)
             except TypeError as err:
                 raise CommandError(f"cwd must be a path (str, bytes or os.PathLike), not {cwd!r}") from err
-        elif config.workspace and not os.path.isdir(os.fspath(config.workspace)):
+        workspace = None
+        if config.workspace:
             given_ws = os.fspath(config.workspace)
-            message = f"workspace = {given_ws!r}: not an existing directory"
-            if not os.path.isabs(given_ws):
-                message += (
-                    f" (a relative workspace is resolved against your current directory, "
-                    f"{os.getcwd()!r})"
-                )
-            raise PolicyError(message, key="workspace", value=given_ws)
-        base = cwd if cwd is not None else (config.workspace or os.getcwd())
-        run_cwd = os.path.realpath(os.fspath(base))
+            workspace = os.path.realpath(given_ws)
+            if not os.path.isdir(workspace):
+                message = f"workspace = {given_ws!r}: not an existing directory"
+                if not os.path.isabs(given_ws):
+                    message += (
+                        f" (a relative workspace is resolved against your current directory, "
+                        f"{os.getcwd()!r})"
+                    )
+                raise PolicyError(message, key="workspace", value=given_ws)
+        base = cwd if cwd is not None else (workspace or os.getcwd())
+        run_cwd = os.path.realpath(base)
         if not os.path.isdir(run_cwd):
-            message = f"cwd {os.fspath(base)!r} is not an existing directory"
-            given = os.fspath(cwd) if cwd is not None else None
-            if given is not None and not os.path.isabs(given) and config.workspace:
+            message = f"cwd {base!r} is not an existing directory"
+            if cwd is not None and not os.path.isabs(cwd) and workspace:
                 # relative paths are the caller's (as in subprocess), which a
                 # caller naming a directory of the workspace may not expect
                 message += f" (a relative cwd is resolved against your current directory, {os.getcwd()!r})"
-                candidate = os.path.join(os.path.realpath(os.fspath(config.workspace)), given)
+                candidate = os.path.join(workspace, cwd)
                 if os.path.isdir(candidate):
                     message += f"; did you mean {os.path.normpath(candidate)!r}?"
             raise CommandError(message)
-        workspace = os.path.realpath(os.fspath(config.workspace)) if config.workspace else run_cwd
-        if not os.path.isdir(workspace):
-            raise PolicyError(
-                f"workspace = {os.fspath(config.workspace)!r}: not an existing directory",  # type: ignore[arg-type]
-                key="workspace",
-                value=str(config.workspace),
-            )
+        workspace = workspace or run_cwd
         if run_cwd != workspace and not run_cwd.startswith(workspace.rstrip("/") + "/"):
             raise PolicyError(
                 f"cwd {run_cwd!r} lies outside the workspace {workspace!r}",
@@ -1383,17 +1379,7 @@ def _resolve_visible(
     visible = fs.visible
     resolution = resolve_command(argv, cwd=prepared.cwd, search_path=env["PATH"], visible=visible)
     for path in resolution.read_only:
-        real = os.path.realpath(path)
-        hidden = fs.hidden_at(path) or fs.hidden_at(real)
-        if hidden is not None:
-            where = "holds" if hidden.path.startswith(real.rstrip("/") + "/") else "lies in"
-            raise CommandError(
-                f"{argv[0]}: running it would show {path} read-only, but it {where} "
-                f"{hidden.path}, which the policy hides ({hidden.origin} rule); run a "
-                f"program outside the hidden path, or drop the rule",
-                command=list(argv[:3]),
-            )
-        why = _fs.exposure_refused(real, home, private=False)
+        why = _not_shown(path, fs, home, private=False)
         if why:
             raise CommandError(
                 f"{argv[0]}: running it would show {path} read-only, but {why}; "
@@ -1405,12 +1391,9 @@ def _resolve_visible(
     prepared.notes.extend(resolution.notes)
     for entry in env.get("PYTHONPATH", "").split(os.pathsep):
         if entry and os.path.isabs(entry) and os.path.exists(entry) and not visible(entry):
-            real = os.path.realpath(entry)
-            why = _fs.exposure_refused(real, home)
-            hidden = fs.hidden_at(entry) or fs.hidden_at(real)
-            if hidden is not None:
-                why = f"that would undo the rule hiding {hidden.path} ({hidden.origin})"
+            why = _not_shown(entry, fs, home, private=True)
             if why:
+                real = os.path.realpath(entry)
                 shown = entry if real == entry else f"{entry} ({real})"
                 raise PolicyError(
                     f"env PYTHONPATH: the entry {shown} would be made visible read-only, "
@@ -1425,6 +1408,22 @@ def _resolve_visible(
                 extra_ro.append(entry)
                 prepared.notes.append(f"{PYTHONPATH_NOTE}{entry} visible read-only")
     return resolution, extra_ro
+
+
+def _not_shown(path: str, fs: _fs.FsPlan, home: str, *, private: bool) -> str | None:
+    """Why ``path`` may not be made visible read-only beside the policy's
+    rules (a command's installation, a PYTHONPATH entry), or None: it lies
+    in or holds a hidden path (a read-only mount there would undo the rule),
+    or ``fs.policy.exposure_refused`` refuses it."""
+    real = os.path.realpath(path)
+    hidden = fs.hidden_at(path) or fs.hidden_at(real)
+    if hidden is not None:
+        where = "holds" if hidden.path.startswith(real.rstrip("/") + "/") else "lies in"
+        return (
+            f"it {where} {hidden.path}, which the policy hides ({hidden.origin} rule): "
+            f"showing it would undo the rule hiding {hidden.path}"
+        )
+    return _fs.exposure_refused(real, home, private=private)
 
 
 def _command_links(

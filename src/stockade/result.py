@@ -12,8 +12,7 @@ from typing import Any
 
 from ._text import printable
 
-# characters of the error, and of the whole summary line, that summary() keeps
-ERROR_CHARS = 2048
+# characters of the summary line that summary() keeps
 SUMMARY_CHARS = 16384
 
 
@@ -240,11 +239,9 @@ class SandboxResult:
             parts.append(f"network {count} {noun}, {refused} denied")
         shown = [n[len(PYTHONPATH_NOTE):] for n in self.notes if n.startswith(PYTHONPATH_NOTE)]
         if shown:
-            parts.append("PYTHONPATH: " + ", ".join(shown))
+            parts.append(PYTHONPATH_NOTE + ", ".join(shown))
         if self.violations:
-            # the program chooses paths (and so the names in them): escaped,
-            # so that no control character reaches the caller's terminal
-            denied = ", ".join(f"{printable(v.what)} x{v.count}" for v in self.violations)
+            denied = ", ".join(f"{v.what} x{v.count}" for v in self.violations)
             parts.append(f"denied: {denied}")
         weaker = [
             f"{p.name} ({p.status})"
@@ -256,8 +253,10 @@ class SandboxResult:
         if self.stdout_truncated or self.stderr_truncated:
             parts.append("output truncated")
         if self.error:
-            parts.append(f"error: {printable(self.error, limit=ERROR_CHARS)}")
-        # every part escaped once more: printable text stays as it is
+            parts.append(f"error: {self.error}")
+        # the program chooses paths (so the names in violations) and text an
+        # error quotes: the line is escaped, so that no control character
+        # reaches the caller's terminal
         return "stockade: " + printable("; ".join(parts), limit=SUMMARY_CHARS)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from proctree import alive_with as _alive_with
 from stockade import SandboxConfig, SandboxManager, Termination
 from stockade.linux.landlock import abi_version
 
@@ -188,23 +189,6 @@ print(json.dumps({"termination": result.termination.value, "error": result.error
                   "stdout": result.stdout_text, "stderr": result.stderr_text,
                   "violations": [v.what for v in result.violations]}))
 """
-
-
-def _alive_with(token: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-            with open(f"/proc/{name}/stat") as fh:
-                zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            continue
-        if token.encode() in cmdline and not zombie:
-            found.append(int(name))
-    return found
 
 
 def test_monitor_crippling_attack_is_refused_and_leaves_no_survivor(

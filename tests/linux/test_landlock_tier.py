@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from proctree import alive_with as _alive_with
+from proctree import gone as _gone
 from stockade import SandboxConfig, SandboxManager, Termination
 from stockade.linux import probe as _probe
 from stockade.linux.landlock import abi_version
@@ -329,30 +331,6 @@ time.sleep(float(sys.argv[1]))
 def tree(seconds: float) -> tuple[list[str], str]:
     token = f"stockade-tree-{uuid.uuid4().hex[:12]}"
     return [PY, "tree.py", str(seconds), token], token
-
-
-def _alive_with(token: str) -> list[int]:
-    """Host pids of live processes whose command line holds the token."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except OSError:
-            continue
-        if token.encode() in cmdline and not _gone(int(name)):
-            found.append(int(name))
-    return found
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize(("tier", "fields"), TIERS)

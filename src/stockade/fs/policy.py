@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import glob
 import os
 import stat
@@ -681,12 +682,14 @@ def _protect(
             )
 
 
-def own_installation() -> list[tuple[str, str]]:
+@functools.cache
+def own_installation() -> tuple[tuple[str, str], ...]:
     """The caller's own Python installation, which the host runs as the
     caller: the virtual environment stockade runs from (``sys.prefix``), the
     directory of the imported ``stockade`` package (an editable install's
     ``src/stockade``) and the interpreter's installation
-    (``sys.base_prefix``). Canonical paths, each with what it is."""
+    (``sys.base_prefix``). Canonical paths, each with what it is; the same
+    for the life of the process."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     own = []
     if sys.prefix != sys.base_prefix:
@@ -696,7 +699,7 @@ def own_installation() -> list[tuple[str, str]]:
     seen: dict[str, str] = {}
     for path, what in own:
         seen.setdefault(os.path.realpath(path), what)
-    return list(seen.items())
+    return tuple(seen.items())
 
 
 def _protect_own(plan: FsPlan, own: Sequence[tuple[str, str]]) -> None:

@@ -187,13 +187,10 @@ EMPTY_PREFIX = "stockade-fs-"
 
 def _start_time(pid: int) -> str | None:
     """The process's start time (clock ticks since boot), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # the command name (2nd field) may hold spaces and parentheses
-    return stat[stat.rfind(b")") + 2:].split()[19].decode()
+    from ..linux.reaper import stat_fields
+
+    fields = stat_fields(pid)
+    return fields[19].decode() if fields is not None and len(fields) > 19 else None
 
 
 def _owner_tag() -> str:

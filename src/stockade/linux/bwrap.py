@@ -142,7 +142,7 @@ def forbidden_workspace(path: str, home: str | None, *, cache_ok: bool = False) 
     workspace), the cache directories of ``HOME_CACHES`` are allowed.
     """
     path = os.path.normpath(path)
-    homes = _home_directories(home)
+    homes = home_directories(home)
     if path in homes:
         if home and os.path.normpath(os.path.realpath(home)) == path:
             return f"{path} is your home directory"
@@ -170,15 +170,10 @@ def _under(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
+@functools.lru_cache(maxsize=4)
 def home_directories(home: str | None) -> tuple[str, ...]:
     """Every home directory of the password database, plus the caller's
     (canonical; those inside system trees left out: they are covered)."""
-    return _home_directories(home)
-
-
-@functools.lru_cache(maxsize=4)
-def _home_directories(home: str | None) -> tuple[str, ...]:
-    """Every home directory of the password database, plus the caller's."""
     import pwd
 
     homes = set()

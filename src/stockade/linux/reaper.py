@@ -198,16 +198,22 @@ def children_of(parent: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may itself contain ") "
-        fields = data[data.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == parent:
+        fields = stat_fields(int(name))
+        if fields is not None and len(fields) > 1 and int(fields[1]) == parent:
             found.append(int(name))
     return found
+
+
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid,
+    ...), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may itself contain ") "
+    return data[data.rfind(b")") + 2 :].split()
 
 
 def _send(fd: int, message: dict[str, int]) -> None:

@@ -154,15 +154,15 @@ class SyscallFilter:
             loopback) allow them.
         allow: extra call names to allow on top of the mode's groups.
         deny: call names to deny (EPERM) although the mode allows them.
-        host_network: True when the program shares the host's network
-            namespace (the Landlock tier): inet and netlink sockets are then
-            refused whatever ``network`` says (they would reach the host's
-            network), and ``socket(AF_UNIX)`` unless ``unix_sockets``.
-        host_pids: True when the program shares the host's pid space (the
-            Landlock tier): the calls that change another process by pid
+        host_network: True when the program shares the host's network and
+            pid namespaces (the Landlock tier): inet and netlink sockets are
+            then refused whatever ``network`` says (they would reach the
+            host's network), and ``socket(AF_UNIX)`` unless
+            ``unix_sockets``; the calls that change another process by pid
             (``syscall_groups.SELF_ONLY_BY_PID``: prlimit64, setpriority,
-            sched_setaffinity, ...) are then allowed on the caller itself
-            (pid 0) only, where the mode or the policy allows them at all.
+            sched_setaffinity, ...) are allowed on the caller itself (pid 0)
+            only, where the mode or the policy allows them at all
+            (``host_pids``).
         unix_sockets: with ``host_network``, whether ``socket(AF_UNIX)`` is
             allowed: only when something else confines unix socket paths
             (Landlock ABI 9). ``socketpair(AF_UNIX)`` is always allowed.
@@ -193,7 +193,6 @@ class SyscallFilter:
     host_network: bool = False
     unix_sockets: bool = True
     disk_budget: bool = False
-    host_pids: bool = False
     machine: str | None = None
     bwrap_setup: bool = False
     warnings: list[str] = field(default_factory=list, init=False)
@@ -202,6 +201,12 @@ class SyscallFilter:
     )
     _compiled: CompiledFilter | None = field(default=None, init=False, repr=False)
     _allowed: list[str] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def host_pids(self) -> bool:
+        """The program shares the host's pid space: the tier that shares its
+        network (the Landlock tier) has neither namespace."""
+        return self.host_network
 
     def __post_init__(self) -> None:
         if self.mode not in data.MODES:
@@ -788,12 +793,11 @@ def filter_for(
     unix_sockets: bool = True,
     disk_budget: bool = False,
     bwrap_setup: bool = False,
-    host_pids: bool = False,
 ) -> SyscallFilter:
     """The filter of a policy, built and compiled once per process.
 
-    ``bwrap_setup``: the first tier's variant; ``host_network`` and
-    ``host_pids`` the second tier's; see ``SyscallFilter``.
+    ``bwrap_setup``: the first tier's variant; ``host_network`` the
+    second tier's; see ``SyscallFilter``.
 
     Raises:
         PolicyError, SandboxUnavailableError: see ``SyscallFilter``.
@@ -807,7 +811,6 @@ def filter_for(
         unix_sockets=unix_sockets,
         disk_budget=disk_budget,
         bwrap_setup=bwrap_setup,
-        host_pids=host_pids,
     )
     flt.compile()
     return flt
@@ -855,7 +858,6 @@ def filter_for_config(
         not host_network or landlock_abi >= LANDLOCK_ABI_UNIX_PATHS,
         config.disk_mb is not None,
         bwrap_setup and not host_network,
-        host_network,  # host_pids: the second tier has neither namespace
     )
 
 

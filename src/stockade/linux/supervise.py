@@ -368,10 +368,7 @@ _MODE_ARG = {
 # the second tier's calls on other processes (syscall_groups.SELF_ONLY_BY_PID)
 _PRIO_WHICH = {0: "PRIO_PROCESS", 1: "PRIO_PGRP", 2: "PRIO_USER"}
 _IOPRIO_WHO = {1: "IOPRIO_WHO_PROCESS", 2: "IOPRIO_WHO_PGRP", 3: "IOPRIO_WHO_USER"}
-_BY_PID = (
-    "prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
-    "sched_setattr", "migrate_pages", "move_pages",
-)
+_BY_PID = frozenset(data.SELF_ONLY_BY_PID) - {"setpriority", "ioprio_set"}
 
 
 def _detail(name: str, args: list[int]) -> str:

@@ -163,16 +163,11 @@ class Exchange:
                 why = f"the connection failed before a complete request: {err}"
             unrecorded = (NO_REQUEST, why)
         except BadRequest as err:
-            if not self.recorded:
-                self._refuse_request(BAD_REQUEST, str(err))
+            unrecorded = (BAD_REQUEST, str(err))
             reason = printable(str(err), limit=1024)  # as recorded
             await self._reply_http(400, "Bad Request", f"stockade proxy: {reason}\n")
         except asyncio.LimitOverrunError:
-            if not self.recorded:
-                self._refuse_request(
-                    BAD_REQUEST,
-                    f"request head larger than {HEAD_LIMIT // 1024} KiB",
-                )
+            unrecorded = (BAD_REQUEST, f"request head larger than {HEAD_LIMIT // 1024} KiB")
             await self._reply_http(
                 431,
                 "Request Header Fields Too Large",
